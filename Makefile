@@ -1,0 +1,32 @@
+# The two Quick start commands: `make run` (the whole system) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEV_KEYS := .dev
+export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
+
+.PHONY: run test lint install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+$(DEV_KEYS)/platform-public.pem: | install
+	$(BIN)/hypercard-send --generate-keys $(DEV_KEYS)
+
+run: install $(DEV_KEYS)/platform-public.pem
+	@echo "Gateway on http://127.0.0.1:8080/hc_sync/common, signature checking on (key $(HC_PLATFORM_PUBLIC_KEY))."
+	@echo "Send a signed sample from another terminal:  $(BIN)/hypercard-send open_card   (or: all)"
+	$(BIN)/hypercard-gateway
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(DEV_KEYS) *.egg-info

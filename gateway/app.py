@@ -1,0 +1,63 @@
+"""The gateway's app factory, used by the CLI and by the tests alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from gateway import views
+from gateway.client_ip import ClientAddressPolicy
+from gateway.keys import ADDRESS_POLICY, DRAINING, METRICS, PUBLISHER, SETTINGS, VERIFIER
+from gateway.metrics import GatewayMetrics
+from gateway.publisher import Publisher
+from gateway.replies import reply_contract
+from gateway.signature import SignatureVerifier
+from schemas.settings import Settings, SettingsError
+
+COMMON_PATH = "/hc_sync/common"
+log = structlog.get_logger("gateway")
+
+
+def load_verifier(settings: Settings) -> SignatureVerifier | None:
+    if settings.signature_mode == "off":
+        log.warning("SIGNATURE CHECKING IS OFF (HC_SIGNATURE_MODE=off): anyone can post events; for development only")
+        return None
+    if not settings.platform_public_key:
+        raise SettingsError(
+            f"HC_PLATFORM_PUBLIC_KEY: required when HC_SIGNATURE_MODE is {settings.signature_mode}; "
+            "give the path of the platform's public key file (PEM)"
+        )
+    try:
+        return SignatureVerifier.from_file(settings.platform_public_key)
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"HC_PLATFORM_PUBLIC_KEY: cannot load {settings.platform_public_key}: {error}") from None
+
+
+async def broker_connection(app: web.Application) -> AsyncIterator[None]:
+    publisher = app[PUBLISHER]
+    # Start serving even if the broker is down: /readyz says so, pushes answer 503 and the platform retries.
+    await publisher.start(wait=5.0)
+    yield
+    await publisher.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[reply_contract], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[VERIFIER] = load_verifier(settings)
+    app[ADDRESS_POLICY] = ClientAddressPolicy(settings.allowed_ips, settings.trusted_proxies)
+    app[PUBLISHER] = Publisher(settings.amqp_urls, settings.publish_timeout, settings.delivery_limit)
+    app[METRICS] = GatewayMetrics()
+    app[DRAINING] = [False]
+    app.cleanup_ctx.append(broker_connection)
+
+    app.router.add_post(COMMON_PATH, views.event_receiver())
+    for path, kind in settings.extra_path_kinds.items():
+        if path != COMMON_PATH:
+            app.router.add_post(path, views.event_receiver(kind))
+    app.router.add_get("/healthz", views.healthz)
+    app.router.add_get("/readyz", views.readyz)
+    app.router.add_get("/metrics", views.metrics)
+    return app

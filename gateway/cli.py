@@ -1,0 +1,92 @@
+"""`hypercard-gateway`: serve the push endpoint, in one process or several sharing the port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+
+import structlog
+import uvloop
+from aiohttp import web
+
+from gateway.app import create_app, load_verifier
+from gateway.keys import DRAINING
+from schemas.logs import configure_logging
+from schemas.settings import Settings, SettingsError, load_settings
+
+log = structlog.get_logger("gateway")
+
+
+async def serve(settings: Settings, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: /readyz answers 503 for HC_DRAIN_SECONDS while requests are still
+    served (the load balancer takes this instance out), in-flight requests finish, then the broker is closed."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=max(settings.publish_timeout * 2, 10.0))
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024)
+    await site.start()
+    log.info("gateway listening", host=settings.host, port=settings.port, pid=os.getpid())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    app[DRAINING][0] = True
+    log.info("draining", seconds=settings.drain_seconds)
+    await asyncio.sleep(settings.drain_seconds)
+    await runner.cleanup()  # stops accepting, waits for in-flight requests, then runs cleanup_ctx (broker close)
+    log.info("gateway stopped")
+
+
+def _serve_process(settings: Settings, reuse_port: bool) -> None:
+    configure_logging(settings.log_level)
+    uvloop.run(serve(settings, reuse_port))
+
+
+def _run_processes(settings: Settings) -> int:
+    # prometheus-client multi-process mode: every process writes its metrics to this folder and serves the sum.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hypercard-metrics-")
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_serve_process, args=(settings, True), name=f"gateway-{n}")
+        for n in range(settings.processes)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hypercard-gateway", description=__doc__)
+    parser.add_argument("--host", help="address to listen on (HC_HOST)")
+    parser.add_argument("--port", type=int, help="port to listen on (HC_PORT)")
+    parser.add_argument("--processes", type=int, help="number of server processes sharing the port (HC_PROCESSES)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(host=args.host, port=args.port, processes=args.processes)
+        configure_logging(settings.log_level)
+        if settings.processes > 1:
+            load_verifier(settings)  # refuse a bad key file here, once, not in every child
+            sys.exit(_run_processes(settings))
+        uvloop.run(serve(settings))
+    except SettingsError as error:
+        print(f"hypercard-gateway: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,85 @@
+"""Where an event goes and what travels with it: routing key, validation verdict, AMQP properties and headers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiormq import spec
+
+from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, join_sorted
+from schemas import topology
+from schemas.events import KIND_NAME, KNOWN_EVENTS, decoder_for
+
+DECODERS = {event.kind(): decoder_for(event) for event in KNOWN_EVENTS}
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """The validation outcome: where the event is published and, for a quarantined one, why."""
+
+    outcome: str  # accepted | unknown_kind | quarantined
+    routing_key: str
+    error: str | None = None
+
+
+def validate(kind: str, body: bytes) -> Verdict:
+    """Known kinds are validated against their Struct; an invalid one is quarantined, never refused, because the
+    platform would resend it forever. Unknown kinds are kept as they are."""
+    decoder = DECODERS.get(kind)
+    if decoder is not None:
+        try:
+            decoder.decode(body)
+        except msgspec.MsgspecError as error:
+            return Verdict("quarantined", topology.INVALID_ROUTING_KEY, f"{kind}: {error}")
+        return Verdict("accepted", topology.routing_key(kind))
+    if not KIND_NAME.match(kind):
+        reason = f"notify_type {kind[:80]!r} is not a kind name (letters, digits and _ only)"
+        return Verdict("quarantined", topology.INVALID_ROUTING_KEY, reason)
+    return Verdict("unknown_kind", topology.routing_key(kind))
+
+
+def event_id(body_fields: dict[str, str]) -> str:
+    """Stable id of an event: a hash of its body's fields, so a retry of the same event (even re-serialised, with
+    new timestamp and nonce headers) gets the same id."""
+    fields = {name: value for name, value in body_fields.items() if name != SIGNATURE_HEADER}
+    return hashlib.blake2b(join_sorted(fields), digest_size=16).hexdigest()
+
+
+def properties(
+    *,
+    kind: str,
+    event_id: str,
+    client_ip: str,
+    path: str,
+    signature_outcome: SignatureOutcome,
+    request_headers: Any,
+    validation_error: str | None,
+) -> spec.Basic.Properties:
+    now = datetime.now(UTC)
+    # The platform's signed headers travel with the message, so the event can be verified again later.
+    platform_headers = {
+        name: value for name in (*SIGNED_HEADERS, SIGNATURE_HEADER) if (value := request_headers.get(name))
+    }
+    headers: dict[str, Any] = {
+        "notify_type": kind,
+        "event_id": event_id,
+        "received_at": now.isoformat(timespec="milliseconds"),
+        "client_ip": client_ip,
+        "path": path,
+        "signature_outcome": str(signature_outcome),
+        "platform_headers": platform_headers,
+    }
+    if validation_error is not None:
+        headers["validation_error"] = validation_error[:1000]
+    return spec.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=2,  # persistent
+        message_id=os.urandom(16).hex(),  # unique per publish: returns are matched to publishes by message id
+        timestamp=now,
+        message_type=kind,
+        app_id="hypercard-gateway",
+        headers=headers,
+    )

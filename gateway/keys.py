@@ -1,0 +1,18 @@
+"""Typed application keys: the one place where the app's shared objects are named."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.client_ip import ClientAddressPolicy
+from gateway.metrics import GatewayMetrics
+from gateway.publisher import Publisher
+from gateway.signature import SignatureVerifier
+from schemas.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+PUBLISHER = web.AppKey("publisher", Publisher)
+VERIFIER = web.AppKey("verifier", SignatureVerifier | None)
+ADDRESS_POLICY = web.AppKey("address_policy", ClientAddressPolicy)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+DRAINING = web.AppKey("draining", list)  # [bool]: set on SIGTERM, /readyz answers 503 from then on

@@ -1,0 +1,154 @@
+"""Confirmed, persistent publishes to RabbitMQ over one long-lived connection that reconnects in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aio_pika
+import aiormq
+import structlog
+from aiormq import spec
+from aiormq.abc import ConfirmationFrameType
+
+from gateway.errors import BrokerUnavailable
+from schemas import topology
+from schemas.events import KNOWN_KINDS
+
+log = structlog.get_logger("gateway.publisher")
+
+
+class Publisher:
+    """Owns the broker connection. `publish_confirmed` returns only once the broker confirmed the message.
+
+    While the broker is unreachable, publishes fail at once (the request answers 503 and the platform retries);
+    a background task reconnects, trying each configured node in turn, and declares the topology again."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        publish_timeout: float,
+        delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT,
+        reconnect_delay: float = 0.5,
+        max_reconnect_delay: float = 5.0,
+    ) -> None:
+        self.urls = urls
+        self.publish_timeout = publish_timeout
+        self.delivery_limit = delivery_limit
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._lost = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Connected, with the topology declared."""
+        return self._ready.is_set()
+
+    async def start(self, wait: float | None = None) -> None:
+        """Start connecting in the background; optionally wait up to `wait` seconds for the first connection."""
+        self._task = asyncio.create_task(self._keep_connected(), name="publisher-connection")
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), wait)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        return self.ready
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._drop()
+
+    async def publish_confirmed(self, body: bytes, routing_key: str, properties: spec.Basic.Properties) -> None:
+        """Publish persistent and mandatory to hypercard.events; raise BrokerUnavailable unless the broker acked."""
+        channel = self._channel
+        if channel is None or not self.ready:
+            raise BrokerUnavailable("message broker unavailable; the event was not stored, send it again")
+        try:
+            # mandatory: a message that reaches no queue comes back as a return, never an ack of nothing. Unknown
+            # kinds still reach hypercard.unrouted through the alternate exchange.
+            result: ConfirmationFrameType | None = await channel.basic_publish(
+                body,
+                exchange=topology.EVENTS_EXCHANGE,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=True,
+                timeout=self.publish_timeout,
+            )
+        except TimeoutError:
+            raise BrokerUnavailable("the broker did not confirm the event in time; send it again") from None
+        except aiormq.exceptions.PublishError:
+            raise BrokerUnavailable("the broker returned the event unrouted; send it again") from None
+        except aiormq.exceptions.DeliveryError:
+            raise BrokerUnavailable("the broker refused the event; send it again") from None
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
+            log.warning("publish failed", error=type(error).__name__)
+            self._lost.set()
+            raise BrokerUnavailable("the broker connection failed; the event was not stored, send it again") from None
+        if not isinstance(result, spec.Basic.Ack):
+            raise BrokerUnavailable("the broker did not accept the event; send it again")
+
+    async def _keep_connected(self) -> None:
+        delay = self.reconnect_delay
+        while True:
+            try:
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any failure to connect or declare: try again later, the next node first
+                log.warning("broker connection failed", error=f"{type(error).__name__}: {error}", retry_in=delay)
+                await self._drop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_reconnect_delay)
+                continue
+            delay = self.reconnect_delay
+            await self._lost.wait()
+            log.warning("broker connection lost; reconnecting")
+            await self._drop()
+
+    async def _connect(self) -> None:
+        self._lost.clear()
+        last_error: Exception | None = None
+        for url in self.urls:
+            try:
+                connection = await aio_pika.connect(url, timeout=max(self.publish_timeout, 1.0))
+                break
+            except Exception as error:
+                last_error = error
+        else:
+            raise last_error or ConnectionError("no broker URL configured")
+        self._connection = connection
+        connection.close_callbacks.add(self._on_close)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel.close_callbacks.add(self._on_close)
+        await topology.declare_core(channel)
+        for kind in sorted(KNOWN_KINDS):
+            await topology.declare_kind(channel, kind, self.delivery_limit)
+        self._channel = await channel.get_underlay_channel()
+        self._ready.set()
+        log.info("broker connected, topology declared", node=_host_of(url))
+
+    def _on_close(self, *_: object) -> None:
+        self._ready.clear()
+        self._lost.set()
+
+    async def _drop(self) -> None:
+        self._ready.clear()
+        self._channel = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close_callbacks.discard(self._on_close)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 2.0)
+
+
+def _host_of(url: str) -> str:
+    return url.rsplit("@", 1)[-1]

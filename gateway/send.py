@@ -1,0 +1,112 @@
+"""`hypercard-send`: sign and POST an event exactly as the HyperCard platform does, and print the reply.
+
+hypercard-send --generate-keys .dev        # a development key pair: platform-private.pem, platform-public.pem
+hypercard-send open_card                   # one of the nine built-in samples (or: all)
+hypercard-send my-event.json --url http://127.0.0.1:8080/hc_sync/common
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import string
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.signature import sign_request
+
+DEFAULT_URL = "http://127.0.0.1:8080/hc_sync/common"
+DEFAULT_KEY = ".dev/platform-private.pem"
+SAMPLES = resources.files("schemas") / "samples"
+
+
+def sample_names() -> list[str]:
+    return sorted(entry.name.removesuffix(".json") for entry in SAMPLES.iterdir() if entry.name.endswith(".json"))
+
+
+def sample_body(name: str) -> bytes:
+    return (SAMPLES / f"{name}.json").read_bytes()
+
+
+def generate_keys(folder: Path, bits: int = 1024) -> tuple[Path, Path]:
+    """A development key pair standing in for the platform's (the platform uses 1024-bit RSA)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    private = folder / "platform-private.pem"
+    public = folder / "platform-public.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    private.chmod(0o600)
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+def load_private_key(path: Path) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"{path} does not hold an RSA private key")
+    return key
+
+
+def signed_headers(key: rsa.RSAPrivateKey, body: bytes, api_key: str, lang: str | None = None) -> dict[str, str]:
+    """The headers the platform sends with a push: api-key, timestamp, nonce, version, [lang,] signature."""
+    headers = {
+        "api-key": api_key,
+        "timestamp": str(int(time.time())),
+        "nonce": "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(10)),
+        "version": "1.0",
+    }
+    if lang:
+        headers["lang"] = lang
+    headers["signature"] = sign_request(key, headers, body)
+    return headers
+
+
+async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=body, headers={**headers, "Content-Type": "application/json"}) as reply:
+            return reply.status, await reply.text()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="hypercard-send", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("event", nargs="?", help=f"a sample ({', '.join(sample_names())}, or all) or a JSON file")
+    parser.add_argument("--url", default=os.environ.get("HC_SEND_URL", DEFAULT_URL))
+    parser.add_argument(
+        "--key", default=os.environ.get("HC_SEND_KEY", DEFAULT_KEY), help="the signing private key (PEM)"
+    )
+    parser.add_argument("--api-key", default="dev-merchant", help="the api-key header")
+    parser.add_argument("--lang", help="the optional lang header (en or zh-CN)")
+    parser.add_argument("--generate-keys", metavar="DIR", help="write a development key pair into DIR and exit")
+    args = parser.parse_args(argv)
+
+    if args.generate_keys:
+        private, public = generate_keys(Path(args.generate_keys))
+        print(f"private key (for hypercard-send): {private}\npublic key (HC_PLATFORM_PUBLIC_KEY): {public}")
+        return
+    if not args.event:
+        parser.error("name a sample, all, or a JSON file")
+    names = sample_names() if args.event == "all" else [args.event]
+    key = load_private_key(Path(args.key))
+    failed = False
+    for name in names:
+        body = Path(name).read_bytes() if name.endswith(".json") or os.sep in name else sample_body(name)
+        json.loads(body)  # refuse to send what is not JSON: the gateway would only answer 400
+        status, reply = asyncio.run(post(args.url, body, signed_headers(key, body, args.api_key, args.lang)))
+        print(f"{name}: HTTP {status} {reply}")
+        failed |= status != 200
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,157 @@
+"""HyperCard request signatures: SHA256withRSA (PKCS#1 v1.5) over a sorted `name=value&...` string.
+
+String to sign (PLATFORM.md): the signed headers and the body's top-level fields, without `signature` and
+without empty values (empty string, null), sorted by name in byte order, joined as `name=value` with `&`.
+Strings enter as they are, numbers as their JSON text (`1` and `"1"` both give `1`).
+
+Where the platform's documentation leaves a point open, the primary reading below is tried first and the other
+reading is tried only when the body contains the ambiguous construct. Either way the signature must come from a
+platform key, so tolerance costs no security:
+- `{}` and `[]`: primary "empty, left out"; alternative: entered as `{}` / `[]`.
+- nested objects, arrays and booleans: compact JSON text (as one public integration renders them).
+- a body field named like a signed header: primary "the body wins"; alternative: "the header wins".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+SIGNED_HEADERS = ("api-key", "timestamp", "nonce", "version", "lang")
+SIGNATURE_HEADER = "signature"
+_EMPTY_CONTAINERS = (b"{}", b"[]")
+
+BodyFields = dict[str, msgspec.Raw]
+FIELDS_DECODER = msgspec.json.Decoder(BodyFields)
+
+
+class SignatureOutcome(enum.StrEnum):
+    VALID = "valid"
+    INVALID = "invalid"
+    MISSING = "missing"
+    UNCHECKED = "unchecked"
+
+
+def render(raw: msgspec.Raw) -> str | None:
+    """A body value as it enters the string to sign; None for an empty value (left out)."""
+    text = bytes(raw)
+    first = text[:1]
+    if first == b'"':
+        value = msgspec.json.decode(text, type=str)
+        return value or None
+    if text == b"null":
+        return None
+    if first in (b"{", b"["):
+        return msgspec.json.encode(msgspec.json.decode(text)).decode()
+    return text.decode()  # a number or a boolean: its JSON text
+
+
+def rendered_fields(fields: BodyFields) -> dict[str, str]:
+    """The body's non-empty top-level values, rendered. Raises msgspec.DecodeError on a malformed value."""
+    rendered: dict[str, str] = {}
+    for name, raw in fields.items():
+        value = render(raw)
+        if value is not None:
+            rendered[name] = value
+    return rendered
+
+
+def join_sorted(items: Mapping[str, str]) -> bytes:
+    return "&".join(f"{name}={items[name]}" for name in sorted(items)).encode()
+
+
+def candidate_strings(headers: Mapping[str, str], body: Mapping[str, str]) -> Iterator[bytes]:
+    """The primary string to sign, then the alternatives for the open points in the module docstring.
+
+    `headers` has lower-case names; `body` is what rendered_fields returned."""
+    header_items = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
+    empties = {name for name, value in body.items() if value.encode() in _EMPTY_CONTAINERS}
+    clashes = {name for name in body if name in header_items}
+    seen: set[bytes] = set()
+    for keep_empties in (False, True) if empties else (False,):
+        for header_wins in (False, True) if clashes else (False,):
+            items = dict(header_items)
+            for name, value in body.items():
+                if (name in empties and not keep_empties) or (name in clashes and header_wins):
+                    continue
+                items[name] = value
+            items.pop(SIGNATURE_HEADER, None)
+            message = join_sorted(items)
+            if message not in seen:
+                seen.add(message)
+                yield message
+
+
+def string_to_sign(headers: Mapping[str, str], body: Mapping[str, str]) -> bytes:
+    """The primary reading: what the platform signs and what hypercard-send signs."""
+    return next(candidate_strings(headers, body))
+
+
+class SignatureVerifier:
+    """Verifies a base64 signature against any of the platform's public keys (several during a key rotation)."""
+
+    def __init__(self, keys: list[rsa.RSAPublicKey]) -> None:
+        if not keys:
+            raise ValueError("no public key to verify signatures with")
+        self.keys = keys
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SignatureVerifier:
+        return cls(load_public_keys(Path(path).read_bytes()))
+
+    def verify(self, candidates: Iterator[bytes] | list[bytes], signature: str) -> bool:
+        try:
+            raw_signature = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        for message in candidates:
+            for key in self.keys:
+                try:
+                    key.verify(raw_signature, message, padding.PKCS1v15(), hashes.SHA256())
+                except InvalidSignature:
+                    continue
+                return True
+        return False
+
+
+def load_public_keys(data: bytes) -> list[rsa.RSAPublicKey]:
+    """Every RSA public key in a file: PEM blocks (public keys or certificates), or bare base64 DER lines as the
+    merchant platform shows them for copying."""
+    from cryptography import x509
+
+    keys: list[object] = []
+    if b"-----BEGIN" in data:
+        for block in data.split(b"-----END")[:-1]:
+            start = block.find(b"-----BEGIN")
+            kind = block[start + len(b"-----BEGIN ") :].split(b"-----", 1)[0].strip()
+            pem = block[start:] + b"-----END " + kind + b"-----\n"
+            if kind == b"CERTIFICATE":
+                keys.append(x509.load_pem_x509_certificate(pem).public_key())
+            else:
+                keys.append(serialization.load_pem_public_key(pem))
+    else:
+        for line in data.split():
+            keys.append(serialization.load_der_public_key(base64.b64decode(line)))
+    rsa_keys = [key for key in keys if isinstance(key, rsa.RSAPublicKey)]
+    if len(rsa_keys) != len(keys):
+        raise ValueError("the key file holds a key that is not an RSA public key")
+    return rsa_keys
+
+
+def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
+    """What the platform does: base64(SHA256withRSA(message))."""
+    return base64.b64encode(private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+
+def sign_request(private_key: rsa.RSAPrivateKey, headers: Mapping[str, str], body: bytes) -> str:
+    """Signature for a JSON body and its signed headers, as the platform computes it."""
+    fields = rendered_fields(FIELDS_DECODER.decode(body))
+    return sign(private_key, string_to_sign({k.lower(): v for k, v in headers.items()}, fields))

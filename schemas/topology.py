@@ -1,0 +1,100 @@
+"""RabbitMQ topology: the one source of truth for exchange and queue names and arguments.
+
+Both the gateway and the workers declare through this module. Declaring an existing queue with other arguments
+fails (PRECONDITION_FAILED), so nothing else may spell out queue arguments.
+
+    hypercard.events (topic) --hypercard.<kind>-->  hypercard.<kind>          (quorum; delivery limit -> .dead)
+        |                    --hypercard.invalid--> hypercard.invalid         (quorum; schema-invalid events)
+        +-- alternate exchange hypercard.unrouted (fanout) --> hypercard.unrouted (quorum; kinds nobody binds)
+    hypercard.<kind>.retry.<ms>  (quorum, TTL <ms>, dead-letters back to hypercard.<kind>)
+    hypercard.<kind>.dead        (quorum; handler gave up, out of attempts, or crash loop)
+"""
+
+from __future__ import annotations
+
+import aio_pika
+
+EVENTS_EXCHANGE = "hypercard.events"
+UNROUTED_EXCHANGE = "hypercard.unrouted"
+UNROUTED_QUEUE = "hypercard.unrouted"
+INVALID_QUEUE = "hypercard.invalid"
+INVALID_ROUTING_KEY = "hypercard.invalid"
+DEFAULT_DELIVERY_LIMIT = 10
+
+QUORUM = {"x-queue-type": "quorum"}
+
+
+def routing_key(kind: str) -> str:
+    """`OPEN_CARD` -> `hypercard.open_card`: the routing key and the name of the kind's queue."""
+    return f"hypercard.{kind.lower()}"
+
+
+def kind_queue(kind: str) -> str:
+    return routing_key(kind)
+
+
+def dead_queue(kind: str) -> str:
+    return f"{kind_queue(kind)}.dead"
+
+
+def retry_queue(kind: str, delay_seconds: float) -> str:
+    return f"{kind_queue(kind)}.retry.{round(delay_seconds * 1000)}"
+
+
+def _dead_letter_to(queue: str) -> dict[str, object]:
+    # At-least-once dead-lettering (RabbitMQ >= 3.10) keeps a message in its source queue until the target queue
+    # confirmed it, so a dead-lettered message is never silently dropped. It requires overflow reject-publish.
+    # The default exchange ("") routes by queue name: no extra exchange or binding to keep in step.
+    return {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def kind_queue_arguments(kind: str, delivery_limit: int) -> dict[str, object]:
+    # x-delivery-limit catches crash loops: a message whose handling kills the process is redelivered at most
+    # this many times, then dead-lettered to hypercard.<kind>.dead.
+    return {**QUORUM, "x-delivery-limit": delivery_limit, **_dead_letter_to(dead_queue(kind))}
+
+
+def retry_queue_arguments(kind: str, delay_seconds: float) -> dict[str, object]:
+    # A queue per delay (not a per-message TTL): every message in it expires in order, so none waits behind a
+    # longer delay at the head of the queue.
+    return {**QUORUM, "x-message-ttl": round(delay_seconds * 1000), **_dead_letter_to(kind_queue(kind))}
+
+
+async def declare_core(channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractExchange:
+    """Exchanges, the unrouted and invalid queues. Idempotent; returns the events exchange."""
+    unrouted = await channel.declare_exchange(UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    events = await channel.declare_exchange(
+        EVENTS_EXCHANGE,
+        aio_pika.ExchangeType.TOPIC,
+        durable=True,
+        arguments={"alternate-exchange": UNROUTED_EXCHANGE},
+    )
+    unrouted_queue = await channel.declare_queue(UNROUTED_QUEUE, durable=True, arguments=QUORUM)
+    await unrouted_queue.bind(unrouted, routing_key="")
+    invalid_queue = await channel.declare_queue(INVALID_QUEUE, durable=True, arguments=QUORUM)
+    await invalid_queue.bind(events, routing_key=INVALID_ROUTING_KEY)
+    return events
+
+
+async def declare_kind(
+    channel: aio_pika.abc.AbstractChannel,
+    kind: str,
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+    retry_delays: tuple[float, ...] = (),
+) -> aio_pika.abc.AbstractQueue:
+    """A kind's queue, bound to the events exchange, with its dead queue and retry queues. Idempotent."""
+    await channel.declare_queue(dead_queue(kind), durable=True, arguments=QUORUM)
+    queue = await channel.declare_queue(
+        kind_queue(kind), durable=True, arguments=kind_queue_arguments(kind, delivery_limit)
+    )
+    await queue.bind(EVENTS_EXCHANGE, routing_key=routing_key(kind))
+    for delay in retry_delays:
+        await channel.declare_queue(
+            retry_queue(kind, delay), durable=True, arguments=retry_queue_arguments(kind, delay)
+        )
+    return queue

@@ -1,0 +1,104 @@
+"""Shared fixtures: signing keys, settings, the gateway app over real HTTP, and the real RabbitMQ."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aio_pika
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.send import sample_body, sample_names, signed_headers
+from schemas import topology
+from schemas.events import KNOWN_KINDS
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+SAMPLES = sample_names()
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+def write_public_keys(path: Path, *keys: rsa.RSAPrivateKey) -> Path:
+    path.write_bytes(
+        b"".join(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            for key in keys
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def platform_key() -> rsa.RSAPrivateKey:
+    return _new_key()
+
+
+@pytest.fixture(scope="session")
+def other_key() -> rsa.RSAPrivateKey:
+    return _new_key()
+
+
+@pytest.fixture
+def public_key_file(tmp_path: Path, platform_key: rsa.RSAPrivateKey) -> Path:
+    return write_public_keys(tmp_path / "platform-public.pem", platform_key)
+
+
+@pytest.fixture
+def sign(platform_key: rsa.RSAPrivateKey) -> Callable[..., dict[str, str]]:
+    """Headers for a body, signed like the platform signs (by the platform key unless another is given)."""
+
+    def signer(body: bytes, key: rsa.RSAPrivateKey | None = None, **extra: str) -> dict[str, str]:
+        headers = signed_headers(key or platform_key, body, api_key="merchant-1")
+        return {**headers, "Content-Type": "application/json", **extra}
+
+    return signer
+
+
+@pytest.fixture
+def sample() -> Callable[[str], bytes]:
+    return sample_body
+
+
+ALL_QUEUES = [
+    topology.UNROUTED_QUEUE,
+    topology.INVALID_QUEUE,
+    *(topology.kind_queue(kind) for kind in sorted(KNOWN_KINDS)),
+    *(topology.dead_queue(kind) for kind in sorted(KNOWN_KINDS)),
+]
+
+
+@pytest.fixture
+async def amqp() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A channel on the real broker, with the project's topology declared and every queue purged."""
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    await topology.declare_core(channel)
+    for kind in KNOWN_KINDS:
+        await topology.declare_kind(channel, kind)
+    for name in ALL_QUEUES:
+        await (await channel.get_queue(name)).purge()
+    yield channel
+    await connection.close()
+
+
+async def take(
+    channel: aio_pika.abc.AbstractChannel, queue: str, timeout: float = 5.0
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every message now in `queue` (acked), waiting up to `timeout` for the first one."""
+    import asyncio
+
+    q = await channel.get_queue(queue)
+    messages: list[aio_pika.abc.AbstractIncomingMessage] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        message = await q.get(fail=False, no_ack=True)
+        if message is not None:
+            messages.append(message)
+            continue
+        if messages or asyncio.get_running_loop().time() > deadline:
+            return messages
+        await asyncio.sleep(0.05)

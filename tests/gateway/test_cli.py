@@ -1,0 +1,80 @@
+"""The console scripts as a user runs them: hypercard-gateway in its own process, hypercard-send against it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.test_publisher import closed_port
+
+pytestmark = pytest.mark.broker
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [({"HC_PORT": "eighty"}, "HC_PORT"), ({"HC_PLATFORM_PUBLIC_KEY": "/nonexistent.pem"}, "HC_PLATFORM_PUBLIC_KEY")],
+)
+def test_a_bad_setting_stops_start_up_naming_the_variable(env, variable):
+    result = run(sys.executable, "-m", "gateway", env=env)
+    assert result.returncode == 2 and variable in result.stderr and "Traceback" not in result.stderr
+
+
+def wait_until_ready(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the gateway did not become ready")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp_path, amqp, processes):
+    assert run(str(BIN / "hypercard-send"), "--generate-keys", str(tmp_path)).returncode == 0
+    port = closed_port()
+    env = {
+        **os.environ,
+        "HC_PORT": str(port),
+        "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
+        "HC_DRAIN_SECONDS": "0.2",
+        "HC_PROCESSES": str(processes),
+    }
+    gateway = subprocess.Popen(
+        [str(BIN / "hypercard-gateway")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_until_ready(port)
+        sent = run(
+            str(BIN / "hypercard-send"),
+            "all",
+            "--url",
+            f"http://127.0.0.1:{port}/hc_sync/common",
+            "--key",
+            str(tmp_path / "platform-private.pem"),
+        )
+        assert sent.returncode == 0, sent.stdout
+        assert sent.stdout.count('HTTP 200 {"code":1,"msg":"ok","data":{}}') == 9
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        output, _ = gateway.communicate(timeout=20)
+    assert gateway.returncode == 0
+    lines = output.decode()
+    assert lines.count('"event": "request"') == 9
+    # The logs carry no e-mail, mobile number, one-time code or signature from the samples.
+    for secret in ("example@gmail.com", "18301523750", "888666"):
+        assert secret not in lines

@@ -1,0 +1,145 @@
+"""String to sign and SHA256withRSA verification, against expectations written out by hand from PLATFORM.md."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from gateway.send import sample_body
+from gateway.signature import (
+    FIELDS_DECODER,
+    SignatureVerifier,
+    candidate_strings,
+    load_public_keys,
+    rendered_fields,
+    sign,
+    string_to_sign,
+)
+
+HEADERS = {"api-key": "merchant-1", "timestamp": "1710412477", "nonce": "Ab3dE6gH9j", "version": "1.0"}
+H = "api-key=merchant-1&nonce=Ab3dE6gH9j&timestamp=1710412477&version=1.0"
+
+# Written by hand: fields sorted by byte order (upper case before lower case, `_` after upper case letters).
+EXPECTED = {
+    "open_card": "api-key=merchant-1&card_type_id=40000002&email=example@gmail.com&mc_trade_no=48d2741747a449361739208"
+    "&mobile=18301523750&mobile_code=86&nonce=Ab3dE6gH9j&notify_type=OPEN_CARD&remark=Remark&result=1"
+    "&timestamp=1710412477&version=1.0",
+    "recharge": "api-key=merchant-1&card_id=00003454323400000028888&mc_trade_no=48d2741747a4493223feb22"
+    "&nonce=Ab3dE6gH9j&notify_type=RECHARGE&result=1&timestamp=1710412477&version=1.0",
+    "operation": "api-key=merchant-1&card_id=00003454323400000028888&nonce=Ab3dE6gH9j&notify_type=OPERATION"
+    "&operate_status=1&request_number=48d2741747a449b2968a91e2523feb22&timestamp=1710412477&version=1.0",
+    "consume": "api-key=merchant-1&card_id=6654358889900018888&nonce=Ab3dE6gH9j&notify_type=CONSUME"
+    "&timestamp=1710412477&version=1.0",
+    "buy_coin": "api-key=merchant-1&card_id=6283244889900010107&mc_trade_no=48d2741747a4493223feb24"
+    "&nonce=Ab3dE6gH9j&notify_type=BUY_COIN&reason=insufficient balance&status=2&timestamp=1710412477"
+    "&tx_id=20230413145817505390&version=1.0",
+    "cancel_card": "api-key=merchant-1&card_id=20230413145817505390&nonce=Ab3dE6gH9j&notify_type=CANCEL_CARD"
+    "&refund_amount=100.00&timestamp=1710412477&version=1.0",
+    "auth_3ds": "api-key=merchant-1&app3ds_auth_transaction_id=aa61a6ca-a455-4740-9c56-ae83e4dd3798"
+    "&app_card_id=crd_y37fq5widtmubgavtthyoqpwia&auth_id=283&auth_result=2&card_acceptor_location_country=1"
+    "&card_acceptor_merchant_name=Amazon&card_id=15723682800000053333&card_no=103411******3333"
+    "&created_Time=1699865734&expired_time=1706650873&nonce=Ab3dE6gH9j&notify_type=AUTH_3DS&timestamp=1710412477"
+    "&txn_amount=1.00&txn_currency=EUR&updated_Time=1699865734&version=1.0",
+    "opt_code": "api-key=merchant-1&card_id=1085185460000094505&code=888666&create_time=1710412477"
+    "&nonce=Ab3dE6gH9j&notify_type=OPT_CODE&timestamp=1710412477&version=1.0",
+    "card_config_change": "api-key=merchant-1&card_type_id=40000002&modify_time=1710412477&nonce=Ab3dE6gH9j"
+    "&notify_type=CARD_CONFIG_CHANGE&timestamp=1710412477&version=1.0",
+}
+
+
+def fields(body: bytes | dict) -> dict[str, str]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return rendered_fields(FIELDS_DECODER.decode(raw))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_string_to_sign_of_each_sample(name: str) -> None:
+    assert string_to_sign(HEADERS, fields(sample_body(name))).decode() == EXPECTED[name]
+
+
+def test_empty_values_and_signature_are_left_out() -> None:
+    body = {"notify_type": "RECHARGE", "remark": "", "mc_trade_no": None, "signature": "zzz", "result": 1}
+    assert string_to_sign({**HEADERS, "signature": "abc"}, fields(body)).decode() == (
+        "api-key=merchant-1&nonce=Ab3dE6gH9j&notify_type=RECHARGE&result=1&timestamp=1710412477&version=1.0"
+    )
+
+
+def test_numbers_as_json_text_and_strings_as_they_are() -> None:
+    assert string_to_sign({}, fields(b'{"a": 1, "b": "1", "c": 1.50, "d": "x y&z"}')) == b"a=1&b=1&c=1.50&d=x y&z"
+
+
+def test_lang_is_signed_when_present() -> None:
+    assert string_to_sign({**HEADERS, "lang": "zh-CN"}, {}).decode() == (
+        "api-key=merchant-1&lang=zh-CN&nonce=Ab3dE6gH9j&timestamp=1710412477&version=1.0"
+    )
+
+
+def test_nested_values_render_as_compact_json_and_empty_ones_are_tried_both_ways() -> None:
+    body = fields(b'{"a": {"x": [1, 2]}, "b": true, "e": {}}')
+    assert list(candidate_strings({}, body)) == [b'a={"x":[1,2]}&b=true', b'a={"x":[1,2]}&b=true&e={}']
+
+
+def test_body_field_named_like_a_header_is_tried_both_ways() -> None:
+    body = {"nonce": "fromBody", "x": "1"}
+    candidates = [c.decode() for c in candidate_strings(HEADERS, fields(body))]
+    assert candidates == [
+        "api-key=merchant-1&nonce=fromBody&timestamp=1710412477&version=1.0&x=1",
+        f"{H}&x=1",
+    ]
+
+
+@pytest.fixture
+def verifier(platform_key) -> SignatureVerifier:
+    return SignatureVerifier([platform_key.public_key()])
+
+
+def test_verifies_the_platform_signature(platform_key, verifier) -> None:
+    message = string_to_sign(HEADERS, fields(sample_body("open_card")))
+    assert verifier.verify([message], sign(platform_key, message))
+
+
+def test_refuses_a_signature_by_another_key(other_key, verifier) -> None:
+    message = string_to_sign(HEADERS, fields(sample_body("open_card")))
+    assert not verifier.verify([message], sign(other_key, message))
+
+
+def test_refuses_a_tampered_body_or_header(platform_key, verifier) -> None:
+    body = json.loads(sample_body("recharge"))
+    signature = sign(platform_key, string_to_sign(HEADERS, fields(body)))
+    tampered_body = string_to_sign(HEADERS, fields({**body, "result": "2"}))
+    tampered_header = string_to_sign({**HEADERS, "timestamp": "1710412478"}, fields(body))
+    missing_header = string_to_sign({k: v for k, v in HEADERS.items() if k != "nonce"}, fields(body))
+    for message in (tampered_body, tampered_header, missing_header):
+        assert not verifier.verify([message], signature)
+
+
+@pytest.mark.parametrize("garbage", ["", "not base64!!", "@@@@", base64.b64encode(b"short").decode()])
+def test_refuses_garbage_signatures(verifier, garbage: str) -> None:
+    assert not verifier.verify([b"anything"], garbage)
+
+
+def test_key_rotation_accepts_every_key_in_the_file(platform_key, other_key) -> None:
+    pem = b"".join(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        for key in (platform_key, other_key)
+    )
+    verifier = SignatureVerifier(load_public_keys(pem))
+    assert len(verifier.keys) == 2
+    for key in (platform_key, other_key):
+        assert verifier.verify([b"m"], sign(key, b"m"))
+
+
+def test_loads_a_bare_base64_key_as_the_merchant_platform_shows_it(platform_key) -> None:
+    der = platform_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (key,) = load_public_keys(base64.b64encode(der) + b"\n")
+    assert key.public_numbers() == platform_key.public_key().public_numbers()
+
+
+def test_refuses_a_key_file_without_keys() -> None:
+    with pytest.raises(ValueError):
+        SignatureVerifier(load_public_keys(b""))
