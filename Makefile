@@ -17,10 +17,11 @@ install: $(BIN)/python
 $(DEV_KEYS)/platform-public.pem: | install
 	$(BIN)/hypercard-send --generate-keys $(DEV_KEYS)
 
+# The gateway and one worker process for every kind; Ctrl-C stops both.
 run: install $(DEV_KEYS)/platform-public.pem
 	@echo "Gateway on http://127.0.0.1:8080/hc_sync/common, signature checking on (key $(HC_PLATFORM_PUBLIC_KEY))."
 	@echo "Send a signed sample from another terminal:  $(BIN)/hypercard-send open_card   (or: all)"
-	$(BIN)/hypercard-gateway
+	@trap 'kill 0' INT TERM; $(BIN)/hypercard-worker --all & $(BIN)/hypercard-gateway; wait
 
 test: install
 	$(BIN)/pytest

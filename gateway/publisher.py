@@ -12,7 +12,7 @@ from aiormq import spec
 from aiormq.abc import ConfirmationFrameType
 
 from gateway.errors import BrokerUnavailable
-from schemas import topology
+from schemas import broker, topology
 from schemas.events import KNOWN_KINDS
 
 log = structlog.get_logger("gateway.publisher")
@@ -116,15 +116,7 @@ class Publisher:
 
     async def _connect(self) -> None:
         self._lost.clear()
-        last_error: Exception | None = None
-        for url in self.urls:
-            try:
-                connection = await aio_pika.connect(url, timeout=max(self.publish_timeout, 1.0))
-                break
-            except Exception as error:
-                last_error = error
-        else:
-            raise last_error or ConnectionError("no broker URL configured")
+        connection = await broker.connect(self.urls, timeout=max(self.publish_timeout, 1.0))
         self._connection = connection
         connection.close_callbacks.add(self._on_close)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -134,7 +126,7 @@ class Publisher:
             await topology.declare_kind(channel, kind, self.delivery_limit)
         self._channel = await channel.get_underlay_channel()
         self._ready.set()
-        log.info("broker connected, topology declared", node=_host_of(url))
+        log.info("broker connected, topology declared", node=str(connection.url.with_user(None)))
 
     def _on_close(self, *_: object) -> None:
         self._ready.clear()
@@ -148,7 +140,3 @@ class Publisher:
             connection.close_callbacks.discard(self._on_close)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 2.0)
-
-
-def _host_of(url: str) -> str:
-    return url.rsplit("@", 1)[-1]

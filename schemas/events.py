@@ -25,13 +25,16 @@ class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):
 
     # Fields whose values are secrets or personal data: never logged, never stored in plain text.
     sensitive: ClassVar[frozenset[str]] = frozenset()
+    # Without a natural identity, an event is de-duplicated by the gateway's event id, unless each notification
+    # counts on its own (CONSUME: two identical bodies are two transactions).
+    deduplicate_by_event_id: ClassVar[bool] = True
 
     @classmethod
     def kind(cls) -> str:
         return cls.__struct_config__.tag
 
     def idempotency_key(self) -> str | None:
-        """The natural identity of this notification; None when each notification counts on its own."""
+        """The natural identity of this notification, from its fields; None when it has none."""
         return None
 
 
@@ -99,6 +102,8 @@ class Operation(Event, tag="OPERATION"):
 
 class Consume(Event, tag="CONSUME"):
     """A new card transaction exists; the amount is fetched with the transaction record API (2.1.23)."""
+
+    deduplicate_by_event_id = False
 
     card_id: Text
 

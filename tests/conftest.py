@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
 import pytest
+from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.app import create_app
+from gateway.keys import PUBLISHER
 from gateway.send import sample_body, sample_names, signed_headers
 from schemas import topology
 from schemas.events import KNOWN_KINDS
+from schemas.settings import load_settings
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SAMPLES = sample_names()
@@ -102,3 +106,27 @@ async def take(
         if messages or asyncio.get_running_loop().time() > deadline:
             return messages
         await asyncio.sleep(0.05)
+
+
+GatewayFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_gateway(aiohttp_client, public_key_file: Path) -> GatewayFactory:
+    """The real app over real HTTP, connected to the real broker; settings overridden by keyword."""
+
+    async def factory(wait_ready: bool = True, **overrides: object) -> TestClient:
+        overrides.setdefault("platform_public_key", str(public_key_file))
+        overrides.setdefault("amqp_url", AMQP_URL)
+        app = create_app(load_settings({}, **overrides))
+        client = await aiohttp_client(app)
+        if wait_ready:
+            assert await app[PUBLISHER].wait_ready(10), "the gateway did not connect to RabbitMQ"
+        return client
+
+    return factory
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory, amqp) -> TestClient:
+    return await make_gateway()

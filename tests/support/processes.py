@@ -1,0 +1,56 @@
+"""Worker and gateway processes started the way a user starts them, with their output in a file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            args, cwd=REPO, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        code = self.popen.wait(timeout)
+        self._log.close()
+        return code
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+
+def worker_process(tmp_path: Path, *args: str, env: dict[str, str] | None = None, name: str = "worker") -> Process:
+    return Process(
+        [sys.executable, "-m", "workers", *args],
+        {
+            "HC_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+            "HC_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+            "HC_METRICS_PORT": "0",
+            "HC_RETRY_DELAYS": "0.2,0.4,0.8",
+            **(env or {}),
+        },
+        tmp_path / f"{name}.log",
+    )

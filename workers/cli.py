@@ -1,0 +1,63 @@
+"""`hypercard-worker OPEN_CARD RECHARGE ...` or `hypercard-worker --all`: consume and handle those kinds."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+import structlog
+import uvloop
+
+from schemas.logs import configure_logging
+from schemas.settings import Settings, SettingsError, load_settings
+from workers.registry import REGISTRY, load_handler_modules
+from workers.runtime import WorkerRuntime
+
+log = structlog.get_logger("workers")
+
+
+async def serve(settings: Settings, kinds: list[str]) -> None:
+    registrations = [REGISTRY.registrations[kind] for kind in kinds]
+    runtime = WorkerRuntime(settings, registrations, schema_statements=REGISTRY.schema_statements)
+    runtime.metrics.serve(settings.metrics_port)
+    await runtime.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight handlers", grace_seconds=settings.shutdown_grace)
+    await runtime.stop()
+    log.info("worker stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hypercard-worker", description=__doc__)
+    parser.add_argument("kinds", nargs="*", help="event kinds to handle, e.g. OPEN_CARD RECHARGE")
+    parser.add_argument("--all", action="store_true", help="every kind that has a handler")
+    parser.add_argument("--handlers", action="append", default=[], help="extra handler module (also HC_HANDLERS)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus port (HC_METRICS_PORT; 0: none)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(metrics_port=args.metrics_port)
+    except SettingsError as error:
+        print(f"hypercard-worker: {error}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.log_level)
+    try:
+        load_handler_modules([*settings.handlers, *args.handlers])
+    except ImportError as error:
+        print(f"hypercard-worker: cannot load handler module: {error}", file=sys.stderr)
+        sys.exit(2)
+    kinds = REGISTRY.kinds if args.all else [kind.upper() for kind in args.kinds]
+    unknown = [kind for kind in kinds if kind not in REGISTRY.registrations]
+    if not kinds or unknown:
+        print(
+            f"hypercard-worker: {'no handler for ' + ', '.join(unknown) if unknown else 'name kinds or --all'}; "
+            f"kinds with a handler: {', '.join(REGISTRY.kinds)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    uvloop.run(serve(settings, kinds))

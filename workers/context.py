@@ -1,0 +1,21 @@
+"""What a handler is given besides its event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    event_id: str
+    # The key the inbox de-duplicates on (None for kinds where each notification counts, e.g. CONSUME).
+    idempotency_key: str | None
+    attempt: int  # 1 on the first delivery, 2 on the first retry, ...
+    received_at: datetime  # when the gateway received the event
+    log: structlog.stdlib.BoundLogger
+    # The open transaction the handler runs in: its writes commit together with the inbox row, or not at all.
+    tx: asyncpg.Connection

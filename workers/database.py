@@ -1,0 +1,76 @@
+"""The PostgreSQL pool, versioned SQL migrations applied at start, and the inbox that makes handling idempotent."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("workers.database")
+MIGRATIONS = resources.files("workers") / "migrations"
+# One worker migrates at a time; the others wait on this lock and then find nothing left to do.
+MIGRATION_LOCK = 0x4859504552  # "HYPER"
+
+
+async def create_pool(url: str, size: int) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=size, command_timeout=30)
+    assert pool is not None
+    return pool
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every `NNN_name.sql`, in version order."""
+    found = []
+    for entry in MIGRATIONS.iterdir():
+        if entry.name.endswith(".sql"):
+            version, _, name = entry.name.removesuffix(".sql").partition("_")
+            found.append((int(version), name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(pool: asyncpg.Pool) -> list[int]:
+    """Apply the migrations not applied yet, each in its own transaction; returns the versions applied."""
+    applied_now = []
+    async with pool.acquire() as connection:
+        await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await connection.execute(
+                """CREATE TABLE IF NOT EXISTS hypercard_schema_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {row["version"] for row in await connection.fetch("SELECT version FROM hypercard_schema_migrations")}
+            for version, name, sql in migration_files():
+                if version in done:
+                    continue
+                async with connection.transaction():
+                    await connection.execute(sql)
+                    await connection.execute(
+                        "INSERT INTO hypercard_schema_migrations (version, name) VALUES ($1, $2)", version, name
+                    )
+                applied_now.append(version)
+                log.info("migration applied", version=version, name=name)
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    return applied_now
+
+
+def inbox_key(natural_key: str) -> str:
+    """Inbox rows hold a digest of the natural key: it may contain personal data (an e-mail, a mobile number)."""
+    return hashlib.sha256(natural_key.encode()).hexdigest()
+
+
+async def claim(tx: asyncpg.Connection, kind: str, natural_key: str, event_id: str) -> bool:
+    """Record that this key is being handled, inside the handler's transaction. False: handled before (or being
+    handled by a concurrent delivery that then committed), so this delivery is a duplicate."""
+    inserted = await tx.fetchval(
+        """INSERT INTO hypercard_inbox (kind, idempotency_key, event_id) VALUES ($1, $2, $3)
+           ON CONFLICT DO NOTHING RETURNING true""",
+        kind,
+        inbox_key(natural_key),
+        event_id,
+    )
+    return bool(inserted)

@@ -1,0 +1,65 @@
+"""Card holder authentication: 3-D Secure auths (AUTH_3DS) and one-time codes (OPT_CODE)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Protocol
+
+from schemas.events import Auth3ds, OptCode
+from workers.context import HandlerContext
+from workers.registry import handles
+
+
+def _time(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@handles(Auth3ds)
+async def auth_3ds(event: Auth3ds, ctx: HandlerContext) -> None:
+    """Keeps the newest state of each auth (by updated_Time); one that reached the gateway after its expired_time
+    is recorded as expired: it can no longer be answered."""
+    expired = ctx.received_at > _time(event.expired_time)
+    await ctx.tx.execute(
+        """INSERT INTO hypercard_auths_3ds AS a
+               (auth_id, card_id, card_no, txn_currency, txn_amount, merchant_name, location_country, auth_result,
+                expired_time, created_time, updated_time, expired, app_card_id, app3ds_auth_transaction_id, event_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+           ON CONFLICT (auth_id) DO UPDATE SET
+               auth_result = EXCLUDED.auth_result, updated_time = EXCLUDED.updated_time,
+               expired = EXCLUDED.expired, event_id = EXCLUDED.event_id
+           WHERE a.updated_time <= EXCLUDED.updated_time""",
+        event.auth_id, event.card_id, event.card_no, event.txn_currency, Decimal(event.txn_amount),
+        event.card_acceptor_merchant_name, str(event.card_acceptor_location_country), event.auth_result,
+        _time(event.expired_time), _time(event.created_Time), _time(event.updated_Time), expired,
+        event.app_card_id, event.app3ds_auth_transaction_id, ctx.event_id,
+    )  # fmt: skip
+    if expired:
+        ctx.log.warning("3-D Secure auth arrived after its expiry", auth_id=event.auth_id)
+
+
+class OtpNotifier(Protocol):
+    """Delivers a one-time code to the card holder (SMS, push, e-mail...). The code is a secret: never log it."""
+
+    async def deliver(self, event: OptCode, ctx: HandlerContext) -> None: ...
+
+
+class LogOnlyNotifier:
+    """The default: one log line without the code. Replace it with `set_otp_notifier`."""
+
+    async def deliver(self, event: OptCode, ctx: HandlerContext) -> None:
+        ctx.log.info("one-time code received", card_id=event.card_id, create_time=event.create_time)
+
+
+_notifier: list[OtpNotifier] = [LogOnlyNotifier()]
+
+
+def set_otp_notifier(notifier: OtpNotifier) -> None:
+    _notifier[0] = notifier
+
+
+@handles(OptCode)
+async def one_time_code(event: OptCode, ctx: HandlerContext) -> None:
+    """Handed to the notifier, never stored: the inbox row (a digest of card_id and create_time) keeps a retried
+    notification from being delivered twice."""
+    await _notifier[0].deliver(event, ctx)

@@ -1,0 +1,40 @@
+"""Prometheus metrics of a worker process, served on HC_METRICS_PORT (0: not served)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["kind"]
+        self.handled = Counter(
+            "hypercard_worker_handled", "Events handled and committed.", labels, registry=self.registry
+        )
+        self.duplicates = Counter(
+            "hypercard_worker_duplicates",
+            "Deliveries acked with no effect: handled before.",
+            labels,
+            registry=self.registry,
+        )
+        self.retried = Counter(
+            "hypercard_worker_retried", "Failed attempts scheduled for a retry.", labels, registry=self.registry
+        )
+        self.dead_lettered = Counter(
+            "hypercard_worker_dead_lettered", "Events sent to hypercard.<kind>.dead.", labels, registry=self.registry
+        )
+        self.skipped = Counter("hypercard_worker_skipped", "Events a handler skipped.", labels, registry=self.registry)
+        self.latency = Histogram(
+            "hypercard_worker_handler_seconds",
+            "Time to handle one event, transaction included.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def serve(self, port: int) -> None:
+        if port:
+            start_http_server(port, registry=self.registry)

@@ -1,0 +1,96 @@
+"""Handler registration: `@handles(EventType)` in any module, loaded by name or through an entry point.
+
+from schemas.events import Event
+from workers import HandlerContext, handles
+
+class CardStatusChange(Event, tag="CARD_STATUS_CHANGE"):
+    card_id: str
+    new_status: str
+
+@handles(CardStatusChange)
+async def on_status_change(event: CardStatusChange, ctx: HandlerContext) -> None:
+    await ctx.tx.execute("...", event.card_id, event.new_status)
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import msgspec
+import structlog
+
+from schemas.events import KIND_NAME, Event, decoder_for
+from workers.context import HandlerContext
+
+ENTRY_POINT_GROUP = "hypercard.handlers"
+DEFAULT_HANDLERS = "workers.handlers"
+Handler = Callable[[Any, HandlerContext], Awaitable[None]]
+log = structlog.get_logger("workers")
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str
+    event_type: type[Event]
+    handler: Handler
+    decoder: msgspec.json.Decoder
+    retry_delays: tuple[float, ...] | None  # None: the HC_RETRY_DELAYS schedule
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.registrations: dict[str, Registration] = {}
+        self.schema_statements: list[str] = []
+
+    def schema(self, sql: str) -> None:
+        """SQL a user module needs (CREATE TABLE IF NOT EXISTS ...): run at worker start, after the migrations."""
+        self.schema_statements.append(sql)
+
+    def handles(
+        self, event_type: type[Event], *, retry_delays: Iterable[float] | None = None, replace: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated coroutine as the handler of `event_type`'s kind (its `tag`).
+
+        `retry_delays` overrides the retry schedule for this kind; `replace=True` replaces an existing handler
+        (for instance one of the defaults)."""
+        kind = event_type.kind() if isinstance(event_type, type) and issubclass(event_type, Event) else None
+        if not isinstance(kind, str) or not KIND_NAME.match(kind):
+            raise TypeError(f"{event_type!r} is not an Event subclass with a tag such as tag='CARD_STATUS_CHANGE'")
+
+        def register(handler: Handler) -> Handler:
+            if kind in self.registrations and not replace:
+                existing = self.registrations[kind].handler
+                raise ValueError(
+                    f"{kind} already has a handler ({existing.__module__}.{existing.__qualname__}); "
+                    "pass replace=True to replace it"
+                )
+            delays = tuple(retry_delays) if retry_delays is not None else None
+            self.registrations[kind] = Registration(kind, event_type, handler, decoder_for(event_type), delays)
+            return handler
+
+        return register
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.registrations)
+
+
+REGISTRY = Registry()
+handles = REGISTRY.handles
+schema = REGISTRY.schema
+
+
+def load_handler_modules(modules: Iterable[str], use_entry_points: bool = True) -> None:
+    """Import the default handlers, then the user's modules (HC_HANDLERS / --handlers) and entry points."""
+    importlib.import_module(DEFAULT_HANDLERS)
+    for name in modules:
+        importlib.import_module(name)
+        log.info("handler module loaded", module=name)
+    if use_entry_points:
+        for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            entry_point.load()
+            log.info("handler module loaded", entry_point=entry_point.name)
