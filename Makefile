@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_KEYS := .dev
 export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ run: install $(DEV_KEYS)/platform-public.pem
 	@echo "Send a signed sample from another terminal:  $(BIN)/hypercard-send open_card   (or: all)"
 	@trap 'kill 0' INT TERM; $(BIN)/hypercard-worker --all & $(BIN)/hypercard-gateway; wait
 
-test: install
+# promtool and haproxy check the deployment files in the tests (Debian packages prometheus and haproxy).
+tools:
+	@command -v promtool >/dev/null && command -v haproxy >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus haproxy >/dev/null)
+
+test: install tools
 	$(BIN)/pytest
 
 lint: install

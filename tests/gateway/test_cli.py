@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,13 @@ def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp
         )
         assert sent.returncode == 0, sent.stdout
         assert sent.stdout.count('HTTP 200 {"code":1,"msg":"ok","data":{}}') == 9
+        # Whichever process answers /metrics reports the requests of all of them.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            exposition = reply.read().decode()
+        accepted = re.findall(r'^hypercard_gateway_requests_total\{.*status="200"\} ([0-9.]+)$', exposition, re.M)
+        assert sum(float(n) for n in accepted) == 9
+        check = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
     finally:
         gateway.send_signal(signal.SIGTERM)
         output, _ = gateway.communicate(timeout=20)

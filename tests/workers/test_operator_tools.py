@@ -1,0 +1,104 @@
+"""hypercard-replay and hypercard-status against the real broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import aio_pika
+import pytest
+
+from schemas import topology
+from tests.conftest import take
+from tests.gateway.test_publisher import closed_port
+from workers.replay import ReplayFilter, replay
+
+pytestmark = pytest.mark.broker
+BIN = os.path.dirname(sys.executable)
+
+
+async def put(channel, queue: str, kind: str, event_id: str, **headers) -> None:
+    message = aio_pika.Message(
+        b'{"notify_type":"%s","n":"%s"}' % (kind.encode(), event_id.encode()),
+        headers={"notify_type": kind, "event_id": event_id, **headers},
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+    await channel.default_exchange.publish(message, routing_key=queue)
+
+
+@pytest.fixture
+async def confirm_channel(amqp):
+    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    yield await connection.channel(publisher_confirms=True, on_return_raises=True)
+    await connection.close()
+
+
+async def test_replay_moves_the_matching_dead_letters_back_and_leaves_the_rest(amqp, confirm_channel):
+    dead = topology.dead_queue("RECHARGE")
+    for n in range(3):
+        await put(amqp, dead, "RECHARGE", f"e{n}", attempts=6, error_type="RuntimeError", attempt=6)
+    moved = await replay(confirm_channel, dead, ReplayFilter(event_id="e1"))
+    assert moved == ["e1"]
+    (back,) = await take(amqp, topology.kind_queue("RECHARGE"))
+    assert back.headers["event_id"] == "e1" and back.headers["replayed_from"] == dead
+    assert "attempt" not in back.headers and "error_type" not in back.headers
+    left = await take(amqp, dead)
+    assert sorted(m.headers["event_id"] for m in left) == ["e0", "e2"]
+
+
+async def test_replay_from_invalid_and_unrouted_by_kind_and_count(amqp, confirm_channel):
+    for n in range(3):
+        await put(amqp, topology.INVALID_QUEUE, "OPERATION", f"i{n}")
+    await put(amqp, topology.INVALID_QUEUE, "CONSUME", "other")
+    assert len(await replay(confirm_channel, topology.INVALID_QUEUE, ReplayFilter(kind="OPERATION", count=2))) == 2
+    assert len(await take(amqp, topology.kind_queue("OPERATION"))) == 2
+    assert sorted(m.headers["event_id"] for m in await take(amqp, topology.INVALID_QUEUE)) == ["i2", "other"]
+
+
+async def test_a_crash_between_publish_and_ack_duplicates_but_never_loses(amqp, confirm_channel, monkeypatch):
+    dead = topology.dead_queue("CONSUME")
+    await put(amqp, dead, "CONSUME", "crash")
+
+    async def crash(self, *args, **kwargs):
+        raise ConnectionError("replay process died")
+
+    monkeypatch.setattr(aio_pika.IncomingMessage, "ack", crash)
+    with pytest.raises(ConnectionError):
+        await replay(confirm_channel, dead, ReplayFilter())
+    await confirm_channel.close()  # the dying process's channel goes away: the original returns to its queue
+    monkeypatch.undo()
+    assert [m.headers["event_id"] for m in await take(amqp, topology.kind_queue("CONSUME"))] == ["crash"]
+    assert [m.headers["event_id"] for m in await take(amqp, dead)] == ["crash"]
+
+
+def run_tool(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [os.path.join(BIN, args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HC_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/", **(env or {})},
+    )
+
+
+async def test_replay_command_line(amqp):
+    await put(amqp, topology.dead_queue("OPT_CODE"), "OPT_CODE", "cli-1")
+    dry = run_tool("hypercard-replay", "OPT_CODE", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.split() == ["cli-1"]
+    done = run_tool("hypercard-replay", "OPT_CODE")
+    assert done.returncode == 0 and "replayed 1 message" in done.stderr
+    assert len(await take(amqp, topology.kind_queue("OPT_CODE"))) == 1
+
+
+async def test_status_is_0_when_clean_1_with_dead_letters_2_without_broker(amqp):
+    clean = run_tool("hypercard-status")
+    assert clean.returncode == 0, clean.stdout
+    assert "OPEN_CARD" in clean.stdout and "hypercard.invalid" in clean.stdout
+    await put(amqp, topology.dead_queue("BUY_COIN"), "BUY_COIN", "d")
+    alert = run_tool("hypercard-status")
+    assert alert.returncode == 1
+    (line,) = [line for line in alert.stdout.splitlines() if line.startswith("BUY_COIN")]
+    assert line.split()[3] == "1" and "dead letters" in line
+    down = run_tool("hypercard-status", env={"HC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{closed_port()}/"})
+    assert down.returncode == 2 and "unreachable" in down.stderr

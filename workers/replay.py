@@ -1,0 +1,132 @@
+"""`hypercard-replay`: move messages from a dead, invalid or unrouted queue back through hypercard.events.
+
+    hypercard-replay OPEN_CARD                  # everything in hypercard.open_card.dead
+    hypercard-replay --from invalid --kind RECHARGE --count 10
+    hypercard-replay --from unrouted --event-id 3ebc8293f9a3a90600ae36fcb21ce30b
+    hypercard-replay OPEN_CARD --dry-run        # list what would move
+
+Each message is published with a confirm before the original is acked: a crash mid-replay leaves a duplicate at
+worst (the workers' inbox absorbs it), never a loss. Messages that do not match the filters stay where they were."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aio_pika
+
+from schemas import broker, topology
+from schemas.settings import SettingsError, load_settings
+
+# Headers of a failed attempt: a replayed message starts again at attempt 1.
+FAILURE_HEADERS = {"attempt", "error_type", "error_message", "attempts", "failed_at", "last_error", "last_error_type"}
+
+
+@dataclass
+class ReplayFilter:
+    kind: str | None = None
+    event_id: str | None = None
+    count: int | None = None
+
+    def matches(self, message: aio_pika.abc.AbstractIncomingMessage) -> bool:
+        headers = message.headers or {}
+        if self.kind is not None and str(headers.get("notify_type", "")).upper() != self.kind.upper():
+            return False
+        return self.event_id is None or headers.get("event_id") == self.event_id
+
+
+def source_queue(source: str) -> str:
+    """`invalid`, `unrouted`, a kind (its dead queue), or a queue name."""
+    if source in ("invalid", "unrouted"):
+        return f"hypercard.{source}"
+    if source.startswith("hypercard."):
+        return source
+    return topology.dead_queue(source)
+
+
+def replay_copy(message: aio_pika.abc.AbstractIncomingMessage, source: str) -> aio_pika.Message:
+    headers = {key: value for key, value in (message.headers or {}).items() if key not in FAILURE_HEADERS}
+    headers["replayed_from"] = source
+    headers["replayed_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
+async def replay(
+    channel: aio_pika.abc.AbstractChannel, source: str, wanted: ReplayFilter, dry_run: bool = False
+) -> list[str]:
+    """Replay the matching messages of `source`; returns their event ids. The channel must have confirms on."""
+    queue = await channel.declare_queue(source, passive=True)
+    waiting = queue.declaration_result.message_count
+    events = await channel.get_exchange(topology.EVENTS_EXCHANGE)
+    moved: list[str] = []
+    held: list[aio_pika.abc.AbstractIncomingMessage] = []
+    # Look at each waiting message once: the ones left alone stay unacked until the end, then go back in order.
+    for _ in range(waiting):
+        if wanted.count is not None and len(moved) >= wanted.count:
+            break
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            break
+        if not wanted.matches(message):
+            held.append(message)
+            continue
+        kind = str((message.headers or {}).get("notify_type") or "")
+        event_id = str((message.headers or {}).get("event_id") or message.message_id)
+        if dry_run or not kind:
+            held.append(message)
+            if dry_run:
+                moved.append(event_id)
+            continue
+        await events.publish(replay_copy(message, source), routing_key=topology.routing_key(kind), mandatory=True)
+        await message.ack()  # only after the broker confirmed the copy
+        moved.append(event_id)
+    for message in held:
+        await message.nack(requeue=True)
+    return moved
+
+
+async def run(urls: list[str], source: str, wanted: ReplayFilter, dry_run: bool) -> list[str]:
+    connection = await broker.connect(urls)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return await replay(channel, source, wanted, dry_run)
+    finally:
+        await connection.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="hypercard-replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", nargs="?", help="a kind (its dead queue), or use --from")
+    parser.add_argument("--from", dest="from_", help="invalid, unrouted, a kind, or a queue name")
+    parser.add_argument("--kind", help="only messages of this notify_type")
+    parser.add_argument("--event-id", help="only the message(s) with this event id")
+    parser.add_argument("--count", type=int, help="at most this many messages")
+    parser.add_argument("--dry-run", action="store_true", help="list the event ids that would move; move nothing")
+    args = parser.parse_args(argv)
+    source = args.from_ or args.source
+    if not source:
+        parser.error("name a kind or --from invalid|unrouted|QUEUE")
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        parser.exit(2, f"hypercard-replay: {error}\n")
+    queue = source_queue(source)
+    wanted = ReplayFilter(args.kind, args.event_id, args.count)
+    moved = asyncio.run(run(settings.amqp_urls, queue, wanted, args.dry_run))
+    for event_id in moved:
+        print(event_id)
+    verb = "would replay" if args.dry_run else "replayed"
+    print(f"{verb} {len(moved)} message(s) from {queue}", file=sys.stderr)
