@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from gateway.send import load_private_key, sample_body, sample_names, signed_headers
+from gateway.send import generate_keys, load_private_key, sample_body, sample_names, signed_headers
 from schemas.logs import REDACTED, redact_secrets
 from tests.gateway.test_cli import wait_until_ready
 from tests.gateway.test_publisher import closed_port
-from tests.support.processes import worker_process
+from tests.support.processes import gateway_process, worker_process
 from tests.workers.conftest import eventually
-
-BIN = Path(sys.executable).parent
 
 
 def test_processor_drops_secret_keys_and_masks_secret_values():
@@ -45,19 +39,10 @@ async def test_logs_of_all_nine_samples_through_gateway_and_workers_hold_no_secr
     from tests.workers.conftest import reset_database
 
     await reset_database()
-    subprocess.run([str(BIN / "hypercard-send"), "--generate-keys", str(tmp_path)], check=True, capture_output=True)
-    key = load_private_key(tmp_path / "platform-private.pem")
+    private, _ = generate_keys(tmp_path)
+    key = load_private_key(private)
     port = closed_port()
-    env = {
-        **os.environ,
-        "HC_PORT": str(port),
-        "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
-        "HC_DRAIN_SECONDS": "0",
-        "HC_LOG_LEVEL": "debug",
-    }
-    gateway_log = tmp_path / "gateway.log"
-    with gateway_log.open("wb") as log:
-        gateway = subprocess.Popen([str(BIN / "hypercard-gateway")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    gateway = gateway_process(tmp_path, port, {"HC_DRAIN_SECONDS": "0", "HC_LOG_LEVEL": "debug"})
     worker = worker_process(tmp_path, "--all", env={"HC_LOG_LEVEL": "debug"})
     signatures = []
     try:
@@ -86,11 +71,10 @@ async def test_logs_of_all_nine_samples_through_gateway_and_workers_hold_no_secr
 
         await eventually(all_handled, timeout=20)
     finally:
-        gateway.terminate()
-        gateway.wait(20)
+        gateway.stop()
         worker.stop()
 
-    logs = gateway_log.read_text() + worker.output
+    logs = gateway.output + worker.output
     lines = logs.splitlines()
     assert len(lines) > 20 and all(json.loads(line) for line in lines)
     secrets = ["example@gmail.com", "18301523750", "888666", "Zm9yZ2Vk", "BEGIN", *signatures]

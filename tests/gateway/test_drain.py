@@ -3,37 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from gateway.send import load_private_key, sample_body, signed_headers
+from gateway.send import generate_keys, load_private_key, sample_body, signed_headers
 from schemas import topology
 from tests.conftest import take
 from tests.gateway.test_cli import wait_until_ready
 from tests.gateway.test_publisher import closed_port
+from tests.support.processes import gateway_process
 
 pytestmark = pytest.mark.broker
-BIN = Path(sys.executable).parent
 
 
 async def test_sigterm_drains_without_cutting_or_losing_requests(tmp_path, amqp):
-    subprocess.run([str(BIN / "hypercard-send"), "--generate-keys", str(tmp_path)], check=True, capture_output=True)
-    key = load_private_key(tmp_path / "platform-private.pem")
+    private, _ = generate_keys(tmp_path)
+    key = load_private_key(private)
     port = closed_port()
-    env = {
-        **os.environ,
-        "HC_PORT": str(port),
-        "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
-        "HC_DRAIN_SECONDS": "1.5",
-    }
-    log = (tmp_path / "gateway.log").open("wb")
-    gateway = subprocess.Popen([str(BIN / "hypercard-gateway")], env=env, stdout=log, stderr=subprocess.STDOUT)
+    gateway = gateway_process(tmp_path, port, {"HC_DRAIN_SECONDS": "1.5"})
     base = f"http://127.0.0.1:{port}"
     body = sample_body("consume")
     answered_1 = 0
@@ -73,14 +62,12 @@ async def test_sigterm_drains_without_cutting_or_losing_requests(tmp_path, amqp)
 
             loader = asyncio.create_task(load())
             await asyncio.sleep(0.5)
-            gateway.send_signal(signal.SIGTERM)
+            gateway.signal(signal.SIGTERM)
             sigterm_sent.set()
             await asyncio.gather(loader, watch_readiness())
         assert await asyncio.to_thread(gateway.wait, 20) == 0
     finally:
-        if gateway.poll() is None:
-            gateway.kill()
-        log.close()
+        gateway.stop()
 
     assert readiness and readiness[0] == 503 and set(readiness) == {503}
     assert answered_1_while_draining > 0  # the load balancer still sends for a while: those are served

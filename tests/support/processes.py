@@ -54,3 +54,17 @@ def worker_process(tmp_path: Path, *args: str, env: dict[str, str] | None = None
         },
         tmp_path / f"{name}.log",
     )
+
+
+def gateway_process(tmp_path: Path, port: int, env: dict[str, str] | None = None, name: str = "gateway") -> Process:
+    """`hypercard-gateway` on `port`, checking signatures against tmp_path/platform-public.pem."""
+    return Process(
+        [str(Path(sys.executable).parent / "hypercard-gateway")],
+        {
+            "HC_PORT": str(port),
+            "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
+            "HC_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+            **(env or {}),
+        },
+        tmp_path / f"{name}.log",
+    )
