@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.app import create_app, load_verifier
 from gateway.keys import DRAINING
+from gateway.replies import ContractAppRunner
 from schemas.logs import configure_logging
 from schemas.settings import Settings, SettingsError, load_settings
 
@@ -26,7 +27,7 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then drain: /readyz answers 503 for HC_DRAIN_SECONDS while requests are still
     served (the load balancer takes this instance out), in-flight requests finish, then the broker is closed."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=max(settings.publish_timeout * 2, 10.0))
+    runner = ContractAppRunner(app, access_log=None, shutdown_timeout=max(settings.publish_timeout * 2, 10.0))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024)
     await site.start()

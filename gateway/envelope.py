@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from aiormq import spec
 
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, join_sorted
+from gateway.wire import EncodedProperties, encode_properties
 from schemas import topology
 from schemas.events import KIND_NAME, KNOWN_EVENTS, decoder_for
 
@@ -32,7 +32,7 @@ def validate(kind: str, body: bytes) -> Verdict:
     if decoder is not None:
         try:
             decoder.decode(body)
-        except msgspec.MsgspecError as error:
+        except (msgspec.MsgspecError, RecursionError) as error:
             return Verdict("quarantined", topology.INVALID_ROUTING_KEY, f"{kind}: {error}")
         return Verdict("accepted", topology.routing_key(kind))
     if not KIND_NAME.match(kind):
@@ -57,7 +57,7 @@ def properties(
     signature_outcome: SignatureOutcome,
     request_headers: Any,
     validation_error: str | None,
-) -> spec.Basic.Properties:
+) -> EncodedProperties:
     now = datetime.now(UTC)
     # The platform's signed headers travel with the message, so the event can be verified again later.
     platform_headers = {
@@ -74,12 +74,13 @@ def properties(
     }
     if validation_error is not None:
         headers["validation_error"] = validation_error[:1000]
-    return spec.Basic.Properties(
-        content_type="application/json",
-        delivery_mode=2,  # persistent
-        message_id=os.urandom(16).hex(),  # unique per publish: returns are matched to publishes by message id
-        timestamp=now,
-        message_type=kind,
-        app_id="hypercard-gateway",
-        headers=headers,
-    )
+    fields = {
+        "content_type": "application/json",
+        "message_id": os.urandom(16).hex(),  # unique per publish: returns are matched to publishes by message id
+        "timestamp": now,
+        # AMQP's type property is a short string (<= 255 bytes): a kind that is no kind name is only in the header.
+        "message_type": kind if KIND_NAME.match(kind) else "INVALID",
+        "app_id": "hypercard-gateway",
+    }
+    encoded = encode_properties(headers=headers, **fields)
+    return EncodedProperties(encoded, delivery_mode=2, headers=headers, **fields)  # delivery mode 2: persistent

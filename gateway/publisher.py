@@ -82,6 +82,9 @@ class Publisher:
                 properties=properties,
                 mandatory=True,
                 timeout=self.publish_timeout,
+                # Don't hold the channel's lock until the frames are flushed: the next publish goes out at once and
+                # confirms are pipelined. The confirm, awaited below, is what says the message is stored.
+                wait=False,
             )
         except TimeoutError:
             raise BrokerUnavailable("the broker did not confirm the event in time; send it again") from None

@@ -50,3 +50,33 @@ async def reply_contract(request: web.Request, handler: Handler) -> web.StreamRe
         # Never a 500 to the platform: an unexpected fault answers 503, so the platform sends the event again.
         log.exception("unexpected error", path=request.path)
         return failure(503, "internal error; the event was not stored, send it again")
+
+
+class ContractRequestHandler(web.RequestHandler):
+    """Requests that are not even valid HTTP (a bad header line, a bad method) are answered in the contract's
+    shape too, where aiohttp would answer plain text."""
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        log.info("malformed HTTP request", status=status, error=type(exc).__name__ if exc else None)
+        if status >= 500:
+            response = failure(503, "internal error; the event was not stored, send it again")
+        else:
+            response = failure(status, f"malformed HTTP request: {type(exc).__name__ if exc else 'bad request'}")
+        response.force_close()
+        return response
+
+
+class ContractServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return ContractRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ContractAppRunner(web.AppRunner):
+    """An AppRunner whose protocol-level errors keep the reply contract (aiohttp offers no hook for them)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = ContractServer  # same state, one overridden factory method
+        return server

@@ -29,6 +29,8 @@ SIGNED_HEADERS = ("api-key", "timestamp", "nonce", "version", "lang")
 SIGNATURE_HEADER = "signature"
 _EMPTY_CONTAINERS = (b"{}", b"[]")
 
+_PKCS1 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 BodyFields = dict[str, msgspec.Raw]
 FIELDS_DECODER = msgspec.json.Decoder(BodyFields)
 
@@ -115,7 +117,7 @@ class SignatureVerifier:
         for message in candidates:
             for key in self.keys:
                 try:
-                    key.verify(raw_signature, message, padding.PKCS1v15(), hashes.SHA256())
+                    key.verify(raw_signature, message, _PKCS1, _SHA256)
                 except InvalidSignature:
                     continue
                 return True
@@ -148,7 +150,7 @@ def load_public_keys(data: bytes) -> list[rsa.RSAPublicKey]:
 
 def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
     """What the platform does: base64(SHA256withRSA(message))."""
-    return base64.b64encode(private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()
+    return base64.b64encode(private_key.sign(message, _PKCS1, _SHA256)).decode()
 
 
 def sign_request(private_key: rsa.RSAPrivateKey, headers: Mapping[str, str], body: bytes) -> str:

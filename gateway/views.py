@@ -125,6 +125,8 @@ async def _receive(request: web.Request, line: dict[str, object], default_kind: 
         body_fields = rendered_fields(FIELDS_DECODER.decode(body))
     except (msgspec.MsgspecError, UnicodeDecodeError) as error:
         raise BadRequest(f"the body must be a JSON object: {error}") from None
+    except RecursionError:
+        raise BadRequest("the body must be a JSON object: it is nested too deeply") from None
 
     outcome = check_signature(request, body_fields)
     line["signature_outcome"] = str(outcome)

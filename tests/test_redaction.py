@@ -67,7 +67,7 @@ async def test_logs_of_all_nine_samples_through_gateway_and_workers_hold_no_secr
                     assert reply.status == 401
 
         async def all_handled() -> bool:
-            return worker.output.count('"outcome": "handled"') >= 9
+            return len(worker.events(event="message", outcome="handled")) >= 9
 
         await eventually(all_handled, timeout=20)
     finally:

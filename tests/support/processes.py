@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def log_events(output: str, **match: object) -> list[dict]:
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [line for line in lines if all(line.get(k) == v for k, v in match.items())]
 
 
 class Process:
@@ -22,6 +28,10 @@ class Process:
     @property
     def output(self) -> str:
         return self.log_path.read_text()
+
+    def events(self, **match: object) -> list[dict]:
+        """The process's JSON log lines whose fields have the given values."""
+        return log_events(self.output, **match)
 
     def signal(self, signum: int) -> None:
         self.popen.send_signal(signum)

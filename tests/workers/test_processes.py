@@ -39,7 +39,7 @@ async def taken_by_a_worker(amqp, kind: str) -> bool:
 async def test_worker_killed_mid_handling_redelivers_with_one_effect(gateway, db, amqp, sign, tmp_path):
     first = worker_process(tmp_path, *TRACKED, name="first")
     try:
-        await eventually(lambda: _log_says(first, "consuming"), timeout=20)
+        await eventually(lambda: _logged(first, event="consuming"), timeout=20)
         await send(gateway, sign, {"notify_type": "TEST_TRACKED", "token": "killed", "sleep": 1.5})
         await eventually(lambda: taken_by_a_worker(amqp, "TEST_TRACKED"))
         await asyncio.sleep(0.3)
@@ -61,7 +61,7 @@ async def test_worker_killed_mid_handling_redelivers_with_one_effect(gateway, db
 async def test_sigterm_lets_in_flight_handlers_finish_and_exits_0(gateway, db, amqp, sign, tmp_path):
     worker = worker_process(tmp_path, *TRACKED, env={"HC_SHUTDOWN_GRACE": "10"})
     try:
-        await eventually(lambda: _log_says(worker, "consuming"), timeout=20)
+        await eventually(lambda: _logged(worker, event="consuming"), timeout=20)
         await send(gateway, sign, {"notify_type": "TEST_TRACKED", "token": "graceful", "sleep": 1.0})
         await eventually(lambda: taken_by_a_worker(amqp, "TEST_TRACKED"))
         worker.signal(signal.SIGTERM)
@@ -71,8 +71,8 @@ async def test_sigterm_lets_in_flight_handlers_finish_and_exits_0(gateway, db, a
     assert await effect_count(db, "graceful") == 1
 
 
-async def _log_says(process, words: str) -> bool:
-    return words in process.output
+async def _logged(process, **match: str) -> bool:
+    return bool(process.events(**match))
 
 
 def rabbitmq(*args: str) -> None:
@@ -128,13 +128,13 @@ async def test_readme_extension_example_receives_its_kind(gateway, db, amqp, sig
         env={"PYTHONPATH": str(Path(README_EXAMPLE).parent)},
     )
     try:
-        await eventually(lambda: _log_says(worker, "consuming"), timeout=20)
+        await eventually(lambda: _logged(worker, event="consuming"), timeout=20)
         payload = {"notify_type": "CARD_STATUS_CHANGE", "card_id": "c-1", "old_status": "1", "new_status": "2"}
         await send(gateway, sign, payload)
         await send(gateway, sign, payload)  # a platform retry: no second effect
         row = await eventually(lambda: db.fetchrow("SELECT card_id, status FROM card_statuses"), timeout=10)
         assert tuple(row) == ("c-1", "2")
-        assert await eventually(lambda: _log_says(worker, '"outcome": "duplicate"'))
+        assert await eventually(lambda: _logged(worker, outcome="duplicate"))
     finally:
         worker.stop()
     unrouted = await amqp.declare_queue(topology.UNROUTED_QUEUE, passive=True)

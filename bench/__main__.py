@@ -1,0 +1,368 @@
+"""The benchmark: the gateway next to its ceilings, measured in one run on this machine. Prints a table.
+
+    .venv/bin/python -m bench                 # everything (about 3 minutes)
+    .venv/bin/python -m bench --seconds 5 --e2e-seconds 20
+
+Load comes from a separate process: wrk, with pre-signed requests (the nine samples for throughput, distinct
+events for the latency and end-to-end phases, paced by random gaps to a fixed offered rate)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+
+from bench.signed import sample_requests, unique_requests, write_wrk_script
+from gateway.send import generate_keys, load_private_key
+from schemas import topology
+from schemas.events import KNOWN_KINDS
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DATABASE_URL = os.environ.get("HC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BIN = Path(sys.executable).parent
+PORT = 18080
+QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
+def wrk(script: Path, port: int, seconds: float, connections: int = 64) -> dict[str, float]:
+    """Requests/s and latency percentiles (ms) of a wrk run; a refused request invalidates the run."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "-s", str(script), f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        raise SystemExit(f"wrk saw {non_2xx.group(1)} refused requests: the run is not valid\n{out}")
+    latency = re.search(r"latency-ms p50 ([\d.]+) p99 ([\d.]+) p99.9 ([\d.]+)", out)
+    return {
+        "rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),
+        "p50": float(latency.group(1)), "p99": float(latency.group(2)), "p99.9": float(latency.group(3)),
+    }  # fmt: skip
+
+
+def wait_ready(port: int, path: str = "/readyz", timeout: float = 20) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing ready on port {port}")
+
+
+def process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+    return [pid, *(grandchild for kid in kids for grandchild in process_tree(kid))]
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The largest peak RSS (VmHWM) among the process and its children."""
+    peaks = []
+    for member in process_tree(pid):
+        status = Path(f"/proc/{member}/status")
+        if status.exists():
+            found = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
+            if found:
+                peaks.append(int(found.group(1)) / 1024)
+    return max(peaks, default=float("nan"))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists():
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str] | None = None, ready_port: int | None = None, ready_path="/readyz"):
+    process = subprocess.Popen(args, env={**os.environ, **(env or {})}, **QUIET)
+    try:
+        if ready_port:
+            wait_ready(ready_port, ready_path)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def purge(extra: tuple[str, ...] = ()) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    for name in [
+        *(topology.kind_queue(k) for k in KNOWN_KINDS),
+        topology.INVALID_QUEUE,
+        topology.UNROUTED_QUEUE,
+        *extra,
+    ]:
+        await (await channel.declare_queue(name, passive=True)).purge()
+    await connection.close()
+
+
+async def queue_depth() -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        total = 0
+        for kind in KNOWN_KINDS:
+            queue = await channel.declare_queue(topology.kind_queue(kind), passive=True)
+            total += queue.declaration_result.message_count
+        return total
+    finally:
+        await connection.close()
+
+
+async def handled_total(ports: list[int]) -> float:
+    total = 0.0
+    async with aiohttp.ClientSession() as session:
+        for port in ports:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as reply:
+                text = await reply.text()
+            for name in ("hypercard_worker_handled_total", "hypercard_worker_duplicates_total"):
+                total += sum(float(v) for v in re.findall(rf"^{name}{{[^}}]*}} ([\d.e+]+)$", text, re.M))
+    return total
+
+
+def gateway_env(keys: Path, **extra: str) -> dict[str, str]:
+    return {
+        "HC_PORT": str(PORT),
+        "HC_PLATFORM_PUBLIC_KEY": str(keys / "platform-public.pem"),
+        "HC_AMQP_URL": AMQP_URL,
+        "HC_DRAIN_SECONDS": "0",
+        **extra,
+    }
+
+
+def gateway_throughput(keys: Path, script: Path, seconds: float, processes: int) -> tuple[float, float]:
+    env = gateway_env(keys, HC_PROCESSES=str(processes))
+    with running([str(BIN / "hypercard-gateway")], env, ready_port=PORT) as gateway:
+        rate = wrk(script, PORT, seconds, connections=64 * processes)["rate"]
+        rss = peak_rss_mb(gateway.pid)
+    asyncio.run(purge())
+    return rate, rss
+
+
+def paced_script(keys: Path, rate: float, seconds: float, connections: int, tag: str) -> Path:
+    key = load_private_key(keys / "platform-private.pem")
+    count = int(rate * seconds * 1.2)
+    print(f"  signing {count} distinct events...", file=sys.stderr)
+    requests = unique_requests(key, count, tag=f"{tag}{time.time_ns()}-")
+    return write_wrk_script(keys / f"{tag}.lua", requests, mean_gap_ms=connections / rate * 1000)
+
+
+def latency_at(keys: Path, rate: float, seconds: float) -> dict[str, float]:
+    connections = 50
+    script = paced_script(keys, rate, seconds, connections, "latency")
+    with running([str(BIN / "hypercard-gateway")], gateway_env(keys), ready_port=PORT):
+        result = wrk(script, PORT, seconds, connections)
+    asyncio.run(purge())
+    return result
+
+
+def end_to_end(keys: Path, rate: float, seconds: float, workers: int, processes: int) -> dict[str, object]:
+    connections = 100
+    script = paced_script(keys, rate, seconds, connections, "e2e")
+    metrics_ports = [19100 + n for n in range(workers)]
+    worker_env = {"HC_DATABASE_URL": DATABASE_URL, "HC_AMQP_URL": AMQP_URL, "HC_PREFETCH": "64"}
+    gateway = running([str(BIN / "hypercard-gateway")], gateway_env(keys, HC_PROCESSES=str(processes)), ready_port=PORT)
+    worker_runs = [
+        running(
+            [str(BIN / "hypercard-worker"), "--all"], {**worker_env, "HC_METRICS_PORT": str(port)}, port, "/metrics"
+        )
+        for port in metrics_ports
+    ]
+    with gateway as gateway_process:
+        worker_processes = [run.__enter__() for run in worker_runs]
+        try:
+            before = asyncio.run(handled_total(metrics_ports))
+
+            async def sample_depth(stop: asyncio.Event, depths: list[int]) -> None:
+                while not stop.is_set():
+                    depths.append(await queue_depth())
+                    await asyncio.sleep(2)
+
+            async def load_and_sample():
+                depths: list[int] = []
+                stop = asyncio.Event()
+                sampler = asyncio.create_task(sample_depth(stop, depths))
+                started = time.perf_counter()
+                result = await asyncio.to_thread(wrk, script, PORT, seconds, connections)
+                elapsed = time.perf_counter() - started
+                stop.set()
+                await sampler
+                handled_during = await handled_total(metrics_ports) - before
+                # What is still queued when the load stops, and how long the workers take to finish it.
+                drain_started = time.perf_counter()
+                while await queue_depth() and time.perf_counter() - drain_started < 120:  # noqa: ASYNC110 - polls the broker
+                    await asyncio.sleep(0.5)
+                return result, elapsed, depths, handled_during, time.perf_counter() - drain_started
+
+            def groups() -> dict[str, list[int]]:
+                return {
+                    "gateway": process_tree(gateway_process.pid),
+                    "workers": [pid for p in worker_processes for pid in process_tree(p.pid)],
+                    "rabbitmq": pids_named("beam.smp"),
+                    "postgresql": pids_named("postgres"),  # its backends: one per worker connection
+                }
+
+            cpu_before = {pid: cpu_seconds([pid]) for pids in groups().values() for pid in pids}
+            result, elapsed, depths, handled_during, drain = asyncio.run(load_and_sample())
+            # Processes started during the run (new database backends) count from zero.
+            cpu = {
+                name: sum(cpu_seconds([pid]) - cpu_before.get(pid, 0.0) for pid in pids)
+                for name, pids in groups().items()
+            }
+            rss_workers = max(peak_rss_mb(p.pid) for p in worker_processes)
+            rss_gateway = peak_rss_mb(gateway_process.pid)
+        finally:
+            for run in reversed(worker_runs):
+                run.__exit__(None, None, None)
+    return {
+        "accepted": result["requests"], "accepted_rate": result["rate"], "handled": handled_during,
+        "seconds": elapsed, "rate": handled_during / elapsed, "depths": depths, "drain": drain,
+        "rss_gateway": rss_gateway, "rss_worker": rss_workers, "p99": result["p99"], "cpu": cpu,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10, help="length of each throughput phase")
+    parser.add_argument("--rate", type=float, default=500, help="fixed rate of the latency phase")
+    parser.add_argument("--e2e-rate", type=float, default=1000)
+    parser.add_argument("--e2e-seconds", type=float, default=60)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes in the end-to-end phase")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="hypercard-bench-"))
+    generate_keys(folder)
+    script = write_wrk_script(
+        folder / "samples.lua", sample_requests(load_private_key(folder / "platform-private.pem"))
+    )
+    asyncio.run(purge())
+
+    print("1/6 HTTP ceiling (bare aiohttp)", file=sys.stderr)
+    with running([sys.executable, "-m", "bench.bare_app", str(PORT + 1)]):
+        wait_ready_post(PORT + 1)
+        http_ceiling = wrk(script, PORT + 1, args.seconds)["rate"]
+    print("2/6 broker ceiling (confirmed publishes, no HTTP)", file=sys.stderr)
+    broker_ceiling = float(
+        subprocess.run(
+            [sys.executable, "-m", "bench.broker_ceiling", str(args.seconds)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[0]
+    )
+    asyncio.run(purge())
+    print("3/6 gateway, 1 process and 2 processes", file=sys.stderr)
+    one, rss_one = gateway_throughput(folder, script, args.seconds, 1)
+    two, rss_two = gateway_throughput(folder, script, args.seconds, 2)
+    print(f"4/6 latency at {args.rate:g} requests/s", file=sys.stderr)
+    latency = latency_at(folder, args.rate, args.seconds)
+    print(f"5/6 end to end at {args.e2e_rate:g} events/s for {args.e2e_seconds:g} s", file=sys.stderr)
+    e2e = end_to_end(folder, args.e2e_rate, args.e2e_seconds, args.workers, processes=1)
+
+    print_table(args, http_ceiling, broker_ceiling, (one, rss_one), (two, rss_two), latency, e2e)
+
+
+def verdict(met: bool, target: str) -> str:
+    return "met" if met else f"NOT met (target {target})"
+
+
+def print_table(args, http_ceiling, broker_ceiling, one_process, two_processes, latency, e2e) -> None:
+    (one, rss_one), (two, rss_two) = one_process, two_processes
+    best = max(one, two)
+    rss_gateway = max(rss_one, rss_two, e2e["rss_gateway"])
+    handled = max(e2e["handled"], 1)
+    cpu = "  ".join(f"{name} {seconds / handled * 1e6:,.0f} us" for name, seconds in e2e["cpu"].items())
+    cpu_sum = sum(e2e["cpu"].values()) / handled * 1e6
+    depths = e2e["depths"]
+
+    def ratios(rate: float) -> str:
+        return f"{rate / broker_ceiling:.2f} of broker, {rate / http_ceiling:.2f} of HTTP"
+
+    rows = [
+        ("HTTP ceiling (bare aiohttp)", f"{http_ceiling:,.0f} req/s", "", ""),
+        ("broker ceiling (confirmed publishes)", f"{broker_ceiling:,.0f} msg/s", "", ""),
+        ("gateway, 1 process", f"{one:,.0f} req/s", ratios(one), ""),
+        ("gateway, 2 processes", f"{two:,.0f} req/s", ratios(two), ""),
+        (
+            "gateway / broker ceiling",
+            f"{best / broker_ceiling:.2f}",
+            "",
+            verdict(best >= 0.5 * broker_ceiling, ">= 0.50"),
+        ),
+        (
+            f"latency at {args.rate:g} req/s",
+            f"p50 {latency['p50']:.1f} ms  p99 {latency['p99']:.1f} ms  p99.9 {latency['p99.9']:.1f} ms",
+            f"achieved {latency['rate']:,.0f}/s",
+            verdict(latency["p99"] <= 10, "p99 <= 10 ms"),
+        ),
+        (
+            "end to end (HTTP -> workers -> PostgreSQL)",
+            f"{e2e['rate']:,.0f} events/s",
+            f"offered {args.e2e_rate:g}/s, accepted {e2e['accepted_rate']:,.0f}/s, handled {e2e['handled']:,.0f}",
+            verdict(e2e["rate"] >= 1000, "1,000/s"),
+        ),
+        ("queue depth, end to end", f"max {max(depths, default=0)}", f"{depths[:3]}..{depths[-3:]}", ""),
+        ("CPU per handled event", cpu, f"sum {cpu_sum:,.0f} us", ""),
+        (
+            "peak RSS",
+            f"gateway {rss_gateway:.0f} MB",
+            f"worker {e2e['rss_worker']:.0f} MB",
+            verdict(rss_gateway <= 150, "150 MB"),
+        ),
+    ]
+    width = [max(len(row[i]) for row in rows) for i in range(4)]
+    print("6/6 results", file=sys.stderr)
+    for row in rows:
+        print("  ".join(cell.ljust(width[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def wait_ready_post(port: int, timeout: float = 10) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from gateway.send import generate_keys, load_private_key
+from schemas import topology
+from schemas.events import KNOWN_KINDS
+from tests.gateway.test_cli import wait_until_ready
+from tests.gateway.test_publisher import closed_port
+from tests.support.harness import PlatformPlayer, Report, account, make_events
+from tests.support.processes import Process, gateway_process, worker_process
+from tests.support.services import postgres_start, rabbitmq_start
+from tests.workers.conftest import DATABASE_URL, reset_database
+
+# Long enough to ride out a broker or database outage of a few seconds.
+WORKER_ENV = {
+    "HC_HANDLERS": "tests.support.effect_tap",
+    "HC_RETRY_DELAYS": "0.5,1,2,4,8,8",
+    "HC_SHUTDOWN_GRACE": "5",
+    "HC_PREFETCH": "16",
+}
+
+
+@dataclass
+class System:
+    """Gateways and workers as processes, and the accounting harness that plays the platform against them."""
+
+    tmp_path: Path
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    gateways: list[Process] = field(default_factory=list)
+    gateway_ports: list[int] = field(default_factory=list)
+    workers: list[Process] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        private, _ = generate_keys(self.tmp_path)
+        self.key = load_private_key(private)
+
+    async def start_gateway(self, **env: str) -> Process:
+        port = closed_port()
+        settings = {"HC_AMQP_URL": self.amqp_url, "HC_PUBLISH_TIMEOUT": "2", "HC_DRAIN_SECONDS": "1", **env}
+        process = gateway_process(self.tmp_path, port, settings, name=f"gateway-{len(self.gateways)}")
+        self.gateways.append(process)
+        self.gateway_ports.append(port)
+        await asyncio.to_thread(wait_until_ready, port, 30)
+        return process
+
+    def start_worker(self, **env: str) -> Process:
+        settings = {**WORKER_ENV, "HC_AMQP_URL": self.amqp_url, **env}
+        process = worker_process(self.tmp_path, "--all", env=settings, name=f"worker-{len(self.workers)}")
+        self.workers.append(process)
+        return process
+
+    async def wait_consuming(self, process: Process, timeout: float = 30) -> None:
+        for _ in range(int(timeout * 10)):
+            if process.events(event="consuming"):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the worker did not start consuming")
+
+    def urls(self, ports: list[int] | None = None) -> list[str]:
+        return [f"http://127.0.0.1:{port}/hc_sync/common" for port in ports or self.gateway_ports]
+
+    async def play(self, count: int, rate: float, fault=None, fault_after: float = 1.0, urls=None):
+        events = make_events(count, run=uuid.uuid4().hex[:10])
+        player = PlatformPlayer(urls or self.urls(), self.key, rate)
+
+        async def fault_later():
+            await asyncio.sleep(fault_after)
+            await fault()
+
+        tasks = [player.play(events)] + ([fault_later()] if fault else [])
+        await asyncio.gather(*tasks)
+        return events, player
+
+    async def account(self, events, player, settle: float = 90) -> Report:
+        report = await account(events, DATABASE_URL, player.resent, settle)
+        print(f"\n[harness] {report.line()}")
+        return report
+
+    def stop(self) -> None:
+        for process in [*self.gateways, *self.workers]:
+            process.stop()
+
+
+async def dead_letters() -> int:
+    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    try:
+        channel = await connection.channel()
+        total = 0
+        for name in [*(topology.dead_queue(k) for k in KNOWN_KINDS), topology.INVALID_QUEUE, topology.UNROUTED_QUEUE]:
+            total += (await channel.declare_queue(name, passive=True)).declaration_result.message_count
+        return total
+    finally:
+        await connection.close()
+
+
+def assert_every_event_accounted_for(report: Report) -> None:
+    assert report.lost == 0, report.line()
+    assert report.double_effects == 0, report.line()
+    assert report.never_accepted == 0, report.line()
+    assert report.handled == report.accepted == report.sent, report.line()
+
+
+@pytest.fixture
+async def system(tmp_path, amqp) -> AsyncIterator[System]:
+    await reset_database()
+    system = System(tmp_path)
+    yield system
+    system.stop()
+    # Whatever a fault test did, the machine's services are up again for the next test.
+    await asyncio.to_thread(rabbitmq_start)
+    await asyncio.to_thread(postgres_start)
+    os.environ.pop("HC_TEST_FAULT", None)

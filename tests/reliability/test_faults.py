@@ -1,0 +1,94 @@
+"""Every event accounted for under faults: each test plays the platform through one fault and counts."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from tests.reliability.conftest import assert_every_event_accounted_for, dead_letters
+from tests.support.services import outage, postgres_start, postgres_stop, rabbitmq_start, rabbitmq_stop
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
+COUNT, RATE = 600, 60  # ten seconds of steady load, the fault two to three seconds in
+
+
+async def test_rabbitmq_restarted_mid_load(system):
+    await system.start_gateway()
+    await system.wait_consuming(system.start_worker())
+    events, player = await system.play(
+        COUNT, RATE, fault=lambda: outage(rabbitmq_stop, rabbitmq_start, 2), fault_after=3
+    )
+    report = await system.account(events, player)
+    assert_every_event_accounted_for(report)
+    assert report.resent > 0, "the outage was not felt: nothing was answered non-1"
+    assert await dead_letters() == 0
+
+
+async def test_connection_cut_half_open_then_reset(system):
+    proxy = await TcpProxy().start()
+    system.amqp_url = proxy.url
+    try:
+        await system.start_gateway()
+        await system.wait_consuming(system.start_worker())
+
+        async def cut() -> None:
+            proxy.hold_replies()  # half-open: publishes go out, confirms never come back
+            await asyncio.sleep(3)
+            proxy.reset_all()  # then the link is reset
+            proxy.release_replies()
+
+        events, player = await system.play(COUNT, RATE, fault=cut, fault_after=2)
+        report = await system.account(events, player)
+    finally:
+        await proxy.close()
+    assert_every_event_accounted_for(report)
+    assert report.resent > 0
+    assert await dead_letters() == 0
+
+
+async def test_worker_killed_mid_handling_then_restarted(system):
+    await system.start_gateway()
+    worker = system.start_worker()
+    await system.wait_consuming(worker)
+
+    async def kill_and_restart() -> None:
+        worker.signal(signal.SIGKILL)
+        await asyncio.to_thread(worker.wait)
+        await asyncio.sleep(1)
+        system.start_worker()
+
+    events, player = await system.play(COUNT, RATE, fault=kill_and_restart, fault_after=3)
+    report = await system.account(events, player)
+    assert_every_event_accounted_for(report)
+    assert await dead_letters() == 0
+
+
+async def test_gateway_sigterm_mid_load_drains(system):
+    first = await system.start_gateway()
+    await system.start_gateway()
+    await system.wait_consuming(system.start_worker())
+
+    async def terminate_first() -> None:
+        first.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(first.wait) == 0
+
+    events, player = await system.play(COUNT, RATE, fault=terminate_first, fault_after=3)
+    report = await system.account(events, player)
+    assert_every_event_accounted_for(report)
+    assert report.cut == 0, "a request was cut mid-flight"
+
+
+async def test_postgresql_restarted_while_workers_run(system):
+    await system.start_gateway()
+    worker = system.start_worker()
+    await system.wait_consuming(worker)
+    events, player = await system.play(
+        COUNT, RATE, fault=lambda: outage(postgres_stop, postgres_start, 3), fault_after=3
+    )
+    report = await system.account(events, player)
+    assert_every_event_accounted_for(report)
+    assert worker.events(outcome="retried"), "the outage was not felt by the handlers"
+    assert await dead_letters() == 0

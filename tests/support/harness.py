@@ -1,0 +1,158 @@
+"""The accounting harness: plays the platform, then accounts for every event it sent.
+
+It sends uniquely identifiable, correctly signed events of all nine kinds at a steady rate over real HTTP, records
+every reply, and, like the platform, sends again every event that was not answered code 1 (on a compressed
+schedule) until it is. At the end it reads the workers' effects (tests/support/effect_tap.py) in PostgreSQL:
+every event answered code 1 must have been handled, and handled once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway.envelope import event_id
+from gateway.send import sample_body, sample_names, signed_headers
+from gateway.signature import FIELDS_DECODER, rendered_fields
+
+UNIQUE_FIELD = {
+    "OPEN_CARD": "mc_trade_no", "RECHARGE": "mc_trade_no", "OPERATION": "request_number", "CONSUME": "card_id",
+    "BUY_COIN": "tx_id", "CANCEL_CARD": "card_id", "AUTH_3DS": "auth_id", "OPT_CODE": "card_id",
+    "CARD_CONFIG_CHANGE": "card_type_id",
+}  # fmt: skip
+# The platform's schedule is 1 min, 5 min, 30 min ...; compressed here to seconds.
+RESEND_AFTER = (0.5, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0)
+REFUSED, CUT = -1, 0
+
+
+@dataclass
+class Event:
+    kind: str
+    body: bytes
+    event_id: str
+    # Per attempt: 1 (code 1), -HTTP status (any other answer), REFUSED (no connection), CUT (no complete reply).
+    replies: list[int] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return 1 in self.replies
+
+
+def make_events(count: int, run: str) -> list[Event]:
+    templates = [json.loads(sample_body(name)) for name in sample_names()]
+    events = []
+    for n, template in zip(range(count), itertools.cycle(templates), strict=False):
+        body = dict(template)
+        name = UNIQUE_FIELD[body["notify_type"]]
+        body[name] = abs(hash(run)) % 10**8 * 10**8 + n if name == "auth_id" else f"{run}-{n}"
+        raw = json.dumps(body).encode()
+        events.append(Event(body["notify_type"], raw, event_id(rendered_fields(FIELDS_DECODER.decode(raw)))))
+    return events
+
+
+@dataclass
+class Report:
+    sent: int
+    accepted: int
+    resent: int
+    handled: int
+    lost: int
+    double_effects: int
+    consume_repeats: int
+    never_accepted: int
+
+    cut: int = 0
+
+    def line(self) -> str:
+        return (
+            f"sent {self.sent}, accepted {self.accepted}, resent {self.resent}, handled {self.handled}, "
+            f"lost {self.lost}, double effects {self.double_effects} (CONSUME repeats, idempotent: "
+            f"{self.consume_repeats}; never accepted: {self.never_accepted}; cut replies: {self.cut})"
+        )
+
+
+class PlatformPlayer:
+    """Sends events at `rate` per second to the gateway URLs (in turn, like a load balancer would)."""
+
+    def __init__(self, urls: list[str], key: rsa.RSAPrivateKey, rate: float, timeout: float = 10.0) -> None:
+        self.urls = itertools.cycle(urls)
+        self.key = key
+        self.rate = rate
+        self.timeout = timeout
+        self.resent = 0
+
+    async def _send(self, session: aiohttp.ClientSession, event: Event) -> bool:
+        headers = {**signed_headers(self.key, event.body, "merchant-1"), "Content-Type": "application/json"}
+        try:
+            async with session.post(next(self.urls), data=event.body, headers=headers) as reply:
+                code = (await reply.json(content_type=None)).get("code") if reply.content_length != 0 else None
+                event.replies.append(1 if reply.status == 200 and code == 1 else -reply.status)
+        except aiohttp.ClientConnectorError:
+            event.replies.append(REFUSED)  # nobody listening: the platform retries
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            event.replies.append(CUT)  # connection dropped or reply incomplete: the platform retries
+        return event.accepted
+
+    async def _deliver(self, session: aiohttp.ClientSession, event: Event) -> None:
+        if await self._send(session, event):
+            return
+        for wait in RESEND_AFTER:
+            await asyncio.sleep(wait)
+            self.resent += 1
+            if await self._send(session, event):
+                return
+
+    async def play(self, events: list[Event]) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=200)) as session:
+            tasks = []
+            started = time.perf_counter()
+            for n, event in enumerate(events):
+                delay = started + n / self.rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(self._deliver(session, event)))
+            await asyncio.gather(*tasks)
+
+
+async def effects(database_url: str) -> Counter:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch("SELECT token, count(*) AS n FROM test_effects GROUP BY token")
+    finally:
+        await connection.close()
+    return Counter({row["token"]: row["n"] for row in rows})
+
+
+async def account(events: list[Event], database_url: str, resent: int, settle: float = 60.0) -> Report:
+    """Wait until every accepted event has an effect (or `settle` seconds pass), then count."""
+    accepted = [event for event in events if event.accepted]
+    deadline = time.monotonic() + settle
+    while True:
+        seen = await effects(database_url)
+        missing = [event for event in accepted if event.event_id not in seen]
+        if not missing or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # late duplicates would show now
+    seen = await effects(database_url)
+    doubles = [e for e in accepted if e.kind != "CONSUME" and seen.get(e.event_id, 0) > 1]
+    consume_repeats = sum(seen.get(e.event_id, 0) - 1 for e in accepted if e.kind == "CONSUME" and e.event_id in seen)
+    return Report(
+        sent=len(events),
+        accepted=len(accepted),
+        resent=resent,
+        handled=sum(1 for e in accepted if e.event_id in seen),
+        lost=sum(1 for e in accepted if e.event_id not in seen),
+        double_effects=len(doubles),
+        consume_repeats=consume_repeats,
+        never_accepted=len(events) - len(accepted),
+        cut=sum(event.replies.count(CUT) for event in events),
+    )
