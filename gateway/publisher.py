@@ -91,6 +91,10 @@ class Publisher:
         except aiormq.exceptions.PublishError:
             raise BrokerUnavailable("the broker returned the event unrouted; send it again") from None
         except aiormq.exceptions.DeliveryError:
+            # A nack: the queue could not take the message. After a cluster node is lost, RabbitMQ 3.10 was seen
+            # to nack one quorum queue's publishes on the channel that failed over until the channel is reopened,
+            # while new channels were accepted at once: reconnect rather than keep publishing into the nacks.
+            self._lost.set()
             raise BrokerUnavailable("the broker refused the event; send it again") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
             log.warning("publish failed", error=type(error).__name__)

@@ -90,8 +90,8 @@ class System:
             process.stop()
 
 
-async def dead_letters() -> int:
-    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+async def dead_letters(url: str = "amqp://guest:guest@127.0.0.1:5672/") -> int:
+    connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
         total = 0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from tests.reliability.conftest import assert_every_event_accounted_for, dead_letters
+from tests.support.cluster import NODES, LocalCluster
 from tests.support.services import outage, postgres_start, postgres_stop, rabbitmq_start, rabbitmq_stop
 from tests.support.tcp_proxy import TcpProxy
 
@@ -92,3 +95,22 @@ async def test_postgresql_restarted_while_workers_run(system):
     assert_every_event_accounted_for(report)
     assert worker.events(outcome="retried"), "the outage was not felt by the handlers"
     assert await dead_letters() == 0
+
+
+async def test_one_node_of_a_three_node_cluster_stopped_mid_load(system, tmp_path_factory):
+    cluster = LocalCluster(Path(tempfile.mkdtemp(prefix="hc-cluster-")))
+    try:
+        await asyncio.to_thread(cluster.start)
+        system.amqp_url = cluster.amqp_url
+        await system.start_gateway()
+        await system.wait_consuming(system.start_worker())
+        # Every queue is a quorum queue with a member on each node: losing one node of three keeps a majority.
+        events, player = await system.play(
+            COUNT, RATE, fault=lambda: asyncio.to_thread(cluster.stop_node, NODES[0][0]), fault_after=3
+        )
+        report = await system.account(events, player)
+        assert_every_event_accounted_for(report)
+        assert await dead_letters(f"amqp://guest:guest@127.0.0.1:{NODES[1][1]}/") == 0
+    finally:
+        system.stop()
+        await asyncio.to_thread(cluster.stop)

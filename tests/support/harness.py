@@ -78,11 +78,38 @@ class Report:
         )
 
 
+class LoadBalancer:
+    """Round robin over the gateways that answer /readyz with 200, checked every `interval` seconds, as HAProxy
+    does in the compose deployment: a draining gateway stops getting requests before it stops serving."""
+
+    def __init__(self, urls: list[str], interval: float = 0.2) -> None:
+        self.urls = urls
+        self.ready = set(urls)
+        self.interval = interval
+        self._turn = itertools.count()
+
+    def next(self) -> str:
+        ready = [url for url in self.urls if url in self.ready] or self.urls
+        return ready[next(self._turn) % len(ready)]
+
+    async def check(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            for url in self.urls:
+                readyz = url.replace("/hc_sync/common", "/readyz")
+                try:
+                    async with session.get(readyz, timeout=aiohttp.ClientTimeout(total=1)) as reply:
+                        healthy = reply.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    healthy = False
+                (self.ready.add if healthy else self.ready.discard)(url)
+            await asyncio.sleep(self.interval)
+
+
 class PlatformPlayer:
-    """Sends events at `rate` per second to the gateway URLs (in turn, like a load balancer would)."""
+    """Sends events at `rate` per second to the gateways, through a health-checking round robin."""
 
     def __init__(self, urls: list[str], key: rsa.RSAPrivateKey, rate: float, timeout: float = 10.0) -> None:
-        self.urls = itertools.cycle(urls)
+        self.balancer = LoadBalancer(urls)
         self.key = key
         self.rate = rate
         self.timeout = timeout
@@ -91,7 +118,7 @@ class PlatformPlayer:
     async def _send(self, session: aiohttp.ClientSession, event: Event) -> bool:
         headers = {**signed_headers(self.key, event.body, "merchant-1"), "Content-Type": "application/json"}
         try:
-            async with session.post(next(self.urls), data=event.body, headers=headers) as reply:
+            async with session.post(self.balancer.next(), data=event.body, headers=headers) as reply:
                 code = (await reply.json(content_type=None)).get("code") if reply.content_length != 0 else None
                 event.replies.append(1 if reply.status == 200 and code == 1 else -reply.status)
         except aiohttp.ClientConnectorError:
@@ -112,6 +139,7 @@ class PlatformPlayer:
     async def play(self, events: list[Event]) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=200)) as session:
+            health = asyncio.create_task(self.balancer.check(session))
             tasks = []
             started = time.perf_counter()
             for n, event in enumerate(events):
@@ -120,6 +148,7 @@ class PlatformPlayer:
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(self._deliver(session, event)))
             await asyncio.gather(*tasks)
+            health.cancel()
 
 
 async def effects(database_url: str) -> Counter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -18,7 +19,12 @@ def rabbitmq_stop() -> None:
 def rabbitmq_start() -> None:
     if subprocess.run(["rabbitmqctl", "-q", "status"], capture_output=True, timeout=30).returncode != 0:
         _run("rabbitmq-server", "-detached")
-    _run("rabbitmqctl", "-q", "await_startup", timeout=180)
+    # Until the Erlang node is up, await_startup itself fails (exit 69): ask again.
+    deadline = time.monotonic() + 180
+    while subprocess.run(["rabbitmqctl", "-q", "await_startup"], capture_output=True, timeout=180).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("RabbitMQ did not start again")
+        time.sleep(1)
 
 
 def _pg(*action: str) -> None:
