@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_KEYS := .dev
 export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
 
-.PHONY: run test lint install tools clean
+.PHONY: run test lint install tools bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ tools:
 
 test: install tools
 	$(BIN)/pytest
+
+# Not part of the tests: prints the gateway next to its ceilings (needs wrk).
+bench: install
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python -m bench
 
 lint: install
 	$(BIN)/ruff check .

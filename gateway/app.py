@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
@@ -50,7 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     app[ADDRESS_POLICY] = ClientAddressPolicy(settings.allowed_ips, settings.trusted_proxies)
     app[PUBLISHER] = Publisher(settings.amqp_urls, settings.publish_timeout, settings.delivery_limit)
     app[METRICS] = GatewayMetrics()
-    app[DRAINING] = [False]
+    app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(broker_connection)
 
     app.router.add_post(COMMON_PATH, views.event_receiver())

@@ -39,7 +39,7 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
-    app[DRAINING][0] = True
+    app[DRAINING].set()
     log.info("draining", seconds=settings.drain_seconds)
     await asyncio.sleep(settings.drain_seconds)
     await runner.cleanup()  # stops accepting, waits for in-flight requests, then runs cleanup_ctx (broker close)

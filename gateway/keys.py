@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from gateway.client_ip import ClientAddressPolicy
@@ -15,4 +17,4 @@ PUBLISHER = web.AppKey("publisher", Publisher)
 VERIFIER = web.AppKey("verifier", SignatureVerifier | None)
 ADDRESS_POLICY = web.AppKey("address_policy", ClientAddressPolicy)
 METRICS = web.AppKey("metrics", GatewayMetrics)
-DRAINING = web.AppKey("draining", list)  # [bool]: set on SIGTERM, /readyz answers 503 from then on
+DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: /readyz answers 503 from then on

@@ -102,7 +102,7 @@ async def _answer(request: web.Request, default_kind: str | None) -> web.Respons
     kind = str(line["kind"])
     metric_kind = kind if kind in KNOWN_KINDS or line.get("signature_outcome") == "valid" else "other"
     metrics.requests.labels(metric_kind, line.get("outcome", "-"), response.status).inc()
-    if request.app[DRAINING][0]:
+    if request.app[DRAINING].is_set():
         # Draining: tell keep-alive clients to reconnect (to another instance) instead of reusing this connection,
         # which is about to close. Otherwise a client may send on it just as it closes.
         response.force_close()
@@ -163,7 +163,8 @@ async def _receive(request: web.Request, line: dict[str, object], default_kind: 
         metrics.quarantined.labels(kind if kind in KNOWN_KINDS else "other").inc()
         log.warning("event failed validation; kept in hypercard.invalid", validation_error=verdict.error)
     elif verdict.outcome == "unknown_kind":
-        metrics.unrouted.labels(kind).inc()
+        # Only a verified sender names a label: forged kinds in monitor mode must not grow the metric's series.
+        metrics.unrouted.labels(kind if outcome is SignatureOutcome.VALID else "other").inc()
     return ok()
 
 
@@ -174,7 +175,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready for traffic: connected to the broker with the topology declared, and not draining."""
-    if request.app[DRAINING][0]:
+    if request.app[DRAINING].is_set():
         return failure(503, "draining: shutting down")
     if not request.app[PUBLISHER].ready:
         raise BrokerUnavailable("not connected to the message broker")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,21 @@ async def test_readme_extension_example_receives_its_kind(gateway, db, amqp, sig
         worker.stop()
     unrouted = await amqp.declare_queue(topology.UNROUTED_QUEUE, passive=True)
     assert unrouted.declaration_result.message_count == 0
+
+
+def test_handlers_load_through_an_entry_point(tmp_path):
+    """A package that declares its module in the `hypercard.handlers` entry-point group is loaded with no setting."""
+    (tmp_path / "acme_handlers.py").write_text(README_EXAMPLE.read_text())
+    dist = tmp_path / "acme_handlers-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-handlers\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[hypercard.handlers]\nacme = acme_handlers\n")
+    probe = (
+        "from workers.registry import REGISTRY, load_handler_modules; load_handler_modules([]); print(REGISTRY.kinds)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "CARD_STATUS_CHANGE" in result.stdout and "OPEN_CARD" in result.stdout
