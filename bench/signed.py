@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.send import sample_body, sample_names, signed_headers
+from tests.support.harness import distinct_bodies
 
-# Fields that make each generated event distinct, so workers do real work instead of skipping duplicates.
-UNIQUE_FIELDS = {
-    "OPEN_CARD": "mc_trade_no",
-    "RECHARGE": "mc_trade_no",
-    "OPERATION": "request_number",
-    "CONSUME": "card_id",
-    "BUY_COIN": "tx_id",
-    "CANCEL_CARD": "card_id",
-    "AUTH_3DS": "auth_id",
-    "OPT_CODE": "card_id",
-    "CARD_CONFIG_CHANGE": "card_type_id",
-}
 Request = tuple[bytes, dict[str, str]]
 
 
@@ -32,14 +20,7 @@ def sample_requests(key: rsa.RSAPrivateKey) -> list[Request]:
 
 def unique_requests(key: rsa.RSAPrivateKey, count: int, tag: str) -> list[Request]:
     """`count` distinct signed events cycling through the nine kinds; `tag` keeps runs apart."""
-    templates = [json.loads(sample_body(name)) for name in sample_names()]
-    requests = []
-    for n, template in zip(range(count), itertools.cycle(templates), strict=False):
-        event = dict(template)
-        field = UNIQUE_FIELDS[event["notify_type"]]
-        event[field] = abs(hash(tag)) % 10**9 * 10**7 + n if field == "auth_id" else f"{tag}{n}"
-        requests.append(_signed(key, json.dumps(event).encode()))
-    return requests
+    return [_signed(key, body) for _, body in distinct_bodies(count, tag)]
 
 
 def _signed(key: rsa.RSAPrivateKey, body: bytes) -> Request:

@@ -45,16 +45,23 @@ class Event:
         return 1 in self.replies
 
 
-def make_events(count: int, run: str) -> list[Event]:
+def distinct_bodies(count: int, run: str) -> list[tuple[str, bytes]]:
+    """(kind, body) of `count` distinct events cycling through the nine samples; `run` keeps runs apart."""
     templates = [json.loads(sample_body(name)) for name in sample_names()]
-    events = []
+    bodies = []
     for n, template in zip(range(count), itertools.cycle(templates), strict=False):
         body = dict(template)
         name = UNIQUE_FIELD[body["notify_type"]]
         body[name] = abs(hash(run)) % 10**8 * 10**8 + n if name == "auth_id" else f"{run}-{n}"
-        raw = json.dumps(body).encode()
-        events.append(Event(body["notify_type"], raw, event_id(rendered_fields(FIELDS_DECODER.decode(raw)))))
-    return events
+        bodies.append((body["notify_type"], json.dumps(body).encode()))
+    return bodies
+
+
+def make_events(count: int, run: str) -> list[Event]:
+    return [
+        Event(kind, raw, event_id(rendered_fields(FIELDS_DECODER.decode(raw))))
+        for kind, raw in distinct_bodies(count, run)
+    ]
 
 
 @dataclass
