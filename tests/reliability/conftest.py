@@ -20,6 +20,7 @@ from tests.support.processes import Process, gateway_process, worker_process
 from tests.support.services import postgres_start, rabbitmq_start
 from tests.workers.conftest import DATABASE_URL, reset_database
 
+SAMPLE_SECRETS = ("example@gmail.com", "18301523750", "888666")
 # Long enough to ride out a broker or database outage of a few seconds.
 WORKER_ENV = {
     "HC_HANDLERS": "tests.support.effect_tap",
@@ -89,6 +90,13 @@ class System:
         for process in [*self.gateways, *self.workers]:
             process.stop()
 
+    def assert_no_secret_logged(self) -> None:
+        """The harness's events carry the samples' e-mail, mobile number and one-time code: none may be logged."""
+        for process in [*self.gateways, *self.workers]:
+            output = process.output
+            for secret in SAMPLE_SECRETS:
+                assert secret not in output, f"{secret!r} reached {process.log_path.name}"
+
 
 async def dead_letters(url: str = "amqp://guest:guest@127.0.0.1:5672/") -> int:
     connection = await aio_pika.connect(url)
@@ -115,6 +123,7 @@ async def system(tmp_path, amqp) -> AsyncIterator[System]:
     system = System(tmp_path)
     yield system
     system.stop()
+    system.assert_no_secret_logged()
     # Whatever a fault test did, the machine's services are up again for the next test.
     await asyncio.to_thread(rabbitmq_start)
     await asyncio.to_thread(postgres_start)
