@@ -104,25 +104,15 @@ class Publisher:
             raise BrokerUnavailable("the broker did not accept the event; send it again")
 
     async def _keep_connected(self) -> None:
-        delay = self.reconnect_delay
-        while True:
-            try:
-                await self._connect()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # any failure to connect or declare: try again later, the next node first
-                log.warning("broker connection failed", error=f"{type(error).__name__}: {error}", retry_in=delay)
-                await self._drop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_reconnect_delay)
-                continue
-            delay = self.reconnect_delay
-            await self._lost.wait()
-            log.warning("broker connection lost; reconnecting")
-            await self._drop()
+        await broker.keep_connected(
+            self._connect,
+            self._drop,
+            self._lost,
+            first_delay=self.reconnect_delay,
+            max_delay=self.max_reconnect_delay,
+        )
 
     async def _connect(self) -> None:
-        self._lost.clear()
         connection = await broker.connect(self.urls, timeout=max(self.publish_timeout, 1.0))
         self._connection = connection
         connection.close_callbacks.add(self._on_close)

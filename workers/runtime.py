@@ -87,25 +87,9 @@ class WorkerRuntime:
             await self.pool.close()
 
     async def _keep_consuming(self) -> None:
-        delay = 0.5
-        while not self._stopping:
-            try:
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("broker connection failed", error=f"{type(error).__name__}: {error}", retry_in=delay)
-                await self._drop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.5
-            await self._lost.wait()
-            log.warning("broker connection lost; reconnecting and consuming again")
-            await self._drop()
+        await broker.keep_connected(self._consume, self._drop, self._lost, stopping=lambda: self._stopping)
 
     async def _consume(self) -> None:
-        self._lost.clear()
         self._connection = await broker.connect(self.settings.amqp_urls)
         self._connection.close_callbacks.add(self._on_close)
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
