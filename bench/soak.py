@@ -18,9 +18,8 @@ from pathlib import Path
 from bench.__main__ import DATABASE_URL
 from bench.system import AMQP_URL, peak_rss_mb, process_tree, purge, queue_depth
 from gateway.send import generate_keys, load_private_key
-from tests.gateway.test_cli import wait_until_ready
-from tests.gateway.test_publisher import closed_port
 from tests.support.harness import PlatformPlayer, account, make_events
+from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process, worker_process
 from tests.workers.conftest import reset_database
 
@@ -41,7 +40,7 @@ async def soak(minutes: float, rate: float, workers: int) -> None:
     private, _ = generate_keys(folder)
     await reset_database()
     await purge()
-    port = closed_port()
+    port = free_port()
     gateway = gateway_process(folder, port, {"HC_AMQP_URL": AMQP_URL, "HC_LOG_LEVEL": "warning"})
     env = {"HC_HANDLERS": "tests.support.effect_tap", "HC_DATABASE_URL": DATABASE_URL, "HC_LOG_LEVEL": "warning"}
     worker_processes = [worker_process(folder, "--all", env=env, name=f"worker-{n}") for n in range(workers)]

@@ -13,7 +13,7 @@ from gateway.client_ip import ClientAddressPolicy
 from gateway.keys import ADDRESS_POLICY, DRAINING, METRICS, PUBLISHER, SETTINGS, VERIFIER
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
-from gateway.replies import reply_contract
+from gateway.replies import close_while_draining, reply_contract
 from gateway.signature import SignatureVerifier
 from schemas.settings import Settings, SettingsError
 
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = GatewayMetrics()
     app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(broker_connection)
+    app.on_response_prepare.append(close_while_draining)
 
     app.router.add_post(COMMON_PATH, views.event_receiver())
     for path, kind in settings.extra_path_kinds.items():

@@ -27,7 +27,14 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then drain: /readyz answers 503 for HC_DRAIN_SECONDS while requests are still
     served (the load balancer takes this instance out), in-flight requests finish, then the broker is closed."""
     app = create_app(settings)
-    runner = ContractAppRunner(app, access_log=None, shutdown_timeout=max(settings.publish_timeout * 2, 10.0))
+    runner = ContractAppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=max(settings.publish_timeout * 2, 10.0),
+        # aiohttp closes a connection still waiting for a complete request line and headers when this runs out,
+        # from its opening or from its last reply: it bounds slow headers and idle keep-alive connections alike.
+        keepalive_timeout=settings.read_timeout,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024)
     await site.start()
@@ -40,6 +47,10 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     await stop.wait()
 
     app[DRAINING].set()
+    # Idle keep-alive connections are closed now, while the load balancer is still taking this instance out;
+    # from here on every reply says `Connection: close`. A client that picked an idle connection at this very
+    # moment gets no reply and sends again; a request already being read is served.
+    runner.close_idle_connections()
     log.info("draining", seconds=settings.drain_seconds)
     await asyncio.sleep(settings.drain_seconds)
     await runner.cleanup()  # stops accepting, waits for in-flight requests, then runs cleanup_ctx (broker close)

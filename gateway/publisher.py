@@ -89,6 +89,10 @@ class Publisher:
         except TimeoutError:
             raise BrokerUnavailable("the broker did not confirm the event in time; send it again") from None
         except aiormq.exceptions.PublishError:
+            # Returned: no queue took it, so part of the topology is gone (a queue deleted by hand). Reconnecting
+            # declares it all again; until then pushes answer 503 and the platform resends.
+            log.warning("event returned unrouted; declaring the topology again", routing_key=routing_key)
+            self._lost.set()
             raise BrokerUnavailable("the broker returned the event unrouted; send it again") from None
         except aiormq.exceptions.DeliveryError:
             # A nack: the queue could not take the message. After a cluster node is lost, RabbitMQ 3.10 was seen

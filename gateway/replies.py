@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.keys import DRAINING
 
 OK_BODY = b'{"code":1,"msg":"ok","data":{}}'
 log = structlog.get_logger("gateway")
@@ -56,6 +57,15 @@ class ContractRequestHandler(web.RequestHandler):
     """Requests that are not even valid HTTP (a bad header line, a bad method) are answered in the contract's
     shape too, where aiohttp would answer plain text."""
 
+    def close_when_idle(self) -> None:
+        """Draining: close the connection now if it is waiting for a request, otherwise after the reply."""
+        # aiohttp's own idle test (RequestHandler._process_keepalive): a pending waiter means no request is being
+        # read or handled. Private attribute, read only; pinned by tests/gateway/test_drain.py.
+        if self._waiter is not None and not self._waiter.done():
+            self.force_close()
+        else:
+            self.close()
+
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
@@ -70,13 +80,34 @@ class ContractRequestHandler(web.RequestHandler):
 
 class ContractServer(web.Server):
     def __call__(self) -> web.RequestHandler:
+        # Private attributes of web.Server (its loop and handler keyword arguments), as its own __call__ uses them.
         return ContractRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def close_idle_connections(self) -> None:
+        for connection in self.connections:
+            if isinstance(connection, ContractRequestHandler):
+                connection.close_when_idle()
 
 
 class ContractAppRunner(web.AppRunner):
     """An AppRunner whose protocol-level errors keep the reply contract (aiohttp offers no hook for them)."""
 
     async def _make_server(self) -> web.Server:
+        # aiohttp builds its Server in this private method and offers no factory argument: the instance it built is
+        # re-classed to ContractServer (same state; one overridden factory method, one added method).
         server = await super()._make_server()
-        server.__class__ = ContractServer  # same state, one overridden factory method
+        server.__class__ = ContractServer
         return server
+
+    def close_idle_connections(self) -> None:
+        if isinstance(self.server, ContractServer):
+            self.server.close_idle_connections()
+
+
+async def close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: while draining, every reply carries `Connection: close`, so no client keeps a
+    connection to an instance that is about to close it."""
+    if request.app[DRAINING].is_set():
+        response.force_close()
+        # The hook runs after aiohttp wrote its Connection header into the response's headers: say it here too.
+        response.headers["Connection"] = "close"

@@ -102,10 +102,6 @@ async def _answer(request: web.Request, default_kind: str | None) -> web.Respons
     kind = str(line["kind"])
     metric_kind = kind if kind in KNOWN_KINDS or line.get("signature_outcome") == "valid" else "other"
     metrics.requests.labels(metric_kind, line.get("outcome", "-"), response.status).inc()
-    if request.app[DRAINING].is_set():
-        # Draining: tell keep-alive clients to reconnect (to another instance) instead of reusing this connection,
-        # which is about to close. Otherwise a client may send on it just as it closes.
-        response.force_close()
     log_method = log.info if response.status < 500 else log.warning
     log_method("request", status=response.status, latency_ms=round((time.perf_counter() - started) * 1000, 2), **line)
     return response

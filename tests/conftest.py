@@ -8,42 +8,28 @@ from pathlib import Path
 import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import create_app
 from gateway.keys import PUBLISHER
-from gateway.send import sample_body, sample_names, signed_headers
+from gateway.send import sample_body, signed_headers
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 from schemas.settings import load_settings
+from tests.support.broker import forget_kind
+from tests.support.keys import new_key, write_public_keys
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-SAMPLES = sample_names()
-
-
-def _new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
-
-
-def write_public_keys(path: Path, *keys: rsa.RSAPrivateKey) -> Path:
-    path.write_bytes(
-        b"".join(
-            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            for key in keys
-        )
-    )
-    return path
 
 
 @pytest.fixture(scope="session")
 def platform_key() -> rsa.RSAPrivateKey:
-    return _new_key()
+    return new_key()
 
 
 @pytest.fixture(scope="session")
 def other_key() -> rsa.RSAPrivateKey:
-    return _new_key()
+    return new_key()
 
 
 @pytest.fixture
@@ -88,32 +74,6 @@ async def amqp() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     await forget_kind(channel, "CARD_STATUS_CHANGE")
     yield channel
     await connection.close()
-
-
-async def forget_kind(channel: aio_pika.abc.AbstractChannel, kind: str, delays=(0.2, 0.4, 0.8, 1, 10, 60, 600, 3600)):
-    """Delete a user kind's queues (left by an earlier test), so its events go to hypercard.unrouted again."""
-    names = [topology.kind_queue(kind), topology.dead_queue(kind), *(topology.retry_queue(kind, d) for d in delays)]
-    for name in names:
-        await channel.queue_delete(name)
-
-
-async def take(
-    channel: aio_pika.abc.AbstractChannel, queue: str, timeout: float = 5.0
-) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Every message now in `queue` (acked), waiting up to `timeout` for the first one."""
-    import asyncio
-
-    q = await channel.get_queue(queue)
-    messages: list[aio_pika.abc.AbstractIncomingMessage] = []
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        message = await q.get(fail=False, no_ack=True)
-        if message is not None:
-            messages.append(message)
-            continue
-        if messages or asyncio.get_running_loop().time() > deadline:
-            return messages
-        await asyncio.sleep(0.05)
 
 
 GatewayFactory = Callable[..., Awaitable[TestClient]]

@@ -10,8 +10,7 @@ import pytest
 
 from gateway.send import generate_keys, load_private_key, sample_body, sample_names, signed_headers
 from schemas.logs import REDACTED, redact_secrets
-from tests.gateway.test_cli import wait_until_ready
-from tests.gateway.test_publisher import closed_port
+from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process, worker_process
 from tests.workers.conftest import eventually
 
@@ -41,7 +40,7 @@ async def test_logs_of_all_nine_samples_through_gateway_and_workers_hold_no_secr
     await reset_database()
     private, _ = generate_keys(tmp_path)
     key = load_private_key(private)
-    port = closed_port()
+    port = free_port()
     gateway = gateway_process(tmp_path, port, {"HC_DRAIN_SECONDS": "0", "HC_LOG_LEVEL": "debug"})
     worker = worker_process(tmp_path, "--all", env={"HC_LOG_LEVEL": "debug"})
     signatures = []

@@ -7,13 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.gateway.test_publisher import closed_port
+from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import log_events
 
 pytestmark = pytest.mark.broker
@@ -33,22 +32,12 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(env, variable):
     assert result.returncode == 2 and variable in result.stderr and "Traceback" not in result.stderr
 
 
-def wait_until_ready(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("the gateway did not become ready")
 
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp_path, amqp, processes):
     assert run(str(BIN / "hypercard-send"), "--generate-keys", str(tmp_path)).returncode == 0
-    port = closed_port()
+    port = free_port()
     env = {
         **os.environ,
         "HC_PORT": str(port),

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import pytest
 
 from schemas import topology
-from tests.conftest import take
+from tests.support.broker import take
+from tests.support.network import free_port
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.broker
 PATH = "/hc_sync/common"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -30,7 +24,7 @@ async def proxy():
 
 
 async def test_broker_unreachable_answers_503_at_once(make_gateway, sign, sample):
-    client = await make_gateway(wait_ready=False, amqp_url=f"amqp://guest:guest@127.0.0.1:{closed_port()}/")
+    client = await make_gateway(wait_ready=False, amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     body = sample("recharge")
     started = time.perf_counter()
     for _ in range(5):
@@ -82,7 +76,7 @@ async def test_reconnects_in_the_background_after_a_reset(make_gateway, amqp, si
 
 
 async def test_fails_over_to_the_next_broker_node(make_gateway, amqp, sign, sample):
-    dead_node = f"amqp://guest:guest@127.0.0.1:{closed_port()}/"
+    dead_node = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
     client = await make_gateway(amqp_url=f"{dead_node},amqp://guest:guest@127.0.0.1:5672/")
     body = sample("consume")
     assert (await client.post(PATH, data=body, headers=sign(body))).status == 200
@@ -98,3 +92,22 @@ async def test_slow_body_is_cut_off(make_gateway, sign):
 
     response = await client.post(PATH, data=trickle(), headers=sign(b"{}"))
     assert response.status == 408 and (await response.json())["code"] != 1
+
+
+async def test_unknown_kind_with_no_queue_to_keep_it_answers_503_then_the_topology_is_declared_again(
+    make_gateway, amqp, sign
+):
+    """mandatory=True is what stands between a deleted hypercard.unrouted and a code 1 for an event kept nowhere."""
+    client = await make_gateway()
+    await amqp.queue_delete(topology.UNROUTED_QUEUE)
+    body = b'{"notify_type":"CARD_STATUS_CHANGE","card_id":"c-1","old_status":"ACTIVE","new_status":"FROZEN"}'
+    response = await client.post(PATH, data=body, headers=sign(body))
+    assert response.status == 503 and (await response.json())["code"] != 1
+
+    # The returned message made the gateway reconnect and declare its topology again: the next push is kept.
+    deadline = time.monotonic() + 10
+    while (response := await client.post(PATH, data=body, headers=sign(body))).status != 200:
+        assert response.status == 503 and time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert (await response.json())["code"] == 1
+    assert len(await take(amqp, topology.UNROUTED_QUEUE)) == 1

@@ -6,8 +6,12 @@ import json
 
 import pytest
 
+from gateway.send import sample_names
 from schemas import topology
-from tests.conftest import SAMPLES, take
+from tests.support.broker import take
+from tests.support.keys import write_public_keys
+
+SAMPLES = sample_names()
 
 pytestmark = pytest.mark.broker
 PATH = "/hc_sync/common"
@@ -117,7 +121,6 @@ async def test_signature_by_another_key_and_tampered_body_are_refused(gateway, a
 
 
 async def test_key_rotation_accepts_both_keys(make_gateway, amqp, sign, sample, tmp_path, platform_key, other_key):
-    from tests.conftest import write_public_keys
 
     keys = write_public_keys(tmp_path / "both.pem", platform_key, other_key)
     client = await make_gateway(platform_public_key=str(keys))

@@ -13,9 +13,8 @@ import pytest
 from gateway.send import generate_keys, load_private_key
 from schemas import topology
 from schemas.events import KNOWN_KINDS
-from tests.gateway.test_cli import wait_until_ready
-from tests.gateway.test_publisher import closed_port
 from tests.support.harness import PlatformPlayer, Report, account, make_events
+from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import Process, gateway_process, worker_process
 from tests.support.services import postgres_start, rabbitmq_start
 from tests.workers.conftest import DATABASE_URL, reset_database
@@ -45,7 +44,7 @@ class System:
         self.key = load_private_key(private)
 
     async def start_gateway(self, **env: str) -> Process:
-        port = closed_port()
+        port = free_port()
         settings = {"HC_AMQP_URL": self.amqp_url, "HC_PUBLISH_TIMEOUT": "2", "HC_DRAIN_SECONDS": "1", **env}
         process = gateway_process(self.tmp_path, port, settings, name=f"gateway-{len(self.gateways)}")
         self.gateways.append(process)

@@ -29,8 +29,8 @@ from gateway.keys import PUBLISHER
 from gateway.replies import ContractAppRunner
 from gateway.send import sample_body, sample_names, signed_headers
 from schemas.settings import load_settings
-from tests.conftest import write_public_keys
-from tests.gateway.test_publisher import closed_port
+from tests.support.keys import write_public_keys
+from tests.support.network import free_port
 from tests.support.processes import gateway_process
 
 pytestmark = pytest.mark.broker
@@ -45,7 +45,7 @@ class LiveGateway:
     """The real app served on a port from a thread of its own; every publish it makes is recorded."""
 
     def __init__(self, key_file: Path) -> None:
-        self.port = closed_port()
+        self.port = free_port()
         self.settings = load_settings(
             {}, port=self.port, platform_public_key=str(key_file), max_body_bytes=8192, read_timeout=2.0,
             amqp_url="amqp://guest:guest@127.0.0.1:5672/",
@@ -225,10 +225,10 @@ def raw_request(port: int, data: bytes) -> bytes:
 )
 def test_malformed_http_is_answered_in_the_contract_by_the_real_server(tmp_path, platform_key, amqp, request_bytes):
     key_file = write_public_keys(tmp_path / "platform.pem", platform_key)
-    port = closed_port()
+    port = free_port()
     gateway = gateway_process(tmp_path, port, {"HC_PLATFORM_PUBLIC_KEY": str(key_file), "HC_DRAIN_SECONDS": "0"})
     try:
-        from tests.gateway.test_cli import wait_until_ready
+        from tests.support.network import wait_until_ready
 
         wait_until_ready(port)
         reply = raw_request(port, request_bytes)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from schemas import topology
-from tests.conftest import take
+from tests.support.broker import take
 from tests.workers.conftest import TEST_DELAYS, eventually
 from tests.workers.effects import ATTEMPT_TIMES
 

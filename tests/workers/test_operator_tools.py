@@ -10,8 +10,8 @@ import aio_pika
 import pytest
 
 from schemas import topology
-from tests.conftest import take
-from tests.gateway.test_publisher import closed_port
+from tests.support.broker import take
+from tests.support.network import free_port
 from workers.replay import ReplayFilter, replay
 
 pytestmark = pytest.mark.broker
@@ -100,5 +100,5 @@ async def test_status_is_0_when_clean_1_with_dead_letters_2_without_broker(amqp)
     assert alert.returncode == 1
     (line,) = [line for line in alert.stdout.splitlines() if line.startswith("BUY_COIN")]
     assert line.split()[3] == "1" and "dead letters" in line
-    down = run_tool("hypercard-status", env={"HC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{closed_port()}/"})
+    down = run_tool("hypercard-status", env={"HC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/"})
     assert down.returncode == 2 and "unreachable" in down.stderr
