@@ -17,7 +17,9 @@ install: $(BIN)/python
 $(DEV_KEYS)/platform-public.pem: | install
 	$(BIN)/hypercard-send --generate-keys $(DEV_KEYS)
 
-# The gateway and one worker process for every kind; Ctrl-C stops both.
+# The gateway and one worker process for every kind; Ctrl-C stops both. The development merchant's api key is the
+# one hypercard-send sends by default.
+run: export HC_API_KEY ?= dev-merchant
 run: install $(DEV_KEYS)/platform-public.pem
 	@echo "Gateway on http://127.0.0.1:8080/hc_sync/common, signature checking on (key $(HC_PLATFORM_PUBLIC_KEY))."
 	@echo "Send a signed sample from another terminal:  $(BIN)/hypercard-send open_card   (or: all)"

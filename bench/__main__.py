@@ -61,6 +61,7 @@ def gateway_env(keys: Path, **extra: str) -> dict[str, str]:
         "HC_PLATFORM_PUBLIC_KEY": str(keys / "platform-public.pem"),
         "HC_AMQP_URL": AMQP_URL,
         "HC_DRAIN_SECONDS": "0",
+        "HC_GATEWAY_METRICS_PORT": "0",
         **extra,
     }
 

@@ -61,5 +61,4 @@ def create_app(settings: Settings) -> web.Application:
             app.router.add_post(path, views.event_receiver(kind))
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)
-    app.router.add_get("/metrics", views.metrics)
     return app

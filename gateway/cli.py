@@ -15,7 +15,8 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import create_app, load_verifier
-from gateway.keys import DRAINING
+from gateway.keys import DRAINING, METRICS
+from gateway.metrics import serve_all_processes
 from gateway.replies import ContractAppRunner
 from schemas.logs import configure_logging
 from schemas.settings import Settings, SettingsError, load_settings
@@ -38,7 +39,11 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024)
     await site.start()
-    log.info("gateway listening", host=settings.host, port=settings.port, pid=os.getpid())
+    if not reuse_port:  # with --processes N the parent serves the sum of all processes
+        app[METRICS].serve(settings.host, settings.gateway_metrics_port)
+    log.info(
+        "gateway listening", host=settings.host, port=settings.port, metrics_port=settings.gateway_metrics_port
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,6 +78,7 @@ def _run_processes(settings: Settings) -> int:
     ]
     for child in children:
         child.start()
+    serve_all_processes(settings.host, settings.gateway_metrics_port)
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

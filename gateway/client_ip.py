@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -33,19 +33,23 @@ class ClientAddressPolicy:
     def _trusted(self, address: Address) -> bool:
         return any(address in network for network in self.trusted_proxies)
 
-    def client_address(self, peer: str | None, forwarded_for: str | None) -> str:
+    def client_address(self, peer: str | None, forwarded_for: Sequence[str] | str | None) -> str:
         """The first untrusted hop, read from the right of X-Forwarded-For, when the peer is a trusted proxy.
 
-        An untrusted peer's X-Forwarded-For is ignored: anyone can write that header."""
+        `forwarded_for` is every X-Forwarded-For header line, in order: a proxy that appends its own line after a
+        client's (HAProxy's `option forwardfor`) must not let the client's line be read as the proxy's word. An
+        untrusted peer's X-Forwarded-For is ignored: anyone can write that header."""
         address = _address(peer or "")
         if address is None:
             return peer or "unknown"
         if not forwarded_for or not self._trusted(address):
             return str(address)
-        for hop in reversed(forwarded_for.split(",")):
+        lines = [forwarded_for] if isinstance(forwarded_for, str) else forwarded_for
+        hops = [hop for line in lines for hop in line.split(",")]
+        for hop in reversed(hops):
             hop_address = _address(hop)
             if hop_address is None:
-                return hop.strip() or str(address)  # garbage in the header: not an address the list can allow
+                return hop.strip() or "unknown"  # garbage in the header: not an address the list can allow
             address = hop_address
             if not self._trusted(address):
                 return str(address)

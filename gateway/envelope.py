@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, join_sorted
+from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome
 from gateway.wire import EncodedProperties, encode_properties
 from schemas import topology
 from schemas.events import KIND_NAME, KNOWN_EVENTS, decoder_for
@@ -20,9 +20,9 @@ DECODERS = {event.kind(): decoder_for(event) for event in KNOWN_EVENTS}
 class Verdict(msgspec.Struct, frozen=True):
     """The validation outcome: where the event is published and, for a quarantined one, why."""
 
-    outcome: str  # accepted | unknown_kind | quarantined
+    outcome: str  # accepted | unknown_kind | quarantined | unverified
     routing_key: str
-    error: str | None = None
+    error: str | None = None  # why it was quarantined or left unverified
 
 
 def validate(kind: str, body: bytes) -> Verdict:
@@ -41,11 +41,17 @@ def validate(kind: str, body: bytes) -> Verdict:
     return Verdict("unknown_kind", topology.routing_key(kind))
 
 
-def event_id(body_fields: dict[str, str]) -> str:
-    """Stable id of an event: a hash of its body's fields, so a retry of the same event (even re-serialised, with
-    new timestamp and nonce headers) gets the same id."""
-    fields = {name: value for name, value in body_fields.items() if name != SIGNATURE_HEADER}
-    return hashlib.blake2b(join_sorted(fields), digest_size=16).hexdigest()
+def unverified(reason: str | None) -> Verdict:
+    """An event whose signature does not vouch for it (monitor mode, or a genuine but ambiguous signature): kept in
+    hypercard.unverified for review, never routed to its kind's queue."""
+    return Verdict("unverified", topology.UNVERIFIED_ROUTING_KEY, reason)
+
+
+def event_id(signed_body: bytes) -> str:
+    """Stable id of an event: a hash of the body pairs its signature covers. A retry of the same event (even
+    re-serialised, with new timestamp, nonce and signature headers) gets the same id, and so do two bodies the
+    signature cannot tell apart (an empty `{}` added, `1` for `"1"`, two fields folded into one value)."""
+    return hashlib.blake2b(signed_body, digest_size=16).hexdigest()
 
 
 def properties(
@@ -56,7 +62,7 @@ def properties(
     path: str,
     signature_outcome: SignatureOutcome,
     request_headers: Any,
-    validation_error: str | None,
+    verdict: Verdict,
 ) -> EncodedProperties:
     now = datetime.now(UTC)
     # The platform's signed headers travel with the message, so the event can be verified again later.
@@ -72,8 +78,9 @@ def properties(
         "signature_outcome": str(signature_outcome),
         "platform_headers": platform_headers,
     }
-    if validation_error is not None:
-        headers["validation_error"] = validation_error[:1000]
+    if verdict.error is not None:
+        name = "unverified_reason" if verdict.outcome == "unverified" else "validation_error"
+        headers[name] = verdict.error[:1000]
     fields = {
         "content_type": "application/json",
         "message_id": os.urandom(16).hex(),  # unique per publish: returns are matched to publishes by message id

@@ -1,7 +1,7 @@
-"""Prometheus metrics of the gateway, served at GET /metrics.
+"""Prometheus metrics of the gateway, served at GET /metrics on HC_GATEWAY_METRICS_PORT, never on the push port.
 
 With several gateway processes (`--processes N`) prometheus-client's multi-process mode is used: the CLI sets
-PROMETHEUS_MULTIPROC_DIR before the workers start, and every process serves the sum of all of them."""
+PROMETHEUS_MULTIPROC_DIR before the processes start, and the parent serves the sum of all of them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 
 CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -47,6 +48,12 @@ class GatewayMetrics:
             ["kind"],
             registry=registry,
         )
+        self.unverified = Counter(
+            "hypercard_gateway_unverified",
+            "Events kept in hypercard.unverified because their signature did not vouch for them, by outcome.",
+            ["reason"],
+            registry=registry,
+        )
         self.unrouted = Counter(
             "hypercard_gateway_unknown_kind",
             "Events of a kind the gateway does not know, published for hypercard.unrouted or a user's worker.",
@@ -61,8 +68,22 @@ class GatewayMetrics:
         )
 
     def exposition(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        return generate_latest(self.registry if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") else all_processes())
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve this process's metrics on `port` (0: not served)."""
+        if port:
+            start_http_server(port, addr=host, registry=self.registry)
+
+
+def all_processes() -> CollectorRegistry:
+    """The sum of every gateway process's metrics (multi-process mode)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def serve_all_processes(host: str, port: int) -> None:
+    """Serve the sum of every process's metrics on `port` (0: not served): the parent of `--processes N`."""
+    if port:
+        start_http_server(port, addr=host, registry=all_processes())

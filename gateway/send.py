@@ -26,6 +26,7 @@ from gateway.signature import sign_request
 
 DEFAULT_URL = "http://127.0.0.1:8080/hc_sync/common"
 DEFAULT_KEY = ".dev/platform-private.pem"
+DEV_API_KEY = "dev-merchant"  # the development merchant's api key: `make run` sets HC_API_KEY to it
 SAMPLES = resources.files("schemas") / "samples"
 
 
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--key", default=os.environ.get("HC_SEND_KEY", DEFAULT_KEY), help="the signing private key (PEM)"
     )
-    parser.add_argument("--api-key", default="dev-merchant", help="the api-key header")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("HC_API_KEY", DEV_API_KEY).split(",")[0].strip(),
+        help=f"the api-key header (default: the first of HC_API_KEY, else {DEV_API_KEY}, as `make run` sets it)",
+    )
     parser.add_argument("--lang", help="the optional lang header (en or zh-CN)")
     parser.add_argument("--generate-keys", metavar="DIR", help="write a development key pair into DIR and exit")
     args = parser.parse_args(argv)

@@ -4,12 +4,15 @@ String to sign (PLATFORM.md): the signed headers and the body's top-level fields
 without empty values (empty string, null), sorted by name in byte order, joined as `name=value` with `&`.
 Strings enter as they are, numbers as their JSON text (`1` and `"1"` both give `1`).
 
-Where the platform's documentation leaves a point open, the primary reading below is tried first and the other
-reading is tried only when the body contains the ambiguous construct. Either way the signature must come from a
-platform key, so tolerance costs no security:
-- `{}` and `[]`: primary "empty, left out"; alternative: entered as `{}` / `[]`.
+Where the platform's documentation leaves a point open:
+- `{}` and `[]`: primary reading "empty, left out"; the other reading (entered as `{}` / `[]`) is tried only when
+  the body has one. Either way the signature must come from a platform key.
 - nested objects, arrays and booleans: compact JSON text (as one public integration renders them).
-- a body field named like a signed header: primary "the body wins"; alternative: "the header wins".
+- a body field named like a signed header, or a value holding a `&name=` pair: the joined string cannot tell such
+  a body from another one (a header moved into the body, one field folded into another), so the signature does
+  not prove which body the platform sent. Such a signature is still checked, and when genuine the outcome is
+  AMBIGUOUS: the event is kept in hypercard.unverified for review, never handed to the workers.
+A signed header's value is only ever taken from the header.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -27,7 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 SIGNED_HEADERS = ("api-key", "timestamp", "nonce", "version", "lang")
 SIGNATURE_HEADER = "signature"
+# Every platform push carries these; in enforce mode a push without one of them is refused.
+REQUIRED_HEADERS = ("api-key", "timestamp", "nonce", SIGNATURE_HEADER)
 _EMPTY_CONTAINERS = (b"{}", b"[]")
+_PAIR_INSIDE = re.compile(r"&[A-Za-z0-9_-]+=")
 
 _PKCS1 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
@@ -39,7 +47,15 @@ class SignatureOutcome(enum.StrEnum):
     VALID = "valid"
     INVALID = "invalid"
     MISSING = "missing"
+    AMBIGUOUS = "ambiguous"  # genuine, but the signed string fits more than one body
     UNCHECKED = "unchecked"
+
+
+class Reading(NamedTuple):
+    """One reading of a request as a string to sign."""
+
+    message: bytes  # the whole string to sign
+    body: bytes  # its body pairs alone: what identifies the event, whatever the headers of the attempt
 
 
 def render(raw: msgspec.Raw) -> str | None:
@@ -70,31 +86,39 @@ def join_sorted(items: Mapping[str, str]) -> bytes:
     return "&".join(f"{name}={items[name]}" for name in sorted(items)).encode()
 
 
-def candidate_strings(headers: Mapping[str, str], body: Mapping[str, str]) -> Iterator[bytes]:
-    """The primary string to sign, then the alternatives for the open points in the module docstring.
+def ambiguity(body: Mapping[str, str]) -> str | None:
+    """Why the string to sign cannot tell this body from another one; None when it can."""
+    for name, value in body.items():
+        if name in SIGNED_HEADERS:
+            return f"the body field {name!r} is named like a signed header"
+        if "&" in value and _PAIR_INSIDE.search(value):
+            return f"the value of {name!r} holds a `&name=` pair"
+    return None
+
+
+def readings(headers: Mapping[str, str], body: Mapping[str, str]) -> Iterator[Reading]:
+    """The primary reading, then the alternatives for the open points in the module docstring.
 
     `headers` has lower-case names; `body` is what rendered_fields returned."""
     header_items = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
-    empties = {name for name, value in body.items() if value.encode() in _EMPTY_CONTAINERS}
-    clashes = {name for name in body if name in header_items}
+    body_items = {name: value for name, value in body.items() if name != SIGNATURE_HEADER}
+    empties = {name for name, value in body_items.items() if value.encode() in _EMPTY_CONTAINERS}
+    clashes = {name for name in body_items if name in header_items}
     seen: set[bytes] = set()
     for keep_empties in (False, True) if empties else (False,):
+        signed_body = {k: v for k, v in body_items.items() if keep_empties or k not in empties}
+        # A clash is AMBIGUOUS whatever verifies: both ways are tried only to tell a genuine signature from a forgery.
         for header_wins in (False, True) if clashes else (False,):
-            items = dict(header_items)
-            for name, value in body.items():
-                if (name in empties and not keep_empties) or (name in clashes and header_wins):
-                    continue
-                items[name] = value
-            items.pop(SIGNATURE_HEADER, None)
+            items = {**header_items, **signed_body} if not header_wins else {**signed_body, **header_items}
             message = join_sorted(items)
             if message not in seen:
                 seen.add(message)
-                yield message
+                yield Reading(message, join_sorted(signed_body))
 
 
 def string_to_sign(headers: Mapping[str, str], body: Mapping[str, str]) -> bytes:
     """The primary reading: what the platform signs and what hypercard-send signs."""
-    return next(candidate_strings(headers, body))
+    return next(readings(headers, body)).message
 
 
 class SignatureVerifier:
@@ -109,19 +133,23 @@ class SignatureVerifier:
     def from_file(cls, path: str | Path) -> SignatureVerifier:
         return cls(load_public_keys(Path(path).read_bytes()))
 
-    def verify(self, candidates: Iterator[bytes] | list[bytes], signature: str) -> bool:
+    def verify(self, message: bytes, signature: str) -> bool:
+        return self.verified_reading([Reading(message, b"")], signature) is not None
+
+    def verified_reading(self, candidates: Iterable[Reading], signature: str) -> Reading | None:
+        """The first reading the signature verifies with any of the keys; None if it verifies none."""
         try:
             raw_signature = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
-            return False
-        for message in candidates:
+            return None
+        for reading in candidates:
             for key in self.keys:
                 try:
-                    key.verify(raw_signature, message, _PKCS1, _SHA256)
+                    key.verify(raw_signature, reading.message, _PKCS1, _SHA256)
                 except InvalidSignature:
                     continue
-                return True
-        return False
+                return reading
+        return None
 
 
 def load_public_keys(data: bytes) -> list[rsa.RSAPublicKey]:

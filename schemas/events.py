@@ -1,22 +1,23 @@
 """HyperCard push events (doc 2.2.4) as msgspec Structs: one tagged union on `notify_type`.
 
-Decoding is tolerant in the ways the platform is sloppy (numbers sent as strings, a documented string sent as a
-number) and strict where it matters (required fields, length limits, known status codes). Unknown fields are
-ignored: the platform may add fields at any time.
+Decoding is tolerant in the ways the platform is sloppy (numbers sent as strings, documented strings sent as
+numbers: `schemas.fields`) and strict where it matters (required fields, length limits, known status codes).
+Unknown fields are ignored: the platform may add fields at any time.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
+from schemas.fields import Amount, AnyText, Email, Mobile, MobileCode, Text, TxId, decode_field
+
 KIND_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
-Text = Annotated[str, msgspec.Meta(min_length=1)]
-Amount = Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]+(\.[0-9]+)?$")]
 UnixSeconds = Annotated[int, msgspec.Meta(ge=0)]
 
 
@@ -25,17 +26,36 @@ class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):
 
     # Fields whose values are secrets or personal data: never logged, never stored in plain text.
     sensitive: ClassVar[frozenset[str]] = frozenset()
-    # Without a natural identity, an event is de-duplicated by the gateway's event id, unless each notification
-    # counts on its own (CONSUME: two identical bodies are two transactions).
-    deduplicate_by_event_id: ClassVar[bool] = True
 
     @classmethod
     def kind(cls) -> str:
         return cls.__struct_config__.tag
 
     def idempotency_key(self) -> str | None:
-        """The natural identity of this notification, from its fields; None when it has none."""
-        return None
+        """What names this one notification, for the workers' inbox; None: every delivery is handled.
+
+        The default is every documented field (the Struct's fields), so two notifications that differ in any of
+        them are both handled, and a platform retry (the same body) is handled once. Sensitive values enter as
+        digests. Undocumented fields stay out: the platform may add one whose value changes between retries."""
+        return notification_key(self)
+
+
+def notification_key(event: Event) -> str:
+    parts = []
+    for name in event.__struct_fields__:
+        text = _key_text(getattr(event, name))
+        if name in event.sensitive:
+            text = hashlib.sha256(text.encode()).hexdigest()[:32]
+        parts.append(f"{name}={text}")
+    return "&".join(parts)  # the inbox keeps a digest of the whole key
+
+
+def _key_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value)
 
 
 class ApplicationResult(enum.IntEnum):
@@ -69,26 +89,19 @@ class OpenCard(Event, tag="OPEN_CARD"):
     sensitive = frozenset({"email", "mobile"})
 
     card_type_id: Text
-    email: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    mobile: Annotated[str, msgspec.Meta(min_length=6, max_length=11)]
-    mobile_code: Annotated[str, msgspec.Meta(min_length=1, max_length=5)]
+    email: Email
+    mobile: Mobile
+    mobile_code: MobileCode
     result: ApplicationResult
-    remark: str | None = None
-    mc_trade_no: str | None = None
-
-    def idempotency_key(self) -> str:
-        application = self.mc_trade_no or f"{self.card_type_id}:{self.email}:{self.mobile}"
-        return f"{application}:{int(self.result)}"
+    remark: AnyText | None = None
+    mc_trade_no: AnyText | None = None
 
 
 class Recharge(Event, tag="RECHARGE"):
     card_id: Text
     mc_trade_no: Text
     result: ApplicationResult
-    remark: str | None = None
-
-    def idempotency_key(self) -> str:
-        return f"{self.mc_trade_no}:{int(self.result)}"
+    remark: AnyText | None = None
 
 
 class Operation(Event, tag="OPERATION"):
@@ -96,35 +109,29 @@ class Operation(Event, tag="OPERATION"):
     request_number: Text
     operate_status: OperateStatus
 
-    def idempotency_key(self) -> str:
-        return f"{self.request_number}:{int(self.operate_status)}"
-
 
 class Consume(Event, tag="CONSUME"):
     """A new card transaction exists; the amount is fetched with the transaction record API (2.1.23)."""
 
-    deduplicate_by_event_id = False
-
     card_id: Text
+
+    def idempotency_key(self) -> None:
+        # The body is only the card: a retry and a new transaction look the same. Every delivery is handled, and
+        # the handler's effect (mark the card for a transaction sync) is the same however often it runs.
+        return None
 
 
 class BuyCoin(Event, tag="BUY_COIN"):
     card_id: Text
     mc_trade_no: Text
     status: CoinStatus
-    tx_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    reason: str | None = None
-
-    def idempotency_key(self) -> str:
-        return f"{self.tx_id}:{int(self.status)}"
+    tx_id: TxId
+    reason: AnyText | None = None
 
 
 class CancelCard(Event, tag="CANCEL_CARD"):
     card_id: Text
     refund_amount: Amount
-
-    def idempotency_key(self) -> str:
-        return self.card_id
 
 
 class Auth3ds(Event, tag="AUTH_3DS"):
@@ -133,22 +140,15 @@ class Auth3ds(Event, tag="AUTH_3DS"):
     card_no: Text
     txn_currency: Text
     txn_amount: Amount
-    card_acceptor_merchant_name: str
-    # Quirk: documented as a string, the platform's own example sends the number 1. Normalised to str below.
-    card_acceptor_location_country: str | int
+    card_acceptor_merchant_name: AnyText
+    # Quirk: documented as a string, the platform's own example sends the number 1 (kept as "1").
+    card_acceptor_location_country: AnyText
     auth_result: int
     expired_time: UnixSeconds
     created_Time: UnixSeconds  # noqa: N815 - the platform's spelling
     updated_Time: UnixSeconds  # noqa: N815 - the platform's spelling
-    app_card_id: str | None = None
-    app3ds_auth_transaction_id: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.card_acceptor_location_country, int):
-            self.card_acceptor_location_country = str(self.card_acceptor_location_country)
-
-    def idempotency_key(self) -> str:
-        return f"{self.auth_id}:{self.auth_result}:{self.updated_Time}"
+    app_card_id: AnyText | None = None
+    app3ds_auth_transaction_id: AnyText | None = None
 
 
 class OptCode(Event, tag="OPT_CODE"):
@@ -160,16 +160,10 @@ class OptCode(Event, tag="OPT_CODE"):
     code: Text
     create_time: UnixSeconds
 
-    def idempotency_key(self) -> str:
-        return f"{self.card_id}:{self.create_time}"
-
 
 class CardConfigChange(Event, tag="CARD_CONFIG_CHANGE"):
     card_type_id: Text
     modify_time: UnixSeconds
-
-    def idempotency_key(self) -> str:
-        return f"{self.card_type_id}:{self.modify_time}"
 
 
 KNOWN_EVENTS: tuple[type[Event], ...] = (
@@ -191,8 +185,9 @@ SENSITIVE_FIELDS: frozenset[str] = frozenset().union(*(event.sensitive for event
 
 
 def decoder_for(event_type: type[Event]) -> msgspec.json.Decoder:
-    """A decoder for one kind. strict=False admits numbers sent as strings ("result": "1")."""
-    return msgspec.json.Decoder(event_type, strict=False)
+    """A decoder for one kind. strict=False admits numbers sent as strings ("result": "1"); the dec_hook admits
+    strings sent as numbers (`schemas.fields`)."""
+    return msgspec.json.Decoder(event_type, strict=False, dec_hook=decode_field)
 
 
-EVENT_DECODER = msgspec.json.Decoder(AnyEvent, strict=False)
+EVENT_DECODER = msgspec.json.Decoder(AnyEvent, strict=False, dec_hook=decode_field)

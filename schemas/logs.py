@@ -1,4 +1,5 @@
-"""structlog set-up shared by the gateway and the workers, with redaction of secrets and personal data.
+"""structlog set-up shared by the gateway and the workers, with redaction of secrets and personal data
+(`schemas.redaction`).
 
 The project's own log calls go through structlog's fast path (level filtered at the call, JSON encoded by msgspec,
 bytes written straight to stdout); stdlib logs (aiohttp, aio-pika) are rendered by the same processors."""
@@ -6,7 +7,6 @@ bytes written straight to stdout); stdlib logs (aiohttp, aio-pika) are rendered 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -14,68 +14,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from schemas.events import SENSITIVE_FIELDS
-
-REDACTED = "[redacted]"
-# Keys whose values never reach a log line, whatever the call site: OTP codes, e-mail, mobile, signatures, keys.
-SECRET_KEYS = SENSITIVE_FIELDS | {
-    "code",
-    "otp",
-    "email",
-    "mobile",
-    "signature",
-    "api_key",
-    "api-key",
-    "key",
-    "private_key",
-    "public_key",
-    "password",
-    "authorization",
-}
-# Values that look like secrets are masked even under an innocent key (an exception message quoting a body).
-SECRET_VALUES = re.compile(
-    "|".join(
-        [
-            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",  # e-mail
-            r"-----BEGIN [A-Z ]+-----[^-]*-----END [A-Z ]+-----",  # PEM key material
-            r"(?<![\w.:-])\+?\d{6,}(?![\w.:-])",  # mobile numbers, OTP codes
-            r"amqp://[^@\s]*@",  # credentials in a broker URL
-        ]
-    )
-)
-# Identifiers that are long digit strings but are neither secrets nor personal data.
-SAFE_KEYS = {
-    "event_id",
-    "card_id",
-    "card_type_id",
-    "mc_trade_no",
-    "request_number",
-    "tx_id",
-    "auth_id",
-    "pid",
-    "timestamp",
-}
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, str):
-        return SECRET_VALUES.sub(REDACTED, value) if len(value) >= 6 else value
-    if isinstance(value, dict):
-        return {k: REDACTED if str(k).lower() in SECRET_KEYS else _redact(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_redact(item) for item in value]
-    return value
-
-
-def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: drop secret keys and mask secret-looking values in every log event."""
-    for key, value in event_dict.items():
-        if key.lower() in SECRET_KEYS:
-            event_dict[key] = REDACTED
-        elif key not in SAFE_KEYS and not isinstance(value, (int, float, bool)):
-            event_dict[key] = _redact(value)
-    return event_dict
-
+from schemas.redaction import redact_secrets
 
 _json = msgspec.json.Encoder(enc_hook=str)
 

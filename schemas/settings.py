@@ -18,7 +18,7 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 ENV_PREFIX = "HC_"
 # Variables holding comma-separated lists.
-LIST_FIELDS = {"allowed_ips", "trusted_proxies", "retry_delays", "handlers", "extra_paths"}
+LIST_FIELDS = {"allowed_ips", "trusted_proxies", "retry_delays", "handlers", "extra_paths", "api_key"}
 
 
 class SettingsError(ValueError):
@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     host: str = "0.0.0.0"
     port: Port = 8080
     platform_public_key: str = ""
+    # The merchant's api key(s) (several during a rotation): a push with another api-key header is refused.
+    api_key: tuple[str, ...] = ()
     # enforce: refuse unsigned or badly signed events; monitor: accept them but log and count; off: development.
     signature_mode: Literal["enforce", "monitor", "off"] = "enforce"
     allowed_ips: tuple[str, ...] = ()
@@ -48,6 +50,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     handlers: tuple[str, ...] = ()
     metrics_port: Port = 9100
+    gateway_metrics_port: Port = 9101  # /metrics of the gateway, off the push port; 0: none
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ fails (PRECONDITION_FAILED), so nothing else may spell out queue arguments.
 
     hypercard.events (topic) --hypercard.<kind>-->  hypercard.<kind>          (quorum; delivery limit -> .dead)
         |                    --hypercard.invalid--> hypercard.invalid         (quorum; schema-invalid events)
+        |                    --hypercard.unverified--> hypercard.unverified   (quorum; signature not vouching)
         +-- alternate exchange hypercard.unrouted (fanout) --> hypercard.unrouted (quorum; kinds nobody binds)
     hypercard.<kind>.retry.<ms>  (quorum, TTL <ms>, dead-letters back to hypercard.<kind>)
     hypercard.<kind>.dead        (quorum; handler gave up, out of attempts, or crash loop)
@@ -19,6 +20,8 @@ UNROUTED_EXCHANGE = "hypercard.unrouted"
 UNROUTED_QUEUE = "hypercard.unrouted"
 INVALID_QUEUE = "hypercard.invalid"
 INVALID_ROUTING_KEY = "hypercard.invalid"
+UNVERIFIED_QUEUE = "hypercard.unverified"
+UNVERIFIED_ROUTING_KEY = "hypercard.unverified"
 DEFAULT_DELIVERY_LIMIT = 10
 
 QUORUM = {"x-queue-type": "quorum"}
@@ -66,7 +69,7 @@ def retry_queue_arguments(kind: str, delay_seconds: float) -> dict[str, object]:
 
 
 async def declare_core(channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractExchange:
-    """Exchanges, the unrouted and invalid queues. Idempotent; returns the events exchange."""
+    """Exchanges, the unrouted, invalid and unverified queues. Idempotent; returns the events exchange."""
     unrouted = await channel.declare_exchange(UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE,
@@ -78,6 +81,8 @@ async def declare_core(channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.Ab
     await unrouted_queue.bind(unrouted, routing_key="")
     invalid_queue = await channel.declare_queue(INVALID_QUEUE, durable=True, arguments=QUORUM)
     await invalid_queue.bind(events, routing_key=INVALID_ROUTING_KEY)
+    unverified_queue = await channel.declare_queue(UNVERIFIED_QUEUE, durable=True, arguments=QUORUM)
+    await unverified_queue.bind(events, routing_key=UNVERIFIED_ROUTING_KEY)
     return events
 
 

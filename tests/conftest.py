@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import create_app
 from gateway.keys import PUBLISHER
+from gateway.replies import ContractAppRunner
 from gateway.send import sample_body, signed_headers
 from schemas import topology
 from schemas.events import KNOWN_KINDS
@@ -76,6 +79,13 @@ async def amqp() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     await connection.close()
 
 
+class ContractTestServer(TestServer):
+    """The test server with the gateway's own runner, so malformed HTTP is answered as in production."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ContractAppRunner(self.app, **kwargs)
+
+
 GatewayFactory = Callable[..., Awaitable[TestClient]]
 
 
@@ -87,7 +97,7 @@ def make_gateway(aiohttp_client, public_key_file: Path) -> GatewayFactory:
         overrides.setdefault("platform_public_key", str(public_key_file))
         overrides.setdefault("amqp_url", AMQP_URL)
         app = create_app(load_settings({}, **overrides))
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(ContractTestServer(app))
         if wait_ready:
             assert await app[PUBLISHER].wait_ready(10), "the gateway did not connect to RabbitMQ"
         return client

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -27,6 +27,11 @@ class WorkerMetrics:
             "hypercard_worker_dead_lettered", "Events sent to hypercard.<kind>.dead.", labels, registry=self.registry
         )
         self.skipped = Counter("hypercard_worker_skipped", "Events a handler skipped.", labels, registry=self.registry)
+        self.paused = Gauge(
+            "hypercard_worker_paused",
+            "1 while consumption is paused because PostgreSQL does not answer.",
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "hypercard_worker_handler_seconds",
             "Time to handle one event, transaction included.",

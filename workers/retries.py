@@ -12,6 +12,7 @@ import aio_pika
 import structlog
 
 from schemas import topology
+from schemas.redaction import scrub
 
 log = structlog.get_logger("workers.retries")
 
@@ -20,6 +21,12 @@ async def ack(message: aio_pika.abc.AbstractIncomingMessage) -> None:
     """Ack; if the channel is gone the broker redelivers the message, and the inbox makes that harmless."""
     with contextlib.suppress(Exception):
         await message.ack()
+
+
+def schedule_step(delay: float, delays: tuple[float, ...]) -> float:
+    """A handler's `Retry(delay=x)` rounded up to a step of the kind's schedule (the longest step at most): each
+    delay has a queue of its own, so the number of retry queues stays bounded by the schedule."""
+    return min((step for step in delays if step >= delay), default=max(delays))
 
 
 class RetryPublisher:
@@ -42,12 +49,12 @@ class RetryPublisher:
         if attempt > len(delays):
             await self.dead_letter(message, kind, error_type, error_message, attempt)
             return False
-        delay = delay if delay is not None else delays[attempt - 1]
+        delay = delays[attempt - 1] if delay is None else schedule_step(delay, delays)
         queue = topology.retry_queue(kind, delay)
         if queue not in self._declared:
             await topology.declare_kind(self.channel, kind, self.delivery_limit, (delay,))
             self._declared.add(queue)
-        headers = {"attempt": attempt + 1, "last_error_type": error_type, "last_error": error_message[:500]}
+        headers = {"attempt": attempt + 1, "last_error_type": error_type, "last_error": scrub(error_message)[:500]}
         if await self._republish(message, queue, headers):
             log.info("retry scheduled", next_attempt=attempt + 1, delay_seconds=delay)
             return True
@@ -63,7 +70,7 @@ class RetryPublisher:
     ) -> None:
         headers = {
             "error_type": error_type,
-            "error_message": error_message[:1000],
+            "error_message": scrub(error_message)[:1000],
             "attempts": attempts,
             "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }

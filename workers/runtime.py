@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
@@ -13,15 +14,18 @@ import msgspec
 import structlog
 
 from schemas import broker, topology
+from schemas.redaction import bind_secrets, clear_secrets, scrub
 from schemas.settings import Settings
 from workers import database
 from workers.context import HandlerContext
-from workers.errors import GiveUp, Retry, Skip
+from workers.errors import GiveUp, HandlerError, Retry, Skip
 from workers.metrics import WorkerMetrics
 from workers.registry import Registration
 from workers.retries import RetryPublisher, ack
 
 log = structlog.get_logger("workers")
+DATABASE_PROBE_TIMEOUT = 2.0
+MAX_PROBE_DELAY = 10.0
 
 
 class WorkerRuntime:
@@ -45,8 +49,10 @@ class WorkerRuntime:
         self._loop_task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task] = set()
         self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._queues: list[tuple[str, aio_pika.abc.AbstractQueue]] = []
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._retries: RetryPublisher | None = None
+        self._outage: DatabaseOutage | None = None  # set while PostgreSQL does not answer: consumption paused
 
     def retry_delays(self, kind: str) -> tuple[float, ...]:
         return self.registrations[kind].retry_delays or self.settings.retry_delays
@@ -68,9 +74,9 @@ class WorkerRuntime:
         """Stop consuming, let in-flight handlers finish within HC_SHUTDOWN_GRACE, leave the rest unacked (the broker
         redelivers them), close."""
         self._stopping = True
-        for queue, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(queue.cancel(tag), 2.0)
+        if self._outage is not None:
+            self._outage.task.cancel()
+        await self._cancel_consumers()
         if self._in_flight:
             _, unfinished = await asyncio.wait(set(self._in_flight), timeout=self.settings.shutdown_grace)
             for task in unfinished:
@@ -97,16 +103,26 @@ class WorkerRuntime:
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         await topology.declare_core(channel)
         self._retries = RetryPublisher(channel, self.settings.delivery_limit)
-        queues = []
+        self._queues = []
         for kind in self.registrations:
             queue = await topology.declare_kind(channel, kind, self.settings.delivery_limit, self.retry_delays(kind))
-            queues.append((kind, queue))
+            self._queues.append((kind, queue))
+        if self._outage is None:  # during a database outage the outage's task starts consuming once it answers
+            await self._start_consumers()
+
+    async def _start_consumers(self) -> None:
         self._consumers = []
-        for kind, queue in queues:
+        for kind, queue in self._queues:
             tag = await queue.consume(self._handler_for(kind))
             self._consumers.append((queue, tag))
         self._consuming.set()
         log.info("consuming", kinds=sorted(self.registrations), prefetch=self.settings.prefetch)
+
+    async def _cancel_consumers(self) -> None:
+        consumers, self._consumers = self._consumers, []
+        for queue, tag in consumers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(queue.cancel(tag), 2.0)
 
     def _on_close(self, *_: object) -> None:
         self._consuming.clear()
@@ -142,6 +158,7 @@ class WorkerRuntime:
         event_id = str(headers.get("event_id") or message.message_id or "")
         attempt = int(headers.get("attempt", 1))  # type: ignore[arg-type]
         structlog.contextvars.clear_contextvars()
+        clear_secrets()
         structlog.contextvars.bind_contextvars(event_id=event_id, notify_type=kind, attempt=attempt)
         outcome = "handled"
         try:
@@ -172,7 +189,9 @@ class WorkerRuntime:
             self.metrics.dead_lettered.labels(kind).inc()
             return "dead_lettered"
 
-        natural_key = event.idempotency_key() or (event_id if type(event).deduplicate_by_event_id else None)
+        # Its one-time code, e-mail, mobile: scrubbed from every log line and error header written from here on.
+        bind_secrets(getattr(event, name, None) for name in type(event).sensitive)
+        natural_key = event.idempotency_key()
         received_at = _received_at(headers)
         try:
             async with self.pool.acquire() as connection, connection.transaction():
@@ -192,10 +211,13 @@ class WorkerRuntime:
             await retries.dead_letter(message, kind, type(error).__name__, str(error), attempt)
             self.metrics.dead_lettered.labels(kind).inc()
             return "dead_lettered"
-        except Exception as error:  # Retry, a timeout, a database outage, a bug: all retryable
+        except Exception as error:  # Retry, a timeout, a bug: all retryable; a database outage is not the event's
+            if await self._database_unreachable(error):
+                await self._return_unhandled(message)
+                return "returned"
             delay = error.delay if isinstance(error, Retry) else None
             error_type = "HandlerTimeout" if isinstance(error, TimeoutError) else type(error).__name__
-            log.warning("handler failed", error_type=error_type, error=str(error)[:500])
+            log.warning("handler failed", error_type=error_type, error=scrub(str(error))[:500])
             scheduled = await retries.retry_or_dead_letter(
                 message, kind, self.retry_delays(kind), attempt, error_type, str(error), delay
             )
@@ -207,6 +229,60 @@ class WorkerRuntime:
             return "duplicate"
         self.metrics.handled.labels(kind).inc()
         return "handled"
+
+
+    async def _database_unreachable(self, error: Exception) -> bool:
+        """True when PostgreSQL itself does not answer (then the failure is not the event's, and consumption pauses
+        until it answers again)."""
+        if self._outage is not None:
+            return True
+        if isinstance(error, HandlerError):
+            return False
+        assert self.pool is not None
+        try:
+            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), DATABASE_PROBE_TIMEOUT)
+        except Exception as probe_error:
+            if self._outage is None and not self._stopping:
+                self._outage = DatabaseOutage(asyncio.create_task(self._wait_for_database(), name="database-outage"))
+                self.metrics.paused.set(1)
+                log.warning(
+                    "database unreachable: consumption paused, deliveries returned without counting an attempt",
+                    error=type(probe_error).__name__,
+                )
+                await self._cancel_consumers()
+            return True
+        return False
+
+    async def _return_unhandled(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        with contextlib.suppress(Exception):
+            await message.nack(requeue=True)
+
+    async def _wait_for_database(self) -> None:
+        """Probe PostgreSQL with backoff; when it answers, consume again."""
+        assert self.pool is not None
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self.pool.fetchval("SELECT 1"), DATABASE_PROBE_TIMEOUT)
+            except Exception:
+                delay = min(delay * 2, MAX_PROBE_DELAY)
+                continue
+            break
+        self._outage = None
+        self.metrics.paused.set(0)
+        log.info("database answers again: consuming")
+        if self._connection is not None and not self._stopping:
+            try:
+                await self._start_consumers()
+            except Exception as error:  # the broker went away meanwhile: the reconnect loop starts consuming
+                log.warning("could not consume after the outage", error=type(error).__name__)
+                self._lost.set()
+
+
+@dataclass
+class DatabaseOutage:
+    task: asyncio.Task[None]  # probes until PostgreSQL answers, then consumes again
 
 
 def _received_at(headers: dict) -> datetime:

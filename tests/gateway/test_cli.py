@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,11 +38,13 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(env, variable):
 @pytest.mark.parametrize("processes", [1, 2])
 def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp_path, amqp, processes):
     assert run(str(BIN / "hypercard-send"), "--generate-keys", str(tmp_path)).returncode == 0
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "HC_PORT": str(port),
+        "HC_GATEWAY_METRICS_PORT": str(metrics_port),
         "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
+        "HC_API_KEY": "dev-merchant",
         "HC_DRAIN_SECONDS": "0.2",
         "HC_PROCESSES": str(processes),
     }
@@ -60,9 +63,12 @@ def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp
         )
         assert sent.returncode == 0, sent.stdout
         assert sent.stdout.count('HTTP 200 {"code":1,"msg":"ok","data":{}}') == 9
-        # Whichever process answers /metrics reports the requests of all of them.
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        # The metrics port reports the requests of all processes; the push port serves no metrics.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
             exposition = reply.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as not_there:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert not_there.value.code == 404
         accepted = re.findall(r'^hypercard_gateway_requests_total\{.*status="200"\} ([0-9.]+)$', exposition, re.M)
         assert sum(float(n) for n in accepted) == 9
         check = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)

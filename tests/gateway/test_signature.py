@@ -12,8 +12,9 @@ from gateway.send import sample_body
 from gateway.signature import (
     FIELDS_DECODER,
     SignatureVerifier,
-    candidate_strings,
+    ambiguity,
     load_public_keys,
+    readings,
     rendered_fields,
     sign,
     string_to_sign,
@@ -79,16 +80,31 @@ def test_lang_is_signed_when_present() -> None:
 
 def test_nested_values_render_as_compact_json_and_empty_ones_are_tried_both_ways() -> None:
     body = fields(b'{"a": {"x": [1, 2]}, "b": true, "e": {}}')
-    assert list(candidate_strings({}, body)) == [b'a={"x":[1,2]}&b=true', b'a={"x":[1,2]}&b=true&e={}']
+    assert [r.message for r in readings({}, body)] == [b'a={"x":[1,2]}&b=true', b'a={"x":[1,2]}&b=true&e={}']
+    assert [r.body for r in readings({}, body)] == [b'a={"x":[1,2]}&b=true', b'a={"x":[1,2]}&b=true&e={}']
 
 
-def test_body_field_named_like_a_header_is_tried_both_ways() -> None:
-    body = {"nonce": "fromBody", "x": "1"}
-    candidates = [c.decode() for c in candidate_strings(HEADERS, fields(body))]
-    assert candidates == [
+def test_each_reading_names_the_body_pairs_it_signs_apart_from_the_headers() -> None:
+    (reading,) = readings(HEADERS, fields(sample_body("consume")))
+    assert reading.body == b"card_id=6654358889900018888&notify_type=CONSUME"
+
+
+def test_a_body_field_named_like_a_header_is_ambiguous_and_never_overrides_the_header() -> None:
+    body = fields({"nonce": "fromBody", "x": "1"})
+    assert ambiguity(body) == "the body field 'nonce' is named like a signed header"
+    # Both ways are tried, only to tell a genuine signature from a forged one; the outcome stays ambiguous.
+    assert [r.message.decode() for r in readings(HEADERS, body)] == [
         "api-key=merchant-1&nonce=fromBody&timestamp=1710412477&version=1.0&x=1",
         f"{H}&x=1",
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "ambiguous"),
+    [("T1&nonce=abcdefghij", True), ("x&mc_trade_no=T1", True), ("T&C", False), ("a=b", False), ("a & b = c", False)],
+)
+def test_a_value_holding_a_name_value_pair_is_ambiguous(value: str, ambiguous: bool) -> None:
+    assert (ambiguity({"remark": value}) is not None) is ambiguous
 
 
 @pytest.fixture
@@ -98,12 +114,12 @@ def verifier(platform_key) -> SignatureVerifier:
 
 def test_verifies_the_platform_signature(platform_key, verifier) -> None:
     message = string_to_sign(HEADERS, fields(sample_body("open_card")))
-    assert verifier.verify([message], sign(platform_key, message))
+    assert verifier.verify(message, sign(platform_key, message))
 
 
 def test_refuses_a_signature_by_another_key(other_key, verifier) -> None:
     message = string_to_sign(HEADERS, fields(sample_body("open_card")))
-    assert not verifier.verify([message], sign(other_key, message))
+    assert not verifier.verify(message, sign(other_key, message))
 
 
 def test_refuses_a_tampered_body_or_header(platform_key, verifier) -> None:
@@ -113,12 +129,12 @@ def test_refuses_a_tampered_body_or_header(platform_key, verifier) -> None:
     tampered_header = string_to_sign({**HEADERS, "timestamp": "1710412478"}, fields(body))
     missing_header = string_to_sign({k: v for k, v in HEADERS.items() if k != "nonce"}, fields(body))
     for message in (tampered_body, tampered_header, missing_header):
-        assert not verifier.verify([message], signature)
+        assert not verifier.verify(message, signature)
 
 
 @pytest.mark.parametrize("garbage", ["", "not base64!!", "@@@@", base64.b64encode(b"short").decode()])
 def test_refuses_garbage_signatures(verifier, garbage: str) -> None:
-    assert not verifier.verify([b"anything"], garbage)
+    assert not verifier.verify(b"anything", garbage)
 
 
 def test_key_rotation_accepts_every_key_in_the_file(platform_key, other_key) -> None:
@@ -129,7 +145,7 @@ def test_key_rotation_accepts_every_key_in_the_file(platform_key, other_key) -> 
     verifier = SignatureVerifier(load_public_keys(pem))
     assert len(verifier.keys) == 2
     for key in (platform_key, other_key):
-        assert verifier.verify([b"m"], sign(key, b"m"))
+        assert verifier.verify(b"m", sign(key, b"m"))
 
 
 def test_loads_a_bare_base64_key_as_the_merchant_platform_shows_it(platform_key) -> None:

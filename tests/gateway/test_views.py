@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from gateway.keys import METRICS
 from gateway.send import sample_names
 from schemas import topology
 from tests.support.broker import take
@@ -130,15 +131,26 @@ async def test_key_rotation_accepts_both_keys(make_gateway, amqp, sign, sample, 
     assert len(await take(amqp, topology.kind_queue("CONSUME"))) == 2
 
 
-async def test_monitor_mode_accepts_a_bad_signature_and_marks_it(make_gateway, amqp, sample):
+async def test_monitor_mode_keeps_a_bad_signature_for_review_never_for_the_workers(make_gateway, amqp, sample):
     client = await make_gateway(signature_mode="monitor")
     body = sample("consume")
     response = await client.post(PATH, data=body, headers={"Content-Type": "application/json", "signature": "AAAA"})
     assert await response.json() == OK
+    (message,) = await take(amqp, topology.UNVERIFIED_QUEUE)
+    assert message.body == body and message.headers["notify_type"] == "CONSUME"
+    assert message.headers["signature_outcome"] == "missing" and "api-key" in message.headers["unverified_reason"]
+    assert await take(amqp, topology.kind_queue("CONSUME"), timeout=0.3) == []
+    metrics = client.server.app[METRICS].exposition().decode()
+    assert 'hypercard_gateway_signature_failures_total{reason="missing"} 1.0' in metrics
+    assert 'hypercard_gateway_unverified_total{reason="missing"} 1.0' in metrics
+
+
+async def test_monitor_mode_routes_a_genuine_event_as_usual(make_gateway, amqp, sign, sample):
+    client = await make_gateway(signature_mode="monitor")
+    body = sample("consume")
+    assert await (await client.post(PATH, data=body, headers=sign(body))).json() == OK
     (message,) = await take(amqp, topology.kind_queue("CONSUME"))
-    assert message.headers["signature_outcome"] == "invalid"
-    metrics = await (await client.get("/metrics")).text()
-    assert 'hypercard_gateway_signature_failures_total{reason="invalid"} 1.0' in metrics
+    assert message.headers["signature_outcome"] == "valid"
 
 
 async def test_off_mode_accepts_unsigned_events(make_gateway, amqp, sample):

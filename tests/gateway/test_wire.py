@@ -17,7 +17,7 @@ def properties(validation_error: str | None = None):
         signature_outcome=SignatureOutcome.VALID,
         request_headers={"api-key": "k", "timestamp": "1710412477", "nonce": "Ab3dE6gH9j", "version": "1.0",
                          "signature": "c2ln", "lang": "zh-CN"},
-        validation_error=validation_error,
+        verdict=envelope.Verdict("quarantined" if validation_error else "accepted", "hypercard.x", validation_error),
     )  # fmt: skip
 
 

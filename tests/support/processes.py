@@ -74,6 +74,7 @@ def gateway_process(tmp_path: Path, port: int, env: dict[str, str] | None = None
             "HC_PORT": str(port),
             "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
             "HC_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+            "HC_GATEWAY_METRICS_PORT": "0",
             **(env or {}),
         },
         tmp_path / f"{name}.log",

@@ -1,7 +1,7 @@
 -- Current state per kind, kept by the default handlers for the merchant to query.
 
 CREATE TABLE hypercard_card_applications (
-    application_key text PRIMARY KEY,  -- mc_trade_no, or card_type_id:email:mobile when the platform sent none
+    application_key text PRIMARY KEY,  -- mc_trade_no, or notification:<digest of the notification key> when the platform sent none
     mc_trade_no text,
     card_type_id text NOT NULL,
     email text NOT NULL,

@@ -1,0 +1,66 @@
+"""Reading a push body: bounded in size and time, one JSON object with one reading of each top-level field."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+
+import msgspec
+from aiohttp import web
+
+from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from gateway.signature import FIELDS_DECODER, rendered_fields
+
+# Every top-level key is a string followed by a colon; so is any `":` inside strings or nested objects. When there
+# are no more of these than distinct top-level fields, no key can repeat, and the slower exact check is skipped.
+_KEY_END = re.compile(rb'"\s*:')
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The body, refused past `limit` bytes; a client that sends too slowly is cut off after `timeout` seconds."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout:g} seconds") from None
+    return b"".join(chunks)
+
+
+def body_fields(body: bytes) -> dict[str, str]:
+    """The body's non-empty top-level fields as they enter the string to sign (BadRequest if it is no JSON object,
+    or names a top-level field twice: a consumer whose parser keeps the first value would act on a value the
+    signature never covered)."""
+    try:
+        fields = FIELDS_DECODER.decode(body)
+        rendered = rendered_fields(fields)
+    except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+        raise BadRequest(f"the body must be a JSON object: {error}") from None
+    except RecursionError:
+        raise BadRequest("the body must be a JSON object: it is nested too deeply") from None
+    if len(_KEY_END.findall(body)) > len(fields) and (repeated := _repeated_top_level_key(body)):
+        raise BadRequest(f"the body has the top-level field {repeated[:80]!r} more than once")
+    return rendered
+
+
+def _repeated_top_level_key(body: bytes) -> str | None:
+    objects: list[list[tuple[str, object]]] = []
+
+    def keep_pairs(pairs: list[tuple[str, object]]) -> dict:
+        objects.append(pairs)  # innermost objects first: the top-level object comes last
+        return dict(pairs)
+
+    try:
+        json.loads(body, object_pairs_hook=keep_pairs)
+    except (ValueError, RecursionError):
+        # msgspec read it but json does not (their limits differ): the check cannot be made, so it is not passed.
+        raise BadRequest("the body could not be checked for repeated top-level fields") from None
+    counts = Counter(name for name, _ in objects[-1])
+    return next((name for name, count in counts.items() if count > 1), None)

@@ -1,0 +1,63 @@
+"""Is the sender the platform, for this merchant? Header text, api key and signature checks of a push."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from gateway.errors import BadRequest, Unauthorized
+from gateway.signature import (
+    REQUIRED_HEADERS,
+    SIGNATURE_HEADER,
+    SIGNED_HEADERS,
+    SignatureOutcome,
+    SignatureVerifier,
+    ambiguity,
+    readings,
+)
+
+# Every header the gateway reads: their values reach the string to sign, the log line or the message headers.
+READ_HEADERS = (*SIGNED_HEADERS, SIGNATURE_HEADER, "x-forwarded-for", "content-type")
+
+
+class SignatureCheck(NamedTuple):
+    outcome: SignatureOutcome
+    signed_body: bytes  # the body pairs the signature covers (or would cover): the event id is derived from them
+    reason: str | None = None  # why the outcome is not VALID
+
+
+def check_header_text(headers: Mapping[str, str]) -> None:
+    """A header that is not UTF-8 text (aiohttp keeps such bytes as surrogates) is the client's mistake: 400."""
+    for name in READ_HEADERS:
+        for value in headers.getall(name, ()):  # type: ignore[attr-defined]
+            if not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    raise BadRequest(f"the {name} header is not UTF-8 text") from None
+
+
+def check_api_key(headers: Mapping[str, str], api_keys: tuple[str, ...]) -> None:
+    """With HC_API_KEY set, a push for another merchant is refused before its signature is looked at."""
+    if api_keys and headers.get("api-key") not in api_keys:
+        raise Unauthorized("the api-key header is not this merchant's (HC_API_KEY)")
+
+
+def check_signature(
+    headers: Mapping[str, str], body: Mapping[str, str], verifier: SignatureVerifier | None
+) -> SignatureCheck:
+    """The signature's outcome (UNCHECKED without a verifier: HC_SIGNATURE_MODE=off). The caller decides what an
+    outcome other than VALID means in its mode; such an event is never handed to the workers."""
+    signed = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
+    primary = next(readings(signed, body))
+    if verifier is None:
+        return SignatureCheck(SignatureOutcome.UNCHECKED, primary.body)
+    missing = [name for name in REQUIRED_HEADERS if not headers.get(name)]
+    if missing:
+        return SignatureCheck(SignatureOutcome.MISSING, primary.body, f"no {', '.join(missing)} header")
+    reading = verifier.verified_reading(readings(signed, body), headers[SIGNATURE_HEADER])
+    if reading is None:
+        return SignatureCheck(SignatureOutcome.INVALID, primary.body, "the signature does not verify")
+    if reason := ambiguity(body):
+        return SignatureCheck(SignatureOutcome.AMBIGUOUS, reading.body, reason)
+    return SignatureCheck(SignatureOutcome.VALID, reading.body)

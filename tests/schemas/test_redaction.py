@@ -1,0 +1,184 @@
+"""No OTP code, e-mail, mobile number, signature or key material in any log line, whatever the call site."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import string
+
+import aiohttp
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.send import generate_keys, load_private_key, sample_body, sample_names, signed_headers
+from schemas import topology
+from schemas.events import EVENT_DECODER
+from schemas.logs import render_json
+from schemas.redaction import REDACTED, bind_secrets, clear_secrets, redact_secrets, scrub
+from tests.support.broker import take
+from tests.support.network import free_port, wait_until_ready
+from tests.support.processes import gateway_process, worker_process
+from tests.workers.conftest import eventually
+
+
+def test_processor_drops_secret_keys_and_masks_secret_values():
+    event = {
+        "event": "oops: body was {'email': 'someone@example.com', 'mobile': '+8613800138000'}",
+        "code": "888666",
+        "signature": "c2lnbmF0dXJl",
+        "nested": {"otp": "123456", "fine": "ok", "deeper": [{"email": "x@y.zz"}]},
+        "key": "-----BEGIN PUBLIC KEY-----\nMIGf\n-----END PUBLIC KEY-----",
+        "card_id": "6654358889900018888",
+        "client_ip": "127.0.0.1",
+        "status": 200,
+    }
+    out = redact_secrets(None, "info", dict(event))
+    assert out["code"] == out["signature"] == out["key"] == REDACTED
+    assert out["nested"] == {"otp": REDACTED, "fine": "ok", "deeper": [{"email": REDACTED}]}
+    assert "someone@example.com" not in out["event"] and "8613800138000" not in out["event"]
+    assert out["card_id"] == event["card_id"] and out["status"] == 200 and out["client_ip"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "text", ["code:888666", "Your code is 888666.", "+86-18301523750", "+86 183 0152 3750", "(86) 18301523750"]
+)
+def test_free_text_forms_that_slipped_through_the_old_pattern_are_masked(text):
+    assert scrub(text).count(REDACTED) == 1 and not any(ch.isdigit() for ch in scrub(text).replace("86", ""))
+
+
+def test_a_struct_passed_to_a_log_call_is_redacted_by_field_name():
+    otp = EVENT_DECODER.decode(sample_body("opt_code"))
+    card = EVENT_DECODER.decode(sample_body("open_card"))
+    line = render(redact_secrets(None, "info", {"event": "got", "otp_event": otp, "events": [card]}))
+    for secret in ("888666", "example@gmail.com", "18301523750"):
+        assert secret not in line
+    assert "1085185460000094505" in line  # the card id is no secret
+
+
+otps = st.one_of(st.from_regex(r"[0-9]{4,8}", fullmatch=True), st.from_regex(r"[A-Za-z0-9]{6,8}", fullmatch=True))
+emails = st.from_regex(r"[a-z][a-z0-9._]{0,15}@[a-z]{1,10}\.(com|cn|io)", fullmatch=True)
+mobiles = st.from_regex(r"1[3-9][0-9]{9}", fullmatch=True)
+
+
+@st.composite
+def written_mobiles(draw) -> tuple[str, str]:
+    """A mobile number and one way a person or a program writes it: with or without the country code, separators."""
+    mobile = draw(mobiles)
+    code = draw(st.sampled_from(["", "86", "852", "1"]))
+    sep = draw(st.sampled_from(["", " ", "-"]))
+    digits = sep.join([mobile[:3], mobile[3:7], mobile[7:]]) if sep else mobile
+    if not code:
+        return mobile, digits
+    return mobile, draw(st.sampled_from([f"+{code}{sep}{digits}", f"({code}) {digits}", f"{code}{digits}"]))
+
+
+@given(otp=otps, email=emails, mobile=written_mobiles(), template=st.sampled_from([
+    "notifier failed: could not send {otp} to {email} / {mobile}",
+    "Your code is {otp}. Mobile {mobile}, mail {email}",
+    "payload={{'code': '{otp}', 'email': '{email}', 'mobile': '{mobile}'}}",
+    "code:{otp};mobile:{mobile};email:{email}",
+]))
+def test_no_form_of_an_events_secrets_reaches_a_log_line_or_a_header(otp, email, mobile, template):
+    number, written = mobile
+    body = {"notify_type": "OPT_CODE", "card_id": "c-1", "code": otp, "create_time": 1}
+    event = EVENT_DECODER.decode(json.dumps(body))
+    bind_secrets([event.code, email, number])  # what the worker binds for the event it handles
+    try:
+        text = template.format(otp=otp, email=email, mobile=written)
+        error = RuntimeError(text)
+        line = render(redact_secrets(None, "warning", {"event": text, "error": str(error), "exc": error,
+                                                      "event_struct": event, "extra": {"nested": [text]}}))
+        header = scrub(text)  # what a retry or dead-letter header carries
+    finally:
+        clear_secrets()
+    for output in (line, header):
+        assert otp not in output and email not in output and number not in output
+        assert "".join(ch for ch in written if ch.isdigit())[-6:] not in output
+
+
+def render(event_dict) -> str:
+    return render_json(None, "info", event_dict).decode()
+
+
+@pytest.mark.broker
+@pytest.mark.database
+async def test_logs_of_all_nine_samples_through_gateway_and_workers_hold_no_secret(tmp_path, amqp):
+    from tests.workers.conftest import reset_database
+
+    await reset_database()
+    private, _ = generate_keys(tmp_path)
+    key = load_private_key(private)
+    port = free_port()
+    gateway = gateway_process(tmp_path, port, {"HC_DRAIN_SECONDS": "0", "HC_LOG_LEVEL": "debug"})
+    worker = worker_process(tmp_path, "--all", env={"HC_LOG_LEVEL": "debug"})
+    signatures = []
+    try:
+        await asyncio.to_thread(wait_until_ready, port)
+        async with aiohttp.ClientSession() as session:
+            for name in sample_names():
+                body = sample_body(name)
+                headers = signed_headers(key, body, "merchant-1")
+                signatures.append(headers["signature"])
+                async with session.post(
+                    f"http://127.0.0.1:{port}/hc_sync/common",
+                    data=body,
+                    headers={**headers, "Content-Type": "application/json"},
+                ) as reply:
+                    assert reply.status == 200
+                # A forged one too: refusals are logged as well.
+                async with session.post(
+                    f"http://127.0.0.1:{port}/hc_sync/common",
+                    data=body,
+                    headers={**headers, "signature": "Zm9yZ2Vk", "Content-Type": "application/json"},
+                ) as reply:
+                    assert reply.status == 401
+
+        async def all_handled() -> bool:
+            return len(worker.events(event="message", outcome="handled")) >= 9
+
+        await eventually(all_handled, timeout=20)
+    finally:
+        gateway.stop()
+        worker.stop()
+
+    logs = gateway.output + worker.output
+    lines = logs.splitlines()
+    assert len(lines) > 20 and all(json.loads(line) for line in lines)
+    secrets = ["example@gmail.com", "18301523750", "888666", "Zm9yZ2Vk", "BEGIN", *signatures]
+    secrets += [(tmp_path / "platform-public.pem").read_text().splitlines()[1]]
+    for secret in secrets:
+        assert secret not in logs, f"{secret!r} reached the logs"
+
+
+@pytest.mark.broker
+@pytest.mark.database
+async def test_a_notifier_failure_quoting_the_code_leaks_it_nowhere(tmp_path, amqp, make_gateway, sign):
+    from tests.workers.conftest import reset_database
+
+    await reset_database()
+    gateway = await make_gateway()
+    received = tmp_path / "received.txt"
+    code = "".join(random.choice(string.ascii_letters + string.digits) for _ in range(7))
+    worker = worker_process(
+        tmp_path, "OPT_CODE", "--handlers", "tests.support.failing_notifier",
+        env={"HC_RETRY_DELAYS": "0.2", "HC_TEST_NOTIFIER_FILE": str(received), "HC_LOG_LEVEL": "debug"},
+    )  # fmt: skip
+    try:
+        await eventually(lambda: _true(worker.events(event="consuming")), timeout=20)
+        body = json.dumps({"notify_type": "OPT_CODE", "card_id": "c-1", "code": code, "create_time": 1}).encode()
+        assert (await gateway.post("/hc_sync/common", data=body, headers=sign(body))).status == 200
+        (dead,) = await take(amqp, topology.dead_queue("OPT_CODE"), timeout=15)
+    finally:
+        worker.stop()
+    assert received.read_text().splitlines() == [code, code]  # the notifier got the code as it is, each attempt
+    headers = json.dumps(dead.headers, default=str)
+    assert dead.headers["error_type"] == "RuntimeError" and "SMS gateway refused" in dead.headers["error_message"]
+    for output in (worker.output, headers):
+        for secret in (code, "183-0152-3750", "a.b@example.com"):
+            assert secret not in output
+
+
+async def _true(value: object) -> bool:
+    return bool(value)
