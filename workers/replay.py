@@ -3,22 +3,26 @@
     hypercard-replay OPEN_CARD                  # everything in hypercard.open_card.dead
     hypercard-replay --from invalid --kind RECHARGE --count 10
     hypercard-replay --from unrouted --event-id 3ebc8293f9a3a90600ae36fcb21ce30b
+    hypercard-replay --from unverified --kind OPT_CODE   # after reviewing events whose signature did not vouch
     hypercard-replay OPEN_CARD --dry-run        # list what would move
 
 Each message is published with a confirm before the original is acked: a crash mid-replay leaves a duplicate at
-worst (the workers' inbox absorbs it), never a loss. Messages that do not match the filters stay where they were."""
+worst (the workers' inbox absorbs it), never a loss. Messages that do not match the filters stay where they were,
+and so does a message that cannot be routed (no readable kind, a kind that is no kind name): it is reported and
+the replay goes on."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aio_pika
 
 from schemas import broker, topology
+from schemas.events import KIND_NAME
 from schemas.settings import SettingsError, load_settings
 
 # Headers of a failed attempt: a replayed message starts again at attempt 1.
@@ -39,8 +43,8 @@ class ReplayFilter:
 
 
 def source_queue(source: str) -> str:
-    """`invalid`, `unrouted`, a kind (its dead queue), or a queue name."""
-    if source in ("invalid", "unrouted"):
+    """`invalid`, `unrouted`, `unverified`, a kind (its dead queue), or a queue name."""
+    if source in ("invalid", "unrouted", "unverified"):
         return f"hypercard.{source}"
     if source.startswith("hypercard."):
         return source
@@ -62,18 +66,24 @@ def replay_copy(message: aio_pika.abc.AbstractIncomingMessage, source: str) -> a
     )
 
 
+@dataclass
+class ReplayResult:
+    moved: list[str] = field(default_factory=list)  # event ids republished (or, in a dry run, that would be)
+    left: list[tuple[str, str]] = field(default_factory=list)  # (event id, why) of matching messages left in place
+
+
 async def replay(
     channel: aio_pika.abc.AbstractChannel, source: str, wanted: ReplayFilter, dry_run: bool = False
-) -> list[str]:
-    """Replay the matching messages of `source`; returns their event ids. The channel must have confirms on."""
+) -> ReplayResult:
+    """Replay the matching messages of `source`. The channel must have confirms on."""
     queue = await channel.declare_queue(source, passive=True)
     waiting = queue.declaration_result.message_count
     events = await channel.get_exchange(topology.EVENTS_EXCHANGE)
-    moved: list[str] = []
+    result = ReplayResult()
     held: list[aio_pika.abc.AbstractIncomingMessage] = []
     # Look at each waiting message once: the ones left alone stay unacked until the end, then go back in order.
     for _ in range(waiting):
-        if wanted.count is not None and len(moved) >= wanted.count:
+        if wanted.count is not None and len(result.moved) >= wanted.count:
             break
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
@@ -81,22 +91,30 @@ async def replay(
         if not wanted.matches(message):
             held.append(message)
             continue
-        kind = str((message.headers or {}).get("notify_type") or "")
         event_id = str((message.headers or {}).get("event_id") or message.message_id)
-        if dry_run or not kind:
+        kind = (message.headers or {}).get("notify_type")
+        if not isinstance(kind, str) or not KIND_NAME.match(kind):
             held.append(message)
-            if dry_run:
-                moved.append(event_id)
+            result.left.append((event_id, f"no routable kind in its notify_type header: {str(kind)[:80]!r}"))
             continue
-        await events.publish(replay_copy(message, source), routing_key=topology.routing_key(kind), mandatory=True)
+        if dry_run:
+            held.append(message)
+            result.moved.append(event_id)
+            continue
+        try:
+            await events.publish(replay_copy(message, source), routing_key=topology.routing_key(kind), mandatory=True)
+        except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as error:
+            held.append(message)
+            result.left.append((event_id, f"the broker did not take it: {type(error).__name__}"))
+            continue
         await message.ack()  # only after the broker confirmed the copy
-        moved.append(event_id)
+        result.moved.append(event_id)
     for message in held:
         await message.nack(requeue=True)
-    return moved
+    return result
 
 
-async def run(urls: list[str], source: str, wanted: ReplayFilter, dry_run: bool) -> list[str]:
+async def run(urls: list[str], source: str, wanted: ReplayFilter, dry_run: bool) -> ReplayResult:
     connection = await broker.connect(urls)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -110,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="hypercard-replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("source", nargs="?", help="a kind (its dead queue), or use --from")
-    parser.add_argument("--from", dest="from_", help="invalid, unrouted, a kind, or a queue name")
+    parser.add_argument("--from", dest="from_", help="invalid, unrouted, unverified, a kind, or a queue name")
     parser.add_argument("--kind", help="only messages of this notify_type")
     parser.add_argument("--event-id", help="only the message(s) with this event id")
     parser.add_argument("--count", type=int, help="at most this many messages")
@@ -118,15 +136,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     source = args.from_ or args.source
     if not source:
-        parser.error("name a kind or --from invalid|unrouted|QUEUE")
+        parser.error("name a kind or --from invalid|unrouted|unverified|QUEUE")
     try:
         settings = load_settings()
     except SettingsError as error:
         parser.exit(2, f"hypercard-replay: {error}\n")
     queue = source_queue(source)
     wanted = ReplayFilter(args.kind, args.event_id, args.count)
-    moved = asyncio.run(run(settings.amqp_urls, queue, wanted, args.dry_run))
-    for event_id in moved:
+    result = asyncio.run(run(settings.amqp_urls, queue, wanted, args.dry_run))
+    for event_id in result.moved:
         print(event_id)
+    for event_id, why in result.left:
+        print(f"left in {queue}: {event_id}: {why}", file=sys.stderr)
     verb = "would replay" if args.dry_run else "replayed"
-    print(f"{verb} {len(moved)} message(s) from {queue}", file=sys.stderr)
+    print(f"{verb} {len(result.moved)} message(s) from {queue}", file=sys.stderr)
+    sys.exit(1 if result.left else 0)

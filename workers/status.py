@@ -1,6 +1,6 @@
 """`hypercard-status`: queue depth, consumers and dead letters per kind at a glance.
 
-Exits 1 when a dead, invalid or unrouted queue holds messages (usable as a cron alert), 2 when the broker is
+Exits 1 when a dead, invalid, unrouted or unverified queue holds messages (usable as a cron alert), 2 when the broker is
 unreachable. Reads passive queue declares: no management plugin needed."""
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ async def collect(
         quarantine = [
             await queue_status(connection, topology.INVALID_QUEUE),
             await queue_status(connection, topology.UNROUTED_QUEUE),
+            await queue_status(connection, topology.UNVERIFIED_QUEUE),
         ]
     finally:
         await connection.close()

@@ -6,12 +6,15 @@ import asyncio
 import json
 
 import pytest
+from multidict import CIMultiDict
 
 from gateway.envelope import event_id
-from gateway.send import signed_headers
+from gateway.send import generate_keys, signed_headers
 from gateway.signature import FIELDS_DECODER, readings, rendered_fields, sign
 from schemas import topology
 from tests.support.broker import take
+from tests.support.network import free_port, wait_until_ready
+from tests.support.processes import gateway_process
 
 pytestmark = pytest.mark.broker
 PATH = "/hc_sync/common"
@@ -168,3 +171,41 @@ async def test_every_byte_value_in_every_header_gets_a_reply_from_the_contract(g
             assert status < 500, (name, byte, reply)
             assert in_contract(json.loads(payload), status), (name, byte, reply)
     assert 400 in statuses and 401 in statuses
+
+
+async def test_every_forwarded_for_line_is_read_from_the_right(make_gateway, amqp, sign, sample):
+    """A proxy that appends its own line (HAProxy's `option forwardfor`) after the client's spoofed one."""
+    client = await make_gateway(allowed_ips=["10.0.0.0/8"], trusted_proxies=["127.0.0.1/32"])
+    body = sample("consume")
+    two_lines = CIMultiDict(sign(body))
+    two_lines.add("X-Forwarded-For", "10.1.2.3")  # written by the client
+    two_lines.add("X-Forwarded-For", "192.168.7.7")  # appended by the proxy: the real client
+    response = await client.post(PATH, data=body, headers=two_lines)
+    assert response.status == 403 and "192.168.7.7" in (await response.json())["msg"]
+
+
+async def test_slow_headers_and_idle_keep_alive_connections_are_closed_after_the_read_timeout(tmp_path):
+    generate_keys(tmp_path)
+    port = free_port()
+    gateway = gateway_process(tmp_path, port, {"HC_READ_TIMEOUT": "1"})
+    try:
+        await asyncio.to_thread(wait_until_ready, port)
+        loop = asyncio.get_running_loop()
+
+        async def seconds_until_closed(first_bytes: bytes) -> float:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            started = loop.time()
+            writer.write(first_bytes)
+            await asyncio.wait_for(reader.read(), 10)  # EOF: the gateway closed the connection
+            writer.close()
+            await writer.wait_closed()
+            return loop.time() - started
+
+        slow_headers = b"POST /hc_sync/common HTTP/1.1\r\nHost: gw\r\nContent-Type: appl"  # ...and it stalls
+        assert await seconds_until_closed(slow_headers) < 3
+        assert await seconds_until_closed(b"") < 3  # connected, never a request
+        # Keep-alive: after a reply the connection waits at most the read timeout for the next request.
+        idle_after_reply = await seconds_until_closed(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert idle_after_reply < 3
+    finally:
+        gateway.stop()

@@ -38,7 +38,7 @@ async def test_replay_moves_the_matching_dead_letters_back_and_leaves_the_rest(a
     dead = topology.dead_queue("RECHARGE")
     for n in range(3):
         await put(amqp, dead, "RECHARGE", f"e{n}", attempts=6, error_type="RuntimeError", attempt=6)
-    moved = await replay(confirm_channel, dead, ReplayFilter(event_id="e1"))
+    moved = (await replay(confirm_channel, dead, ReplayFilter(event_id="e1"))).moved
     assert moved == ["e1"]
     (back,) = await take(amqp, topology.kind_queue("RECHARGE"))
     assert back.headers["event_id"] == "e1" and back.headers["replayed_from"] == dead
@@ -51,9 +51,34 @@ async def test_replay_from_invalid_and_unrouted_by_kind_and_count(amqp, confirm_
     for n in range(3):
         await put(amqp, topology.INVALID_QUEUE, "OPERATION", f"i{n}")
     await put(amqp, topology.INVALID_QUEUE, "CONSUME", "other")
-    assert len(await replay(confirm_channel, topology.INVALID_QUEUE, ReplayFilter(kind="OPERATION", count=2))) == 2
+    result = await replay(confirm_channel, topology.INVALID_QUEUE, ReplayFilter(kind="OPERATION", count=2))
+    assert len(result.moved) == 2
     assert len(await take(amqp, topology.kind_queue("OPERATION"))) == 2
     assert sorted(m.headers["event_id"] for m in await take(amqp, topology.INVALID_QUEUE)) == ["i2", "other"]
+
+
+async def test_replay_reports_a_message_it_cannot_route_leaves_it_and_goes_on(amqp, confirm_channel):
+    dead = topology.dead_queue("RECHARGE")
+    await put(amqp, dead, "RECHARGE", "before")
+    await put(amqp, dead, "R" * 300, "too-long")  # a routing key over AMQP's 255 bytes
+    message = aio_pika.Message(b"{}", headers={"event_id": "no-kind"}, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    await amqp.default_exchange.publish(message, routing_key=dead)
+    await put(amqp, dead, "RECHARGE", "after")
+    result = await replay(confirm_channel, dead, ReplayFilter())
+    assert result.moved == ["before", "after"]
+    assert [event_id for event_id, _ in result.left] == ["too-long", "no-kind"]
+    replayed = await take(amqp, topology.kind_queue("RECHARGE"))
+    assert sorted(m.headers["event_id"] for m in replayed) == ["after", "before"]
+    assert sorted(m.headers["event_id"] for m in await take(amqp, dead)) == ["no-kind", "too-long"]
+
+
+async def test_replay_from_unverified_after_review(amqp, confirm_channel):
+    await put(amqp, topology.UNVERIFIED_QUEUE, "OPT_CODE", "reviewed", signature_outcome="invalid")
+    await put(amqp, topology.UNVERIFIED_QUEUE, "CONSUME", "not-yet", signature_outcome="invalid")
+    done = run_tool("hypercard-replay", "--from", "unverified", "--kind", "OPT_CODE")
+    assert done.returncode == 0 and "replayed 1 message" in done.stderr
+    assert [m.headers["event_id"] for m in await take(amqp, topology.kind_queue("OPT_CODE"))] == ["reviewed"]
+    assert [m.headers["event_id"] for m in await take(amqp, topology.UNVERIFIED_QUEUE)] == ["not-yet"]
 
 
 async def test_a_crash_between_publish_and_ack_duplicates_but_never_loses(amqp, confirm_channel, monkeypatch):
@@ -94,7 +119,8 @@ async def test_replay_command_line(amqp):
 async def test_status_is_0_when_clean_1_with_dead_letters_2_without_broker(amqp):
     clean = run_tool("hypercard-status")
     assert clean.returncode == 0, clean.stdout
-    assert "OPEN_CARD" in clean.stdout and "hypercard.invalid" in clean.stdout
+    for name in ("OPEN_CARD", "hypercard.invalid", "hypercard.unverified"):
+        assert name in clean.stdout
     await put(amqp, topology.dead_queue("BUY_COIN"), "BUY_COIN", "d")
     alert = run_tool("hypercard-status")
     assert alert.returncode == 1
