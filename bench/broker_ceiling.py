@@ -36,7 +36,7 @@ async def measure(url: str, seconds: float, in_flight: int = 128) -> float:
                 path="/hc_sync/common",
                 signature_outcome=SignatureOutcome.VALID,
                 request_headers={"api-key": "k", "timestamp": "1", "nonce": "n", "version": "1.0", "signature": "s"},
-                validation_error=None,
+                verdict=envelope.Verdict("accepted", topology.routing_key(kind)),
             )
             await publisher.publish_confirmed(body, topology.routing_key(kind), properties)
             done += 1

@@ -16,6 +16,7 @@ from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.broker, pytest.mark.database, pytest.mark.slow]
 COUNT, RATE = 600, 60  # ten seconds of steady load, the fault two to three seconds in
+PAUSED = "database unreachable: consumption paused, deliveries returned without counting an attempt"
 
 
 async def test_rabbitmq_restarted_mid_load(system):
@@ -84,17 +85,19 @@ async def test_gateway_sigterm_mid_load_drains(system):
     assert report.cut == 0, "a request was cut mid-flight"
 
 
-async def test_postgresql_restarted_while_workers_run(system):
+async def test_postgresql_down_longer_than_the_whole_retry_schedule_is_not_the_events_fault(system):
     await system.start_gateway()
-    worker = system.start_worker()
+    worker = system.start_worker(HC_RETRY_DELAYS="0.2,0.4,0.8")  # 1.4 s in all; the database is down 5 s
     await system.wait_consuming(worker)
     events, player = await system.play(
-        COUNT, RATE, fault=lambda: outage(postgres_stop, postgres_start, 3), fault_after=3
+        COUNT, RATE, fault=lambda: outage(postgres_stop, postgres_start, 5), fault_after=3
     )
     report = await system.account(events, player)
     assert_every_event_accounted_for(report)
-    assert worker.events(outcome="retried"), "the outage was not felt by the handlers"
     assert await dead_letters() == 0
+    # The worker paused, said why once (not per message), returned what it held, and resumed by itself.
+    assert len(worker.events(event=PAUSED)) == 1 and worker.events(event="database answers again: consuming")
+    assert worker.events(event="message", outcome="returned") and not worker.events(outcome="retried")
 
 
 async def test_one_node_of_a_three_node_cluster_stopped_mid_load(system, tmp_path_factory):

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.envelope import event_id
 from gateway.send import sample_body, sample_names, signed_headers
-from gateway.signature import FIELDS_DECODER, rendered_fields
+from gateway.signature import FIELDS_DECODER, readings, rendered_fields
 
 UNIQUE_FIELD = {
     "OPEN_CARD": "mc_trade_no", "RECHARGE": "mc_trade_no", "OPERATION": "request_number", "CONSUME": "card_id",
@@ -59,7 +59,7 @@ def distinct_bodies(count: int, run: str) -> list[tuple[str, bytes]]:
 
 def make_events(count: int, run: str) -> list[Event]:
     return [
-        Event(kind, raw, event_id(rendered_fields(FIELDS_DECODER.decode(raw))))
+        Event(kind, raw, event_id(next(readings({}, rendered_fields(FIELDS_DECODER.decode(raw)))).body))
         for kind, raw in distinct_bodies(count, run)
     ]
 

@@ -19,12 +19,14 @@ CREATE_TABLE = """CREATE TABLE IF NOT EXISTS test_effects (
 
 
 class Tracked(Event, tag="TEST_TRACKED"):
-    """`fail_until`: attempts below it fail; `sleep`: seconds the handler takes; `outcome`: retry|give_up|boom."""
+    """`fail_until`: attempts below it fail; `sleep`: seconds the handler takes; `outcome`: retry|give_up|boom;
+    `retry_after`: the delay a retrying handler asks for."""
 
     token: str
     fail_until: int = 0
     sleep: float = 0.0
     outcome: str = ""
+    retry_after: float = 0.0
 
     def idempotency_key(self) -> str:
         return self.token
@@ -38,7 +40,7 @@ async def record(event: Tracked, ctx: HandlerContext) -> None:
         raise GiveUp("this event can never be handled")
     if ctx.attempt < event.fail_until:
         if event.outcome == "retry":
-            raise Retry("not yet")
+            raise Retry("not yet", delay=event.retry_after or None)
         raise RuntimeError(f"failing attempt {ctx.attempt}")
     await ctx.tx.execute(
         "INSERT INTO test_effects (kind, token, attempt) VALUES ($1, $2, $3)", event.kind(), event.token, ctx.attempt

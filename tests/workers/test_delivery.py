@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import aio_pika
+import aiormq
 import pytest
 
 from schemas import topology
@@ -46,6 +48,31 @@ async def test_retry_requested_by_the_handler(gateway, make_worker, db, sign):
     await send_tracked(gateway, sign, token="r", fail_until=2, outcome="retry")
     (row,) = await eventually(lambda: effects(db, "r"))
     assert row["attempt"] == 2
+
+
+async def test_a_delay_the_handler_computes_is_rounded_to_the_schedule_so_retry_queues_stay_bounded(
+    gateway, make_worker, db, sign, amqp
+):
+    await make_worker("TEST_TRACKED")
+    for n, delay in enumerate((0.05, 0.3, 0.33, 99.0)):
+        await send_tracked(gateway, sign, token=f"asked-{n}", fail_until=2, outcome="retry", retry_after=delay)
+    for n in range(3):
+        (row,) = await eventually(lambda n=n: effects(db, f"asked-{n}"))
+        assert row["attempt"] == 2
+    assert await retry_queue_exists(topology.retry_queue("TEST_TRACKED", 0.4))
+    for unbounded in (0.05, 0.3, 0.33, 99.0):  # none of the asked delays got a queue of its own
+        assert not await retry_queue_exists(topology.retry_queue("TEST_TRACKED", unbounded))
+
+
+async def retry_queue_exists(name: str) -> bool:
+    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    try:
+        await (await connection.channel()).declare_queue(name, passive=True)
+        return True
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        await connection.close()
 
 
 async def test_failing_handler_is_retried_with_growing_delays_then_dead_lettered(gateway, make_worker, db, sign, amqp):
@@ -92,8 +119,6 @@ async def test_handler_past_its_timeout_is_retried(gateway, make_worker, db, sig
 async def test_a_body_that_does_not_decode_as_its_kind_is_dead_lettered_with_the_reason(make_worker, db, amqp):
     await make_worker("RECHARGE")
     exchange = await amqp.get_exchange(topology.EVENTS_EXCHANGE)
-    import aio_pika
-
     await exchange.publish(aio_pika.Message(b'{"notify_type":"RECHARGE"}'), routing_key="hypercard.recharge")
     (dead,) = await take(amqp, topology.dead_queue("RECHARGE"))
     assert dead.headers["error_type"] == "DecodeError" and "card_id" in dead.headers["error_message"]

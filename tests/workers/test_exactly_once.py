@@ -1,0 +1,75 @@
+"""Exactly once, for exactly the genuine events: the real path, HTTP -> gateway -> RabbitMQ -> worker -> PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.workers.conftest import eventually
+
+pytestmark = [pytest.mark.broker, pytest.mark.database]
+PATH = "/hc_sync/common"
+
+# One documented field changed: a second, genuine notification.
+SECOND_NOTIFICATION = {
+    "open_card": {"remark": "second application"},
+    "recharge": {"result": "2"},
+    "operation": {"operate_status": "2"},
+    "buy_coin": {"status": "1"},
+    "cancel_card": {"refund_amount": "50.00"},
+    "auth_3ds": {"updated_Time": 1699865735},
+    "opt_code": {"code": "222222"},
+    "card_config_change": {"modify_time": 1710412478},
+    "consume": {},  # the same card again: a new transaction looks like a retry, and each is handled
+}
+
+
+def counts(runtime, kind: str) -> tuple[float, float]:
+    return runtime.metrics.handled.labels(kind)._value.get(), runtime.metrics.duplicates.labels(kind)._value.get()
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_NOTIFICATION))
+async def test_a_second_notification_is_handled_and_a_platform_retry_is_not(gateway, make_worker, sign, sample, name):
+    body = sample(name)
+    kind = json.loads(body)["notify_type"]
+    second = json.dumps(json.loads(body) | SECOND_NOTIFICATION[name]).encode()
+    runtime = await make_worker(kind)
+    for payload in (body, second, body):  # the last: a retry, with a new nonce, timestamp and signature
+        assert (await gateway.post(PATH, data=payload, headers=sign(payload))).status == 200
+    expected = (3.0, 0.0) if kind == "CONSUME" else (2.0, 1.0)
+
+    async def settled() -> bool:
+        return counts(runtime, kind) == expected
+
+    await eventually(settled)
+
+
+async def test_a_forged_event_in_monitor_mode_never_takes_the_genuine_ones_place(
+    make_gateway, amqp, make_worker, sign, sample, other_key
+):
+    client = await make_gateway(signature_mode="monitor")
+    runtime = await make_worker("OPT_CODE")
+    body = sample("opt_code")
+    forged = await client.post(PATH, data=body, headers=sign(body, key=other_key))
+    assert (await forged.json())["code"] == 1  # kept for review, not acted on
+    genuine = await client.post(PATH, data=body, headers=sign(body))
+    assert (await genuine.json())["code"] == 1
+
+    async def handled_once() -> bool:
+        return counts(runtime, "OPT_CODE") == (1.0, 0.0)
+
+    await eventually(handled_once)
+
+
+async def test_open_card_applications_without_mc_trade_no_never_share_a_row(gateway, make_worker, db, sign, sample):
+    await make_worker("OPEN_CARD")
+    first = {k: v for k, v in json.loads(sample("open_card")).items() if k != "mc_trade_no"}
+    for payload in (first, first | {"remark": "applied again"}):
+        body = json.dumps(payload).encode()
+        assert (await gateway.post(PATH, data=body, headers=sign(body))).status == 200
+
+    async def two_rows() -> bool:
+        return await db.fetchval("SELECT count(*) FROM hypercard_card_applications") == 2
+
+    await eventually(two_rows)
