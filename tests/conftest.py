@@ -59,6 +59,7 @@ def sample() -> Callable[[str], bytes]:
 ALL_QUEUES = [
     topology.UNROUTED_QUEUE,
     topology.INVALID_QUEUE,
+    topology.UNVERIFIED_QUEUE,
     *(topology.kind_queue(kind) for kind in sorted(KNOWN_KINDS)),
     *(topology.dead_queue(kind) for kind in sorted(KNOWN_KINDS)),
 ]

@@ -68,6 +68,7 @@ def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp
             exposition = reply.read().decode()
         with pytest.raises(urllib.error.HTTPError) as not_there:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        not_there.value.close()
         assert not_there.value.code == 404
         accepted = re.findall(r'^hypercard_gateway_requests_total\{.*status="200"\} ([0-9.]+)$', exposition, re.M)
         assert sum(float(n) for n in accepted) == 9

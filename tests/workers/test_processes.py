@@ -131,16 +131,27 @@ async def test_readme_extension_example_receives_its_kind(gateway, db, amqp, sig
     )
     try:
         await eventually(lambda: _logged(worker, event="consuming"), timeout=20)
-        payload = {"notify_type": "CARD_STATUS_CHANGE", "card_id": "c-1", "old_status": "1", "new_status": "2"}
-        await send(gateway, sign, payload)
-        await send(gateway, sign, payload)  # a platform retry: no second effect
-        row = await eventually(lambda: db.fetchrow("SELECT card_id, status FROM card_statuses"), timeout=10)
-        assert tuple(row) == ("c-1", "2")
-        assert await eventually(lambda: _logged(worker, outcome="duplicate"))
+        changes = [("ACTIVE", "FROZEN", 100), ("FROZEN", "ACTIVE", 200), ("ACTIVE", "FROZEN", 300)]
+        payloads = [
+            {"notify_type": "CARD_STATUS_CHANGE", "card_id": "c-1", "old_status": old, "new_status": new,
+             "update_time": at}
+            for old, new, at in changes
+        ]  # fmt: skip
+        for payload in payloads:
+            await send(gateway, sign, payload)
+        await send(gateway, sign, payloads[0])  # a platform retry of the first: no second effect
+        handled = await eventually(lambda: _true(len(worker.events(event="message", outcome="handled")) == 3))
+        assert handled and await eventually(lambda: _logged(worker, outcome="duplicate"))
+        row = await db.fetchrow("SELECT card_id, status, extract(epoch FROM changed_at)::int AS at FROM card_statuses")
+        assert tuple(row) == ("c-1", "FROZEN", 300)  # frozen, unfrozen, frozen again: frozen
     finally:
         worker.stop()
     unrouted = await amqp.declare_queue(topology.UNROUTED_QUEUE, passive=True)
     assert unrouted.declaration_result.message_count == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def test_handlers_load_through_an_entry_point(tmp_path):
