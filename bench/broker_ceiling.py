@@ -53,7 +53,7 @@ if __name__ == "__main__":
 
     import uvloop
 
-    from schemas.logs import configure_logging
+    from infra.logs import configure_logging
 
     configure_logging("warning")
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0

@@ -15,7 +15,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
 from gateway.replies import close_while_draining, reply_contract
 from gateway.signature import SignatureVerifier
-from schemas.settings import Settings, SettingsError
+from infra.settings import Settings, SettingsError
 
 COMMON_PATH = "/hc_sync/common"
 log = structlog.get_logger("gateway")

@@ -18,8 +18,8 @@ from gateway.app import create_app, load_verifier
 from gateway.keys import DRAINING, METRICS
 from gateway.metrics import serve_all_processes
 from gateway.replies import ContractAppRunner
-from schemas.logs import configure_logging
-from schemas.settings import Settings, SettingsError, load_settings
+from infra.logs import configure_logging
+from infra.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger("gateway")
 

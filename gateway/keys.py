@@ -10,7 +10,7 @@ from gateway.client_ip import ClientAddressPolicy
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
 from gateway.signature import SignatureVerifier
-from schemas.settings import Settings
+from infra.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", Publisher)

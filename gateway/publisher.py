@@ -12,7 +12,8 @@ from aiormq import spec
 from aiormq.abc import ConfirmationFrameType
 
 from gateway.errors import BrokerUnavailable
-from schemas import broker, topology
+from infra import broker, declare
+from schemas import topology
 from schemas.events import KNOWN_KINDS
 
 log = structlog.get_logger("gateway.publisher")
@@ -122,9 +123,9 @@ class Publisher:
         connection.close_callbacks.add(self._on_close)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         channel.close_callbacks.add(self._on_close)
-        await topology.declare_core(channel)
+        await declare.declare_core(channel)
         for kind in sorted(KNOWN_KINDS):
-            await topology.declare_kind(channel, kind, self.delivery_limit)
+            await declare.declare_kind(channel, kind, self.delivery_limit)
         self._channel = await channel.get_underlay_channel()
         self._ready.set()
         log.info("broker connected, topology declared", node=str(connection.url.with_user(None)))

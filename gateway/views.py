@@ -23,8 +23,8 @@ from gateway.keys import ADDRESS_POLICY, DRAINING, METRICS, PUBLISHER, SETTINGS,
 from gateway.replies import failure, ok
 from gateway.sender import check_api_key, check_header_text, check_signature
 from gateway.signature import SignatureOutcome
+from infra.redaction import SECRET_KEYS, bind_secrets, clear_secrets
 from schemas.events import KNOWN_KINDS
-from schemas.redaction import SECRET_KEYS, bind_secrets, clear_secrets
 
 log = structlog.get_logger("gateway")
 JSON_TYPES = {"application/json", "text/json"}

@@ -1,7 +1,7 @@
-"""RabbitMQ topology: the one source of truth for exchange and queue names and arguments.
+"""RabbitMQ topology as plain data: the one source of truth for exchange and queue names and arguments.
 
-Both the gateway and the workers declare through this module. Declaring an existing queue with other arguments
-fails (PRECONDITION_FAILED), so nothing else may spell out queue arguments.
+Both the gateway and the workers declare it through `infra.declare`. Declaring an existing queue with other
+arguments fails (PRECONDITION_FAILED), so nothing else may spell out queue arguments.
 
     hypercard.events (topic) --hypercard.<kind>-->  hypercard.<kind>          (quorum; delivery limit -> .dead)
         |                    --hypercard.invalid--> hypercard.invalid         (quorum; schema-invalid events)
@@ -12,8 +12,6 @@ fails (PRECONDITION_FAILED), so nothing else may spell out queue arguments.
 """
 
 from __future__ import annotations
-
-import aio_pika
 
 EVENTS_EXCHANGE = "hypercard.events"
 UNROUTED_EXCHANGE = "hypercard.unrouted"
@@ -66,40 +64,3 @@ def retry_queue_arguments(kind: str, delay_seconds: float) -> dict[str, object]:
     # A queue per delay (not a per-message TTL): every message in it expires in order, so none waits behind a
     # longer delay at the head of the queue.
     return {**QUORUM, "x-message-ttl": round(delay_seconds * 1000), **_dead_letter_to(kind_queue(kind))}
-
-
-async def declare_core(channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractExchange:
-    """Exchanges, the unrouted, invalid and unverified queues. Idempotent; returns the events exchange."""
-    unrouted = await channel.declare_exchange(UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-    events = await channel.declare_exchange(
-        EVENTS_EXCHANGE,
-        aio_pika.ExchangeType.TOPIC,
-        durable=True,
-        arguments={"alternate-exchange": UNROUTED_EXCHANGE},
-    )
-    unrouted_queue = await channel.declare_queue(UNROUTED_QUEUE, durable=True, arguments=QUORUM)
-    await unrouted_queue.bind(unrouted, routing_key="")
-    invalid_queue = await channel.declare_queue(INVALID_QUEUE, durable=True, arguments=QUORUM)
-    await invalid_queue.bind(events, routing_key=INVALID_ROUTING_KEY)
-    unverified_queue = await channel.declare_queue(UNVERIFIED_QUEUE, durable=True, arguments=QUORUM)
-    await unverified_queue.bind(events, routing_key=UNVERIFIED_ROUTING_KEY)
-    return events
-
-
-async def declare_kind(
-    channel: aio_pika.abc.AbstractChannel,
-    kind: str,
-    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
-    retry_delays: tuple[float, ...] = (),
-) -> aio_pika.abc.AbstractQueue:
-    """A kind's queue, bound to the events exchange, with its dead queue and retry queues. Idempotent."""
-    await channel.declare_queue(dead_queue(kind), durable=True, arguments=QUORUM)
-    queue = await channel.declare_queue(
-        kind_queue(kind), durable=True, arguments=kind_queue_arguments(kind, delivery_limit)
-    )
-    await queue.bind(EVENTS_EXCHANGE, routing_key=routing_key(kind))
-    for delay in retry_delays:
-        await channel.declare_queue(
-            retry_queue(kind, delay), durable=True, arguments=retry_queue_arguments(kind, delay)
-        )
-    return queue

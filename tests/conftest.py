@@ -16,9 +16,10 @@ from gateway.app import create_app
 from gateway.keys import PUBLISHER
 from gateway.replies import ContractAppRunner
 from gateway.send import sample_body, signed_headers
+from infra import declare
+from infra.settings import load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
-from schemas.settings import load_settings
 from tests.support.broker import forget_kind
 from tests.support.keys import new_key, write_public_keys
 
@@ -70,9 +71,9 @@ async def amqp() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     """A channel on the real broker, with the project's topology declared and every queue purged."""
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
-    await topology.declare_core(channel)
+    await declare.declare_core(channel)
     for kind in KNOWN_KINDS:
-        await topology.declare_kind(channel, kind)
+        await declare.declare_kind(channel, kind)
     for name in ALL_QUEUES:
         await (await channel.get_queue(name)).purge()
     await forget_kind(channel, "CARD_STATUS_CHANGE")

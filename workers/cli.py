@@ -10,8 +10,8 @@ import sys
 import structlog
 import uvloop
 
-from schemas.logs import configure_logging
-from schemas.settings import Settings, SettingsError, load_settings
+from infra.logs import configure_logging
+from infra.settings import Settings, SettingsError, load_settings
 from workers.registry import REGISTRY, load_handler_modules
 from workers.runtime import WorkerRuntime
 

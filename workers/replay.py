@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 
 import aio_pika
 
-from schemas import broker, topology
+from infra import broker
+from infra.settings import SettingsError, load_settings
+from schemas import topology
 from schemas.events import KIND_NAME
-from schemas.settings import SettingsError, load_settings
 
 # Headers of a failed attempt: a replayed message starts again at attempt 1.
 FAILURE_HEADERS = {"attempt", "error_type", "error_message", "attempts", "failed_at", "last_error", "last_error_type"}

@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 import aio_pika
 import structlog
 
+from infra import declare
+from infra.redaction import scrub
 from schemas import topology
-from schemas.redaction import scrub
 
 log = structlog.get_logger("workers.retries")
 
@@ -52,7 +53,7 @@ class RetryPublisher:
         delay = delays[attempt - 1] if delay is None else schedule_step(delay, delays)
         queue = topology.retry_queue(kind, delay)
         if queue not in self._declared:
-            await topology.declare_kind(self.channel, kind, self.delivery_limit, (delay,))
+            await declare.declare_kind(self.channel, kind, self.delivery_limit, (delay,))
             self._declared.add(queue)
         headers = {"attempt": attempt + 1, "last_error_type": error_type, "last_error": scrub(error_message)[:500]}
         if await self._republish(message, queue, headers):

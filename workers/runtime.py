@@ -13,9 +13,9 @@ import asyncpg
 import msgspec
 import structlog
 
-from schemas import broker, topology
-from schemas.redaction import bind_secrets, clear_secrets, scrub
-from schemas.settings import Settings
+from infra import broker, declare
+from infra.redaction import bind_secrets, clear_secrets, scrub
+from infra.settings import Settings
 from workers import database
 from workers.context import HandlerContext
 from workers.errors import GiveUp, HandlerError, Retry, Skip
@@ -101,11 +101,11 @@ class WorkerRuntime:
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         channel.close_callbacks.add(self._on_close)
         await channel.set_qos(prefetch_count=self.settings.prefetch)
-        await topology.declare_core(channel)
+        await declare.declare_core(channel)
         self._retries = RetryPublisher(channel, self.settings.delivery_limit)
         self._queues = []
         for kind in self.registrations:
-            queue = await topology.declare_kind(channel, kind, self.settings.delivery_limit, self.retry_delays(kind))
+            queue = await declare.declare_kind(channel, kind, self.settings.delivery_limit, self.retry_delays(kind))
             self._queues.append((kind, queue))
         if self._outage is None:  # during a database outage the outage's task starts consuming once it answers
             await self._start_consumers()

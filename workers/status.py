@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import aio_pika
 import aiormq
 
-from schemas import broker, topology
+from infra import broker
+from infra.settings import SettingsError, load_settings
+from schemas import topology
 from schemas.events import KNOWN_KINDS
-from schemas.settings import SettingsError, load_settings
 
 
 @dataclass(frozen=True)

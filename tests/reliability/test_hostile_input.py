@@ -28,7 +28,7 @@ from gateway.app import create_app
 from gateway.keys import PUBLISHER
 from gateway.replies import ContractAppRunner
 from gateway.send import sample_body, sample_names, signed_headers
-from schemas.settings import load_settings
+from infra.settings import load_settings
 from tests.support.keys import write_public_keys
 from tests.support.network import free_port
 from tests.support.processes import gateway_process

@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
+from infra import declare
+from infra.settings import load_settings
 from schemas import topology
-from schemas.settings import load_settings
 from tests.workers.effects import CREATE_TABLE, TEST_REGISTRY
 from workers.registry import REGISTRY, load_handler_modules
 from workers.runtime import WorkerRuntime
@@ -40,7 +41,7 @@ async def db(amqp) -> AsyncIterator[asyncpg.Connection]:
     """A fresh database, and the test kinds' queues empty."""
     await reset_database()
     for kind in TEST_KINDS:
-        await topology.declare_kind(amqp, kind, topology.DEFAULT_DELIVERY_LIMIT, TEST_DELAYS)
+        await declare.declare_kind(amqp, kind, topology.DEFAULT_DELIVERY_LIMIT, TEST_DELAYS)
         for delay in TEST_DELAYS:
             await (await amqp.get_queue(topology.retry_queue(kind, delay))).purge()
         for queue in (topology.kind_queue(kind), topology.dead_queue(kind)):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.settings import SettingsError, load_settings
+from infra.settings import SettingsError, load_settings
 
 
 def test_defaults():

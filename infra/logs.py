@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from schemas.redaction import redact_secrets
+from infra.redaction import redact_secrets
 
 _json = msgspec.json.Encoder(enc_hook=str)
 

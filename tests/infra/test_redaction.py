@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.send import generate_keys, load_private_key, sample_body, sample_names, signed_headers
+from infra.logs import render_json
+from infra.redaction import REDACTED, bind_secrets, clear_secrets, redact_secrets, scrub
 from schemas import topology
 from schemas.events import EVENT_DECODER
-from schemas.logs import render_json
-from schemas.redaction import REDACTED, bind_secrets, clear_secrets, redact_secrets, scrub
 from tests.support.broker import take
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process, worker_process
