@@ -10,9 +10,9 @@ import time
 
 from gateway import envelope
 from gateway.publisher import Publisher
-from gateway.send import sample_body, sample_names
 from gateway.signature import SignatureOutcome
 from schemas import topology
+from schemas.samples import sample_body, sample_names
 
 
 async def measure(url: str, seconds: float, in_flight: int = 128) -> float:

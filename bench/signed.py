@@ -7,8 +7,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.send import sample_body, sample_names, signed_headers
-from tests.support.harness import distinct_bodies
+from gateway.send import signed_headers
+from schemas.samples import distinct_bodies, sample_body, sample_names
 
 Request = tuple[bytes, dict[str, str]]
 

@@ -14,14 +14,15 @@ from gateway.keys import ADDRESS_POLICY, DRAINING, METRICS, PUBLISHER, SETTINGS,
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
 from gateway.replies import close_while_draining, reply_contract
+from gateway.settings import GatewaySettings
 from gateway.signature import SignatureVerifier
-from infra.settings import Settings, SettingsError
+from infra.settings import SettingsError
 
 COMMON_PATH = "/hc_sync/common"
 log = structlog.get_logger("gateway")
 
 
-def load_verifier(settings: Settings) -> SignatureVerifier | None:
+def load_verifier(settings: GatewaySettings) -> SignatureVerifier | None:
     if settings.signature_mode == "off":
         log.warning("SIGNATURE CHECKING IS OFF (HC_SIGNATURE_MODE=off): anyone can post events; for development only")
         return None
@@ -44,7 +45,7 @@ async def broker_connection(app: web.Application) -> AsyncIterator[None]:
     await publisher.close()
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=[reply_contract], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[VERIFIER] = load_verifier(settings)

@@ -18,13 +18,15 @@ from gateway.app import create_app, load_verifier
 from gateway.keys import DRAINING, METRICS
 from gateway.metrics import serve_all_processes
 from gateway.replies import ContractAppRunner
+from gateway.settings import GatewaySettings
 from infra.logs import configure_logging
-from infra.settings import Settings, SettingsError, load_settings
+from infra.settings import SettingsError, load_settings
+from infra.signals import stop_requested
 
 log = structlog.get_logger("gateway")
 
 
-async def serve(settings: Settings, reuse_port: bool = False) -> None:
+async def serve(settings: GatewaySettings, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then drain: /readyz answers 503 for HC_DRAIN_SECONDS while requests are still
     served (the load balancer takes this instance out), in-flight requests finish, then the broker is closed."""
     app = create_app(settings)
@@ -45,11 +47,7 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
         "gateway listening", host=settings.host, port=settings.port, metrics_port=settings.gateway_metrics_port
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await stop_requested()
 
     app[DRAINING].set()
     # Idle keep-alive connections are closed now, while the load balancer is still taking this instance out;
@@ -62,12 +60,12 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     log.info("gateway stopped")
 
 
-def _serve_process(settings: Settings, reuse_port: bool) -> None:
+def _serve_process(settings: GatewaySettings, reuse_port: bool) -> None:
     configure_logging(settings.log_level)
     uvloop.run(serve(settings, reuse_port))
 
 
-def _run_processes(settings: Settings) -> int:
+def _run_processes(settings: GatewaySettings) -> int:
     # prometheus-client multi-process mode: every process writes its metrics to this folder and serves the sum.
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hypercard-metrics-")
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, help="number of server processes sharing the port (HC_PROCESSES)")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(host=args.host, port=args.port, processes=args.processes)
+        settings = load_settings(GatewaySettings, host=args.host, port=args.port, processes=args.processes)
         configure_logging(settings.log_level)
         if settings.processes > 1:
             load_verifier(settings)  # refuse a bad key file here, once, not in every child

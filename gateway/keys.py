@@ -9,10 +9,10 @@ from aiohttp import web
 from gateway.client_ip import ClientAddressPolicy
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
+from gateway.settings import GatewaySettings
 from gateway.signature import SignatureVerifier
-from infra.settings import Settings
 
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", GatewaySettings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 VERIFIER = web.AppKey("verifier", SignatureVerifier | None)
 ADDRESS_POLICY = web.AppKey("address_policy", ClientAddressPolicy)

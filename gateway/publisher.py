@@ -33,16 +33,19 @@ class Publisher:
         reconnect_delay: float = 0.5,
         max_reconnect_delay: float = 5.0,
     ) -> None:
-        self.urls = urls
         self.publish_timeout = publish_timeout
         self.delivery_limit = delivery_limit
-        self.reconnect_delay = reconnect_delay
-        self.max_reconnect_delay = max_reconnect_delay
-        self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
-        self._lost = asyncio.Event()
         self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._link = broker.BrokerConnection(
+            urls,
+            self._declare,
+            on_lost=self._not_ready,
+            timeout=max(publish_timeout, 1.0),
+            first_delay=reconnect_delay,
+            max_delay=max_reconnect_delay,
+            name="publisher-connection",
+        )
 
     @property
     def ready(self) -> bool:
@@ -51,7 +54,7 @@ class Publisher:
 
     async def start(self, wait: float | None = None) -> None:
         """Start connecting in the background; optionally wait up to `wait` seconds for the first connection."""
-        self._task = asyncio.create_task(self._keep_connected(), name="publisher-connection")
+        self._link.start()
         if wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), wait)
@@ -62,11 +65,7 @@ class Publisher:
         return self.ready
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._drop()
+        await self._link.close()
 
     async def publish_confirmed(self, body: bytes, routing_key: str, properties: spec.Basic.Properties) -> None:
         """Publish persistent and mandatory to hypercard.events; raise BrokerUnavailable unless the broker acked."""
@@ -93,36 +92,24 @@ class Publisher:
             # Returned: no queue took it, so part of the topology is gone (a queue deleted by hand). Reconnecting
             # declares it all again; until then pushes answer 503 and the platform resends.
             log.warning("event returned unrouted; declaring the topology again", routing_key=routing_key)
-            self._lost.set()
+            self._link.lost()
             raise BrokerUnavailable("the broker returned the event unrouted; send it again") from None
         except aiormq.exceptions.DeliveryError:
             # A nack: the queue could not take the message. After a cluster node is lost, RabbitMQ 3.10 was seen
             # to nack one quorum queue's publishes on the channel that failed over until the channel is reopened,
             # while new channels were accepted at once: reconnect rather than keep publishing into the nacks.
-            self._lost.set()
+            self._link.lost()
             raise BrokerUnavailable("the broker refused the event; send it again") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as error:
             log.warning("publish failed", error=type(error).__name__)
-            self._lost.set()
+            self._link.lost()
             raise BrokerUnavailable("the broker connection failed; the event was not stored, send it again") from None
         if not isinstance(result, spec.Basic.Ack):
             raise BrokerUnavailable("the broker did not accept the event; send it again")
 
-    async def _keep_connected(self) -> None:
-        await broker.keep_connected(
-            self._connect,
-            self._drop,
-            self._lost,
-            first_delay=self.reconnect_delay,
-            max_delay=self.max_reconnect_delay,
-        )
-
-    async def _connect(self) -> None:
-        connection = await broker.connect(self.urls, timeout=max(self.publish_timeout, 1.0))
-        self._connection = connection
-        connection.close_callbacks.add(self._on_close)
+    async def _declare(self, connection: aio_pika.abc.AbstractConnection) -> None:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        channel.close_callbacks.add(self._on_close)
+        self._link.watch(channel)
         await declare.declare_core(channel)
         for kind in sorted(KNOWN_KINDS):
             await declare.declare_kind(channel, kind, self.delivery_limit)
@@ -130,15 +117,6 @@ class Publisher:
         self._ready.set()
         log.info("broker connected, topology declared", node=str(connection.url.with_user(None)))
 
-    def _on_close(self, *_: object) -> None:
-        self._ready.clear()
-        self._lost.set()
-
-    async def _drop(self) -> None:
+    def _not_ready(self) -> None:
         self._ready.clear()
         self._channel = None
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close_callbacks.discard(self._on_close)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 2.0)

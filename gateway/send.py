@@ -15,7 +15,6 @@ import secrets
 import string
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import aiohttp
@@ -23,21 +22,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.signature import sign_request
+from schemas.samples import sample_body, sample_names
 
 DEFAULT_URL = "http://127.0.0.1:8080/hc_sync/common"
 DEFAULT_KEY = ".dev/platform-private.pem"
 DEV_API_KEY = "dev-merchant"  # the development merchant's api key: `make run` sets HC_API_KEY to it
-SAMPLES = resources.files("schemas") / "samples"
-
-
-def sample_names() -> list[str]:
-    return sorted(entry.name.removesuffix(".json") for entry in SAMPLES.iterdir() if entry.name.endswith(".json"))
-
-
-def sample_body(name: str) -> bytes:
-    return (SAMPLES / f"{name}.json").read_bytes()
-
-
 def generate_keys(folder: Path, bits: int = 1024) -> tuple[Path, Path]:
     """A development key pair standing in for the platform's (the platform uses 1024-bit RSA)."""
     folder.mkdir(parents=True, exist_ok=True)

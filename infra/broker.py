@@ -4,6 +4,7 @@ is used, and after a loss the next attempt starts again from the first."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import aio_pika
@@ -52,3 +53,81 @@ async def keep_connected(
         await lost.wait()
         log.warning("broker connection lost; reconnecting")
         await drop()
+
+
+class BrokerConnection:
+    """One long-lived broker connection, set up again after every loss: the lifecycle the gateway's publisher and
+    the workers' consumers share.
+
+    `setup(connection)` opens channels and declares what its owner needs; each channel it opens goes through
+    `watch`, so that its closing counts as a loss too. `on_lost` runs whenever the connection or a watched channel
+    goes away (its owner stops publishing or consuming until `setup` has run again). An owner whose operation
+    failed calls `lost()`. `stopping()` true after a loss: no new set-up (a worker shutting down)."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        setup: Callable[[aio_pika.abc.AbstractConnection], Awaitable[None]],
+        *,
+        on_lost: Callable[[], None] = lambda: None,
+        timeout: float = 10.0,
+        first_delay: float = 0.5,
+        max_delay: float = 5.0,
+        stopping: Callable[[], bool] = lambda: False,
+        name: str = "broker-connection",
+    ) -> None:
+        self.urls = urls
+        self._setup = setup
+        self._on_lost = on_lost
+        self._timeout = timeout
+        self._delays = (first_delay, max_delay)
+        self._stopping = stopping
+        self._name = name
+        self._lost = asyncio.Event()
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connection(self) -> aio_pika.abc.AbstractConnection | None:
+        return self._connection
+
+    def start(self) -> None:
+        first_delay, max_delay = self._delays
+        self._task = asyncio.create_task(
+            keep_connected(
+                self._connect, self._drop, self._lost, first_delay=first_delay, max_delay=max_delay,
+                stopping=self._stopping,
+            ),
+            name=self._name,
+        )  # fmt: skip
+
+    def watch(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        channel.close_callbacks.add(self._closed)
+
+    def lost(self) -> None:
+        self._on_lost()
+        self._lost.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._drop()
+
+    async def _connect(self) -> None:
+        connection = await connect(self.urls, timeout=self._timeout)
+        self._connection = connection
+        connection.close_callbacks.add(self._closed)
+        await self._setup(connection)
+
+    def _closed(self, *_: object) -> None:
+        self.lost()
+
+    async def _drop(self) -> None:
+        self._on_lost()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close_callbacks.discard(self._closed)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5.0)

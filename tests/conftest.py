@@ -15,11 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway.app import create_app
 from gateway.keys import PUBLISHER
 from gateway.replies import ContractAppRunner
-from gateway.send import sample_body, signed_headers
+from gateway.send import signed_headers
+from gateway.settings import GatewaySettings
 from infra import declare
 from infra.settings import load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
+from schemas.samples import sample_body
 from tests.support.broker import forget_kind
 from tests.support.keys import new_key, write_public_keys
 
@@ -98,7 +100,7 @@ def make_gateway(aiohttp_client, public_key_file: Path) -> GatewayFactory:
     async def factory(wait_ready: bool = True, **overrides: object) -> TestClient:
         overrides.setdefault("platform_public_key", str(public_key_file))
         overrides.setdefault("amqp_url", AMQP_URL)
-        app = create_app(load_settings({}, **overrides))
+        app = create_app(load_settings(GatewaySettings, {}, **overrides))
         client = await aiohttp_client(ContractTestServer(app))
         if wait_ready:
             assert await app[PUBLISHER].wait_ready(10), "the gateway did not connect to RabbitMQ"

@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 
 import structlog
 import uvloop
 
 from infra.logs import configure_logging
-from infra.settings import Settings, SettingsError, load_settings
+from infra.settings import SettingsError, load_settings
+from infra.signals import stop_requested
+from workers.app import UnknownKind, create_worker
 from workers.registry import REGISTRY, load_handler_modules
 from workers.runtime import WorkerRuntime
+from workers.settings import WorkerSettings
 
 log = structlog.get_logger("workers")
 
 
-async def serve(settings: Settings, kinds: list[str]) -> None:
-    registrations = [REGISTRY.registrations[kind] for kind in kinds]
-    runtime = WorkerRuntime(settings, registrations, schema_statements=REGISTRY.schema_statements)
+async def serve(runtime: WorkerRuntime, settings: WorkerSettings) -> None:
     runtime.metrics.serve(settings.metrics_port)
     await runtime.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await stop_requested()
     log.info("stopping: finishing in-flight handlers", grace_seconds=settings.shutdown_grace)
     await runtime.stop()
     log.info("worker stopped")
@@ -41,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (HC_METRICS_PORT; 0: none)")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(metrics_port=args.metrics_port)
+        settings = load_settings(WorkerSettings, metrics_port=args.metrics_port)
     except SettingsError as error:
         print(f"hypercard-worker: {error}", file=sys.stderr)
         sys.exit(2)
@@ -52,12 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"hypercard-worker: cannot load handler module: {error}", file=sys.stderr)
         sys.exit(2)
     kinds = REGISTRY.kinds if args.all else [kind.upper() for kind in args.kinds]
-    unknown = [kind for kind in kinds if kind not in REGISTRY.registrations]
-    if not kinds or unknown:
-        print(
-            f"hypercard-worker: {'no handler for ' + ', '.join(unknown) if unknown else 'name kinds or --all'}; "
-            f"kinds with a handler: {', '.join(REGISTRY.kinds)}",
-            file=sys.stderr,
-        )
+    try:
+        runtime = create_worker(settings, kinds)
+    except UnknownKind as error:
+        print(f"hypercard-worker: {error}", file=sys.stderr)
         sys.exit(2)
-    uvloop.run(serve(settings, kinds))
+    uvloop.run(serve(runtime, settings))

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import aio_pika
 
 from infra import broker
-from infra.settings import SettingsError, load_settings
+from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.events import KIND_NAME
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     if not source:
         parser.error("name a kind or --from invalid|unrouted|unverified|QUEUE")
     try:
-        settings = load_settings()
+        settings = load_settings(BrokerSettings)
     except SettingsError as error:
         parser.exit(2, f"hypercard-replay: {error}\n")
     queue = source_queue(source)

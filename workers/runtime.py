@@ -1,31 +1,33 @@
-"""The consume loop: deliveries in, handler in a transaction with the inbox row, then ack, retry or dead-letter."""
+"""A worker's lifecycle: the database pool, the broker connection and its consumers, pausing while PostgreSQL is
+unreachable, and the drain on stop. Each delivery is handled by `workers.delivery.DeliveryPolicy`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aio_pika
 import asyncpg
-import msgspec
 import structlog
 
 from infra import broker, declare
-from infra.redaction import bind_secrets, clear_secrets, scrub
-from infra.settings import Settings
 from workers import database
-from workers.context import HandlerContext
-from workers.errors import GiveUp, HandlerError, Retry, Skip
+from workers.delivery import DeliveryPolicy
+from workers.errors import HandlerError
 from workers.metrics import WorkerMetrics
 from workers.registry import Registration
-from workers.retries import RetryPublisher, ack
+from workers.retries import RetryPublisher
+from workers.settings import WorkerSettings
 
 log = structlog.get_logger("workers")
 DATABASE_PROBE_TIMEOUT = 2.0
 MAX_PROBE_DELAY = 10.0
+
+
+@dataclass
+class DatabaseOutage:
+    task: asyncio.Task[None]  # probes until PostgreSQL answers, then consumes again
 
 
 class WorkerRuntime:
@@ -33,7 +35,7 @@ class WorkerRuntime:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         registrations: list[Registration],
         metrics: WorkerMetrics | None = None,
         schema_statements: list[str] | None = None,
@@ -43,16 +45,18 @@ class WorkerRuntime:
         self.registrations = {registration.kind: registration for registration in registrations}
         self.metrics = metrics or WorkerMetrics()
         self.pool: asyncpg.Pool | None = None
+        self._policy: DeliveryPolicy | None = None
         self._consuming = asyncio.Event()
-        self._lost = asyncio.Event()
         self._stopping = False
-        self._loop_task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task] = set()
-        self._connection: aio_pika.abc.AbstractConnection | None = None
         self._queues: list[tuple[str, aio_pika.abc.AbstractQueue]] = []
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._retries: RetryPublisher | None = None
         self._outage: DatabaseOutage | None = None  # set while PostgreSQL does not answer: consumption paused
+        self._link = broker.BrokerConnection(
+            settings.amqp_urls, self._consume, on_lost=self._not_consuming, stopping=lambda: self._stopping,
+            name="worker-connection",
+        )  # fmt: skip
 
     def retry_delays(self, kind: str) -> tuple[float, ...]:
         return self.registrations[kind].retry_delays or self.settings.retry_delays
@@ -62,7 +66,10 @@ class WorkerRuntime:
         await database.migrate(self.pool)
         for statement in self.schema_statements:
             await self.pool.execute(statement)
-        self._loop_task = asyncio.create_task(self._keep_consuming(), name="worker-consume")
+        self._policy = DeliveryPolicy(
+            self.pool, self.metrics, self.settings.handler_timeout, self.retry_delays, self._database_unreachable
+        )
+        self._link.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._consuming.wait(), wait)
 
@@ -84,22 +91,13 @@ class WorkerRuntime:
             if unfinished:
                 log.warning("handlers cut off at shutdown; their messages will be redelivered", count=len(unfinished))
                 await asyncio.wait(unfinished, timeout=5)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        await self._drop()
+        await self._link.close()
         if self.pool is not None:
             await self.pool.close()
 
-    async def _keep_consuming(self) -> None:
-        await broker.keep_connected(self._consume, self._drop, self._lost, stopping=lambda: self._stopping)
-
-    async def _consume(self) -> None:
-        self._connection = await broker.connect(self.settings.amqp_urls)
-        self._connection.close_callbacks.add(self._on_close)
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        channel.close_callbacks.add(self._on_close)
+    async def _consume(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._link.watch(channel)
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         await declare.declare_core(channel)
         self._retries = RetryPublisher(channel, self.settings.delivery_limit)
@@ -119,121 +117,32 @@ class WorkerRuntime:
         log.info("consuming", kinds=sorted(self.registrations), prefetch=self.settings.prefetch)
 
     async def _cancel_consumers(self) -> None:
+        self._consuming.clear()
         consumers, self._consumers = self._consumers, []
         for queue, tag in consumers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(queue.cancel(tag), 2.0)
 
-    def _on_close(self, *_: object) -> None:
-        self._consuming.clear()
-        self._lost.set()
-
-    async def _drop(self) -> None:
+    def _not_consuming(self) -> None:
         self._consuming.clear()
         self._consumers = []
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close_callbacks.discard(self._on_close)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), 5.0)
 
     def _handler_for(self, kind: str):
         registration = self.registrations[kind]
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             task = asyncio.current_task()
-            assert task is not None
+            assert task is not None and self._policy is not None and self._retries is not None
             self._in_flight.add(task)
             try:
-                await self._process(registration, message)
+                await self._policy.process(registration, message, self._retries)
             finally:
                 self._in_flight.discard(task)
 
         return on_message
 
-    async def _process(self, registration: Registration, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        started = time.perf_counter()
-        kind = registration.kind
-        headers = message.headers or {}
-        event_id = str(headers.get("event_id") or message.message_id or "")
-        attempt = int(headers.get("attempt", 1))  # type: ignore[arg-type]
-        structlog.contextvars.clear_contextvars()
-        clear_secrets()
-        structlog.contextvars.bind_contextvars(event_id=event_id, notify_type=kind, attempt=attempt)
-        outcome = "handled"
-        try:
-            outcome = await self._handle(registration, message, event_id, attempt, headers)
-        except asyncio.CancelledError:
-            outcome = "cut_off"  # shutdown grace ran out: left unacked, the broker redelivers it
-            raise
-        finally:
-            latency = time.perf_counter() - started
-            self.metrics.latency.labels(kind).observe(latency)
-            log.info("message", kind=kind, outcome=outcome, latency_ms=round(latency * 1000, 2))
-
-    async def _handle(
-        self,
-        registration: Registration,
-        message: aio_pika.abc.AbstractIncomingMessage,
-        event_id: str,
-        attempt: int,
-        headers: dict,
-    ) -> str:
-        kind = registration.kind
-        retries = self._retries
-        assert retries is not None and self.pool is not None
-        try:
-            event = registration.decoder.decode(message.body)
-        except msgspec.MsgspecError as error:
-            await retries.dead_letter(message, kind, "DecodeError", str(error), attempt)
-            self.metrics.dead_lettered.labels(kind).inc()
-            return "dead_lettered"
-
-        # Its one-time code, e-mail, mobile: scrubbed from every log line and error header written from here on.
-        bind_secrets(getattr(event, name, None) for name in type(event).sensitive)
-        natural_key = event.idempotency_key()
-        received_at = _received_at(headers)
-        try:
-            async with self.pool.acquire() as connection, connection.transaction():
-                if natural_key is not None and not await database.claim(connection, kind, natural_key, event_id):
-                    duplicate = True
-                else:
-                    duplicate = False
-                    context = HandlerContext(event_id, natural_key, attempt, received_at, log.bind(), connection)
-                    async with asyncio.timeout(self.settings.handler_timeout):
-                        await registration.handler(event, context)
-        except Skip as error:
-            await ack(message)
-            self.metrics.skipped.labels(kind).inc()
-            log.info("skipped", reason=str(error))
-            return "skipped"
-        except GiveUp as error:
-            await retries.dead_letter(message, kind, type(error).__name__, str(error), attempt)
-            self.metrics.dead_lettered.labels(kind).inc()
-            return "dead_lettered"
-        except Exception as error:  # Retry, a timeout, a bug: all retryable; a database outage is not the event's
-            if await self._database_unreachable(error):
-                await self._return_unhandled(message)
-                return "returned"
-            delay = error.delay if isinstance(error, Retry) else None
-            error_type = "HandlerTimeout" if isinstance(error, TimeoutError) else type(error).__name__
-            log.warning("handler failed", error_type=error_type, error=scrub(str(error))[:500])
-            scheduled = await retries.retry_or_dead_letter(
-                message, kind, self.retry_delays(kind), attempt, error_type, str(error), delay
-            )
-            (self.metrics.retried if scheduled else self.metrics.dead_lettered).labels(kind).inc()
-            return "retried" if scheduled else "dead_lettered"
-        await ack(message)
-        if duplicate:
-            self.metrics.duplicates.labels(kind).inc()
-            return "duplicate"
-        self.metrics.handled.labels(kind).inc()
-        return "handled"
-
-
     async def _database_unreachable(self, error: Exception) -> bool:
-        """True when PostgreSQL itself does not answer (then the failure is not the event's, and consumption pauses
-        until it answers again)."""
+        """True when PostgreSQL itself does not answer: consumption pauses until it answers again."""
         if self._outage is not None:
             return True
         if isinstance(error, HandlerError):
@@ -253,10 +162,6 @@ class WorkerRuntime:
             return True
         return False
 
-    async def _return_unhandled(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        with contextlib.suppress(Exception):
-            await message.nack(requeue=True)
-
     async def _wait_for_database(self) -> None:
         """Probe PostgreSQL with backoff; when it answers, consume again."""
         assert self.pool is not None
@@ -272,22 +177,9 @@ class WorkerRuntime:
         self._outage = None
         self.metrics.paused.set(0)
         log.info("database answers again: consuming")
-        if self._connection is not None and not self._stopping:
+        if self._link.connection is not None and not self._stopping:
             try:
                 await self._start_consumers()
             except Exception as error:  # the broker went away meanwhile: the reconnect loop starts consuming
                 log.warning("could not consume after the outage", error=type(error).__name__)
-                self._lost.set()
-
-
-@dataclass
-class DatabaseOutage:
-    task: asyncio.Task[None]  # probes until PostgreSQL answers, then consumes again
-
-
-def _received_at(headers: dict) -> datetime:
-    text = headers.get("received_at")
-    if isinstance(text, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(text)
-    return datetime.now(UTC)
+                self._link.lost()

@@ -14,7 +14,7 @@ import aio_pika
 import aiormq
 
 from infra import broker
-from infra.settings import SettingsError, load_settings
+from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", action="append", default=[], help="also show this (user) kind")
     args = parser.parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_settings(BrokerSettings)
     except SettingsError as error:
         parser.exit(2, f"hypercard-status: {error}\n")
     kinds = sorted(KNOWN_KINDS | {kind.upper() for kind in args.kind})

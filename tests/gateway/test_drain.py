@@ -14,8 +14,9 @@ import signal
 import aiohttp
 import pytest
 
-from gateway.send import generate_keys, load_private_key, sample_body, signed_headers
+from gateway.send import generate_keys, load_private_key, signed_headers
 from schemas import topology
+from schemas.samples import sample_body
 from tests.support.broker import take
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process

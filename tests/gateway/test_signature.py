@@ -8,7 +8,6 @@ import json
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway.send import sample_body
 from gateway.signature import (
     FIELDS_DECODER,
     SignatureVerifier,
@@ -19,6 +18,7 @@ from gateway.signature import (
     sign,
     string_to_sign,
 )
+from schemas.samples import sample_body
 
 HEADERS = {"api-key": "merchant-1", "timestamp": "1710412477", "nonce": "Ab3dE6gH9j", "version": "1.0"}
 H = "api-key=merchant-1&nonce=Ab3dE6gH9j&timestamp=1710412477&version=1.0"

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from gateway.keys import METRICS
-from gateway.send import sample_names
 from schemas import topology
+from schemas.samples import sample_names
 from tests.support.broker import take
 from tests.support.keys import write_public_keys
 

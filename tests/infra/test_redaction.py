@@ -12,15 +12,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.send import generate_keys, load_private_key, sample_body, sample_names, signed_headers
+from gateway.send import generate_keys, load_private_key, signed_headers
 from infra.logs import render_json
 from infra.redaction import REDACTED, bind_secrets, clear_secrets, redact_secrets, scrub
 from schemas import topology
 from schemas.events import EVENT_DECODER
+from schemas.samples import sample_body, sample_names
 from tests.support.broker import take
+from tests.support.database import reset_database
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process, worker_process
-from tests.workers.conftest import eventually
+from tests.support.waiting import eventually
 
 
 def test_processor_drops_secret_keys_and_masks_secret_values():
@@ -105,7 +107,6 @@ def render(event_dict) -> str:
 @pytest.mark.broker
 @pytest.mark.database
 async def test_logs_of_all_nine_samples_through_gateway_and_workers_hold_no_secret(tmp_path, amqp):
-    from tests.workers.conftest import reset_database
 
     await reset_database()
     private, _ = generate_keys(tmp_path)
@@ -155,7 +156,6 @@ async def test_logs_of_all_nine_samples_through_gateway_and_workers_hold_no_secr
 @pytest.mark.broker
 @pytest.mark.database
 async def test_a_notifier_failure_quoting_the_code_leaks_it_nowhere(tmp_path, amqp, make_gateway, sign):
-    from tests.workers.conftest import reset_database
 
     await reset_database()
     gateway = await make_gateway()

@@ -7,17 +7,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aio_pika
 import pytest
 
 from gateway.send import generate_keys, load_private_key
-from schemas import topology
-from schemas.events import KNOWN_KINDS
+from tests.support.database import DATABASE_URL, reset_database
 from tests.support.harness import PlatformPlayer, Report, account, make_events
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import Process, gateway_process, worker_process
 from tests.support.services import postgres_start, rabbitmq_start
-from tests.workers.conftest import DATABASE_URL, reset_database
 
 SAMPLE_SECRETS = ("example@gmail.com", "18301523750", "888666")
 # Long enough to ride out a broker or database outage of a few seconds.
@@ -95,25 +92,6 @@ class System:
             output = process.output
             for secret in SAMPLE_SECRETS:
                 assert secret not in output, f"{secret!r} reached {process.log_path.name}"
-
-
-async def dead_letters(url: str = "amqp://guest:guest@127.0.0.1:5672/") -> int:
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel()
-        total = 0
-        for name in [*(topology.dead_queue(k) for k in KNOWN_KINDS), topology.INVALID_QUEUE, topology.UNROUTED_QUEUE]:
-            total += (await channel.declare_queue(name, passive=True)).declaration_result.message_count
-        return total
-    finally:
-        await connection.close()
-
-
-def assert_every_event_accounted_for(report: Report) -> None:
-    assert report.lost == 0, report.line()
-    assert report.double_effects == 0, report.line()
-    assert report.never_accepted == 0, report.line()
-    assert report.handled == report.accepted == report.sent, report.line()
 
 
 @pytest.fixture

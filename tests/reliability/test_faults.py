@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import assert_every_event_accounted_for, dead_letters
 from tests.support.cluster import NODES, LocalCluster
+from tests.support.harness import assert_every_event_accounted_for, dead_letters
 from tests.support.services import outage, postgres_start, postgres_stop, rabbitmq_start, rabbitmq_stop
 from tests.support.tcp_proxy import TcpProxy
 

@@ -5,7 +5,6 @@ import json
 import msgspec
 import pytest
 
-from gateway.send import sample_body, sample_names
 from schemas.events import (
     EVENT_DECODER,
     KNOWN_KINDS,
@@ -16,6 +15,7 @@ from schemas.events import (
     Operation,
     Recharge,
 )
+from schemas.samples import sample_body, sample_names
 
 
 @pytest.mark.parametrize("name", sample_names())

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.send import sample_body, sample_names
 from schemas.events import EVENT_DECODER, KNOWN_EVENTS, Consume, OptCode
 from schemas.fields import Text
+from schemas.samples import sample_body, sample_names
 
 SAMPLES = {json.loads(sample_body(name))["notify_type"]: json.loads(sample_body(name)) for name in sample_names()}
 KEYED = [event for event in KNOWN_EVENTS if event is not Consume]

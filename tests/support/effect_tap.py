@@ -3,11 +3,9 @@ test_effects. The accounting harness counts effects from that table: one row per
 
 from __future__ import annotations
 
+from tests.support.database import CREATE_TABLE
 from workers.context import HandlerContext
 from workers.registry import REGISTRY, Handler
-
-CREATE_TABLE = """CREATE TABLE IF NOT EXISTS test_effects (
-    kind text NOT NULL, token text NOT NULL, attempt integer NOT NULL, at timestamptz NOT NULL DEFAULT now())"""
 
 
 def tapped(kind: str, handler: Handler) -> Handler:

@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import aio_pika
 import aiohttp
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.envelope import event_id
-from gateway.send import sample_body, sample_names, signed_headers
+from gateway.send import signed_headers
 from gateway.signature import FIELDS_DECODER, readings, rendered_fields
+from schemas import topology
+from schemas.events import KNOWN_KINDS
+from schemas.samples import distinct_bodies
 
-UNIQUE_FIELD = {
-    "OPEN_CARD": "mc_trade_no", "RECHARGE": "mc_trade_no", "OPERATION": "request_number", "CONSUME": "card_id",
-    "BUY_COIN": "tx_id", "CANCEL_CARD": "card_id", "AUTH_3DS": "auth_id", "OPT_CODE": "card_id",
-    "CARD_CONFIG_CHANGE": "card_type_id",
-}  # fmt: skip
 # The platform's schedule is 1 min, 5 min, 30 min ...; compressed here to seconds.
 RESEND_AFTER = (0.5, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0)
 REFUSED, CUT = -1, 0
@@ -43,18 +41,6 @@ class Event:
     @property
     def accepted(self) -> bool:
         return 1 in self.replies
-
-
-def distinct_bodies(count: int, run: str) -> list[tuple[str, bytes]]:
-    """(kind, body) of `count` distinct events cycling through the nine samples; `run` keeps runs apart."""
-    templates = [json.loads(sample_body(name)) for name in sample_names()]
-    bodies = []
-    for n, template in zip(range(count), itertools.cycle(templates), strict=False):
-        body = dict(template)
-        name = UNIQUE_FIELD[body["notify_type"]]
-        body[name] = abs(hash(run)) % 10**8 * 10**8 + n if name == "auth_id" else f"{run}-{n}"
-        bodies.append((body["notify_type"], json.dumps(body).encode()))
-    return bodies
 
 
 def make_events(count: int, run: str) -> list[Event]:
@@ -192,3 +178,24 @@ async def account(events: list[Event], database_url: str, resent: int, settle: f
         never_accepted=len(events) - len(accepted),
         cut=sum(event.replies.count(CUT) for event in events),
     )
+
+
+async def dead_letters(url: str = "amqp://guest:guest@127.0.0.1:5672/") -> int:
+    """Messages in every dead, invalid, unrouted and unverified queue: 0 after a clean run."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        total = 0
+        quarantine = [topology.INVALID_QUEUE, topology.UNROUTED_QUEUE, topology.UNVERIFIED_QUEUE]
+        for name in [*(topology.dead_queue(k) for k in KNOWN_KINDS), *quarantine]:
+            total += (await channel.declare_queue(name, passive=True)).declaration_result.message_count
+        return total
+    finally:
+        await connection.close()
+
+
+def assert_every_event_accounted_for(report: Report) -> None:
+    assert report.lost == 0, report.line()
+    assert report.double_effects == 0, report.line()
+    assert report.never_accepted == 0, report.line()
+    assert report.handled == report.accepted == report.sent, report.line()

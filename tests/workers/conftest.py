@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -9,31 +8,17 @@ import pytest
 from infra import declare
 from infra.settings import load_settings
 from schemas import topology
-from tests.workers.effects import CREATE_TABLE, TEST_REGISTRY
-from workers.registry import REGISTRY, load_handler_modules
+from tests.support.database import DATABASE_URL, reset_database
+from tests.support.tracked_kind import TEST_DELAYS  # importing it registers TEST_TRACKED, as --handlers does
+from workers.app import create_worker
+from workers.registry import load_handler_modules
 from workers.runtime import WorkerRuntime
+from workers.settings import WorkerSettings
 
-DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
 load_handler_modules([], use_entry_points=False)
 
 
-async def reset_database() -> None:
-    """A fresh schema: every project table dropped, so the migrations run as on a new machine."""
-    connection = await asyncpg.connect(DATABASE_URL)
-    try:
-        tables = await connection.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND (tablename LIKE 'hypercard_%' OR tablename = 'test_effects')"
-        )
-        for row in tables:
-            await connection.execute(f'DROP TABLE "{row["tablename"]}" CASCADE')
-        await connection.execute(CREATE_TABLE)
-    finally:
-        await connection.close()
-
-
 TEST_KINDS = ("TEST_TRACKED",)
-TEST_DELAYS = (0.2, 0.4, 0.8)
 
 
 @pytest.fixture
@@ -63,9 +48,8 @@ async def make_worker(db) -> AsyncIterator[WorkerFactory]:
         overrides.setdefault("amqp_url", "amqp://guest:guest@127.0.0.1:5672/")
         overrides.setdefault("retry_delays", TEST_DELAYS)
         overrides.setdefault("shutdown_grace", 5)
-        settings = load_settings({}, **overrides)
-        registrations = [(TEST_REGISTRY.registrations.get(k) or REGISTRY.registrations[k]) for k in kinds]
-        runtime = WorkerRuntime(settings, registrations)
+        settings = load_settings(WorkerSettings, {}, **overrides)
+        runtime = create_worker(settings, list(kinds))
         await runtime.start()
         assert runtime.consuming, "the worker did not start consuming"
         runtimes.append(runtime)
@@ -76,13 +60,3 @@ async def make_worker(db) -> AsyncIterator[WorkerFactory]:
         await runtime.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[object]], timeout: float = 10.0, interval: float = 0.05) -> object:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true after {timeout}s: {check.__qualname__}")
-        await asyncio.sleep(interval)

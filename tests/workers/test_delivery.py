@@ -10,8 +10,8 @@ import pytest
 
 from schemas import topology
 from tests.support.broker import take
-from tests.workers.conftest import TEST_DELAYS, eventually
-from tests.workers.effects import ATTEMPT_TIMES
+from tests.support.tracked_kind import ATTEMPT_TIMES, TEST_DELAYS
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 PATH = "/hc_sync/common"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.workers.conftest import eventually
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 PATH = "/hc_sync/common"

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from schemas.events import KNOWN_KINDS
-from tests.workers.conftest import eventually
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 PATH = "/hc_sync/common"

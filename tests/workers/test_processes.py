@@ -15,11 +15,11 @@ import pytest
 
 from schemas import topology
 from tests.support.processes import REPO, worker_process
-from tests.workers.conftest import eventually
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 PATH = "/hc_sync/common"
-TRACKED = ["TEST_TRACKED", "--handlers", "tests.workers.tracked_handlers"]
+TRACKED = ["TEST_TRACKED", "--handlers", "tests.support.tracked_kind"]
 
 
 async def send(gateway, sign, payload: dict) -> None:

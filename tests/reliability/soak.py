@@ -1,6 +1,6 @@
 """Soak: gateway and workers under a steady rate for minutes, memory and queue depth sampled, every event counted.
 
-    .venv/bin/python -m bench.soak --minutes 10 --rate 200
+    .venv/bin/python -m tests.reliability.soak --minutes 10 --rate 200
 
 Prints a sample line every 30 s and a summary: RSS of gateway and workers (start, end, max), queue depth, and the
 accounting harness's line (lost and double effects must be 0)."""
@@ -15,13 +15,12 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.__main__ import DATABASE_URL
 from bench.system import AMQP_URL, peak_rss_mb, process_tree, purge, queue_depth
 from gateway.send import generate_keys, load_private_key
+from tests.support.database import DATABASE_URL, reset_database
 from tests.support.harness import PlatformPlayer, account, make_events
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process, worker_process
-from tests.workers.conftest import reset_database
 
 
 def rss_mb(pid: int) -> float:
@@ -79,7 +78,7 @@ async def soak(minutes: float, rate: float, workers: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.reliability.soak", description=__doc__)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--workers", type=int, default=2)

@@ -1,5 +1,6 @@
-"""Test-only event kinds and handlers: each handled event appends a row to test_effects, so a test can count
-effects exactly. Loaded in-process by the tests and by worker subprocesses through --handlers."""
+"""A test-only event kind, TEST_TRACKED, and its handler: each handled event appends a row to test_effects, so a
+test can count effects exactly. Importing this module registers it (in-process, and in worker subprocesses through
+`--handlers tests.support.tracked_kind`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,11 @@ import time
 from collections import defaultdict
 
 from schemas.events import Event
-from workers import GiveUp, HandlerContext, Retry
-from workers.registry import Registry
+from tests.support.database import CREATE_TABLE
+from workers import GiveUp, HandlerContext, Retry, handles, schema
 
-TEST_REGISTRY = Registry()
 # When each attempt started, by token: failed attempts roll their transaction back, so they are kept here.
 ATTEMPT_TIMES: defaultdict[str, list[float]] = defaultdict(list)
-CREATE_TABLE = """CREATE TABLE IF NOT EXISTS test_effects (
-    kind text NOT NULL, token text NOT NULL, attempt integer NOT NULL, at timestamptz NOT NULL DEFAULT now())"""
 
 
 class Tracked(Event, tag="TEST_TRACKED"):
@@ -47,4 +45,6 @@ async def record(event: Tracked, ctx: HandlerContext) -> None:
     )
 
 
-TEST_REGISTRY.handles(Tracked, retry_delays=(0.2, 0.4, 0.8))(record)
+TEST_DELAYS = (0.2, 0.4, 0.8)
+schema(CREATE_TABLE)
+handles(Tracked, retry_delays=TEST_DELAYS)(record)

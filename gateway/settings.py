@@ -1,0 +1,53 @@
+"""The gateway's settings (HC_* variables; the README's settings table)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from infra.settings import BrokerSettings, Port, Seconds, SettingsError, env_name
+from schemas.events import KIND_NAME
+
+
+class GatewaySettings(BrokerSettings, kw_only=True, frozen=True):
+    host: str = "0.0.0.0"
+    port: Port = 8080
+    platform_public_key: str = ""
+    # The merchant's api key(s) (several during a rotation): a push with another api-key header is refused.
+    api_key: tuple[str, ...] = ()
+    # enforce: refuse unsigned or badly signed events; monitor: keep them unverified; off: development.
+    signature_mode: Literal["enforce", "monitor", "off"] = "enforce"
+    allowed_ips: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=2)] = 65536
+    publish_timeout: Seconds = 5.0
+    read_timeout: Seconds = 10.0
+    extra_paths: tuple[str, ...] = ()
+    drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    processes: Annotated[int, msgspec.Meta(ge=1)] = 1
+    gateway_metrics_port: Port = 9101  # /metrics of the gateway, off the push port; 0: none
+
+    def __post_init__(self) -> None:
+        for name in ("allowed_ips", "trusted_proxies"):
+            for cidr in getattr(self, name):
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise SettingsError(f"{env_name(name)}: {cidr!r} is not an IP address or CIDR") from None
+        for path, kind in self.extra_path_kinds.items():
+            if not re.fullmatch(r"/[A-Za-z0-9_./-]*", path):
+                raise SettingsError(f"HC_EXTRA_PATHS: {path!r} is not a URL path (write /path or /path=KIND)")
+            if kind is not None and not KIND_NAME.match(kind):
+                raise SettingsError(f"HC_EXTRA_PATHS: {kind!r} is not an event kind such as OPEN_CARD")
+
+    @property
+    def extra_path_kinds(self) -> dict[str, str | None]:
+        """HC_EXTRA_PATHS entries `/path` or `/path=KIND` (the kind used for bodies without notify_type)."""
+        paths: dict[str, str | None] = {}
+        for entry in self.extra_paths:
+            path, _, kind = entry.partition("=")
+            paths[path.strip()] = kind.strip() or None
+        return paths

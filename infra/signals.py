@@ -1,0 +1,21 @@
+"""Waiting for the signal that stops a process (SIGTERM from an orchestrator, SIGINT from Ctrl-C)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def stop_requested() -> signal.Signals:
+    """Returns once SIGTERM or SIGINT arrives, with the signal; the process then drains in its own way."""
+    received: asyncio.Future[signal.Signals] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, lambda s=signum: received.done() or received.set_result(s))
+    try:
+        return await received
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)

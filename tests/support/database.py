@@ -1,0 +1,25 @@
+"""The tests' PostgreSQL database: a fresh schema per test, and the table where handled test events leave a row."""
+
+from __future__ import annotations
+
+import asyncpg
+
+DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# One row per committed handling of a test event (tests/support/tracked_kind.py, tests/support/effect_tap.py).
+CREATE_TABLE = """CREATE TABLE IF NOT EXISTS test_effects (
+    kind text NOT NULL, token text NOT NULL, attempt integer NOT NULL, at timestamptz NOT NULL DEFAULT now())"""
+
+
+async def reset_database() -> None:
+    """A fresh schema: every project table dropped, so the migrations run as on a new machine."""
+    connection = await asyncpg.connect(DATABASE_URL)
+    try:
+        tables = await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND (tablename LIKE 'hypercard_%' OR tablename = 'test_effects')"
+        )
+        for row in tables:
+            await connection.execute(f'DROP TABLE "{row["tablename"]}" CASCADE')
+        await connection.execute(CREATE_TABLE)
+    finally:
+        await connection.close()

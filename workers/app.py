@@ -1,0 +1,24 @@
+"""The worker's factory, used by `hypercard-worker` and by the tests alike (as `create_app` is for the gateway)."""
+
+from __future__ import annotations
+
+from workers.metrics import WorkerMetrics
+from workers.registry import REGISTRY, Registry
+from workers.runtime import WorkerRuntime
+from workers.settings import WorkerSettings
+
+
+class UnknownKind(ValueError):
+    """A kind was asked for that no loaded module handles."""
+
+
+def create_worker(
+    settings: WorkerSettings, kinds: list[str], registry: Registry = REGISTRY, metrics: WorkerMetrics | None = None
+) -> WorkerRuntime:
+    """A worker for `kinds` (upper case), with the handlers and the schema statements of `registry`."""
+    missing = [kind for kind in kinds if kind not in registry.registrations]
+    if not kinds or missing:
+        wanted = f"no handler for {', '.join(missing)}" if missing else "name kinds or --all"
+        raise UnknownKind(f"{wanted}; kinds with a handler: {', '.join(registry.kinds)}")
+    registrations = [registry.registrations[kind] for kind in kinds]
+    return WorkerRuntime(settings, registrations, metrics, schema_statements=registry.schema_statements)
