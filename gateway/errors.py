@@ -1,4 +1,5 @@
-"""Why the gateway refuses a request. Each maps to an HTTP status and a non-1 reply `code`: the platform retries."""
+"""Why the gateway refuses a request. Each maps to an HTTP status and a non-1 reply `code` (the platform retries);
+the one place that turns them into replies is `gateway.replies.reply_contract`."""
 
 from __future__ import annotations
 
@@ -35,5 +36,11 @@ class RequestTimeout(GatewayError):
 
 class BrokerUnavailable(GatewayError):
     """The event could not be stored (broker down, confirm timed out, nack, returned): the platform must resend."""
+
+    status = 503
+
+
+class Draining(GatewayError):
+    """Shutting down: /readyz says so, so that the load balancer stops sending here."""
 
     status = 503

@@ -13,6 +13,7 @@ from gateway.body import body_fields, read_body
 from gateway.errors import (
     BadRequest,
     BrokerUnavailable,
+    Draining,
     Forbidden,
     GatewayError,
     PayloadTooLarge,
@@ -20,7 +21,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.keys import ADDRESS_POLICY, DRAINING, METRICS, PUBLISHER, SETTINGS, VERIFIER
-from gateway.replies import failure, ok
+from gateway.replies import ok
 from gateway.sender import check_api_key, check_header_text, check_signature
 from gateway.signature import SignatureOutcome
 from infra.redaction import SECRET_KEYS, bind_secrets, clear_secrets
@@ -47,21 +48,26 @@ async def _answer(request: web.Request, default_kind: str | None) -> web.Respons
     structlog.contextvars.clear_contextvars()
     clear_secrets()
     line: dict[str, object] = {"path": request.path, "kind": "-"}
+    status = 200
     metrics.in_flight.inc()
     try:
-        response = await _receive(request, line, default_kind)
-    except GatewayError as error:
+        return await _receive(request, line, default_kind)
+    except GatewayError as error:  # the reply_contract middleware turns it into the reply
         line["outcome"] = type(error).__name__
         line["reason"] = str(error)
-        response = failure(error.status, str(error))
+        status = error.status
+        raise
+    except BaseException:  # a bug or a cancelled request: the middleware answers 503 if anything still listens
+        line["outcome"] = "internal_error"
+        status = 503
+        raise
     finally:
         metrics.in_flight.dec()
-    kind = str(line["kind"])
-    metric_kind = kind if kind in KNOWN_KINDS or line.get("signature_outcome") == "valid" else "other"
-    metrics.requests.labels(metric_kind, line.get("outcome", "-"), response.status).inc()
-    log_method = log.info if response.status < 500 else log.warning
-    log_method("request", status=response.status, latency_ms=round((time.perf_counter() - started) * 1000, 2), **line)
-    return response
+        kind = str(line["kind"])
+        metric_kind = kind if kind in KNOWN_KINDS or line.get("signature_outcome") == "valid" else "other"
+        metrics.requests.labels(metric_kind, line.get("outcome", "-"), status).inc()
+        log_method = log.info if status < 500 else log.warning
+        log_method("request", status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2), **line)
 
 
 async def _receive(request: web.Request, line: dict[str, object], default_kind: str | None) -> web.Response:
@@ -136,7 +142,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready for traffic: connected to the broker with the topology declared, and not draining."""
     if request.app[DRAINING].is_set():
-        return failure(503, "draining: shutting down")
+        raise Draining("draining: shutting down")
     if not request.app[PUBLISHER].ready:
         raise BrokerUnavailable("not connected to the message broker")
     return ok()

@@ -25,6 +25,7 @@ from infra import broker
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.events import KIND_NAME
+from workers.retries import copy_for_republish
 
 # Headers of a failed attempt: a replayed message starts again at attempt 1.
 FAILURE_HEADERS = {"attempt", "error_type", "error_message", "attempts", "failed_at", "last_error", "last_error_type"}
@@ -56,15 +57,7 @@ def replay_copy(message: aio_pika.abc.AbstractIncomingMessage, source: str) -> a
     headers = {key: value for key, value in (message.headers or {}).items() if key not in FAILURE_HEADERS}
     headers["replayed_from"] = source
     headers["replayed_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
-    return aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-    )
+    return copy_for_republish(message, headers)
 
 
 @dataclass

@@ -24,6 +24,19 @@ async def ack(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         await message.ack()
 
 
+def copy_for_republish(message: aio_pika.abc.AbstractIncomingMessage, headers: dict) -> aio_pika.Message:
+    """A persistent copy of a delivered message, with `headers`: what retries, dead-lettering and replay publish."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
 def schedule_step(delay: float, delays: tuple[float, ...]) -> float:
     """A handler's `Retry(delay=x)` rounded up to a step of the kind's schedule (the longest step at most): each
     delay has a queue of its own, so the number of retry queues stays bounded by the schedule."""
@@ -79,15 +92,7 @@ class RetryPublisher:
             log.warning("dead-lettered", error_type=error_type, attempts=attempts)
 
     async def _republish(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str, extra: dict) -> bool:
-        copy = aio_pika.Message(
-            message.body,
-            headers={**(message.headers or {}), **extra},
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            timestamp=message.timestamp,
-            type=message.type,
-            app_id=message.app_id,
-        )
+        copy = copy_for_republish(message, {**(message.headers or {}), **extra})
         try:
             await self.channel.default_exchange.publish(copy, routing_key=queue, mandatory=True, timeout=10)
         except Exception as error:

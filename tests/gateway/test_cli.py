@@ -16,7 +16,6 @@ import pytest
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import log_events
 
-pytestmark = pytest.mark.broker
 BIN = Path(sys.executable).parent
 
 
@@ -35,6 +34,7 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(env, variable):
 
 
 
+@pytest.mark.broker
 @pytest.mark.parametrize("processes", [1, 2])
 def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp_path, amqp, processes):
     assert run(str(BIN / "hypercard-send"), "--generate-keys", str(tmp_path)).returncode == 0

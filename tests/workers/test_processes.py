@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from tests.support.processes import REPO, worker_process
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
+README_EXAMPLE = REPO / "examples" / "card_status_change.py"
 PATH = "/hc_sync/common"
 TRACKED = ["TEST_TRACKED", "--handlers", "tests.support.tracked_kind"]
 
@@ -111,15 +109,6 @@ async def test_broker_restart_consumers_resume_and_nothing_is_lost(gateway, make
     await eventually(lambda: db.fetchval("SELECT count(*) FROM hypercard_card_cancellations"), timeout=10)
 
 
-README_EXAMPLE = REPO / "examples" / "card_status_change.py"
-
-
-def test_readme_shows_the_example_file_verbatim():
-    readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert README_EXAMPLE.read_text() in blocks
-
-
 async def test_readme_extension_example_receives_its_kind(gateway, db, amqp, sign, tmp_path):
     await db.execute("DROP TABLE IF EXISTS card_statuses")
     worker = worker_process(
@@ -154,19 +143,14 @@ async def _true(value: bool) -> bool:
     return value
 
 
-def test_handlers_load_through_an_entry_point(tmp_path):
-    """A package that declares its module in the `hypercard.handlers` entry-point group is loaded with no setting."""
-    (tmp_path / "acme_handlers.py").write_text(README_EXAMPLE.read_text())
-    dist = tmp_path / "acme_handlers-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-handlers\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[hypercard.handlers]\nacme = acme_handlers\n")
-    probe = (
-        "from workers.registry import REGISTRY, load_handler_modules; load_handler_modules([]); print(REGISTRY.kinds)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(tmp_path)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "CARD_STATUS_CHANGE" in result.stdout and "OPEN_CARD" in result.stdout
+async def test_a_delivery_limit_other_than_the_brokers_is_reported_naming_the_setting(db, tmp_path):
+    """The db fixture declared hypercard.test_tracked with the default limit; this worker is given another."""
+    worker = worker_process(tmp_path, *TRACKED, env={"HC_DELIVERY_LIMIT": "3"})
+    try:
+        failures = await eventually(lambda: _true(worker.events(event="broker connection failed")), timeout=20)
+        assert failures
+        (first, *_) = worker.events(event="broker connection failed")
+        assert "HC_DELIVERY_LIMIT=3" in first["error"] and "hypercard.test_tracked" in first["error"]
+        assert not worker.events(event="consuming")
+    finally:
+        worker.stop()
