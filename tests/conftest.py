@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,8 @@ from infra.settings import load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 from schemas.samples import sample_body
-from tests.support.broker import forget_kind
+from tests.support.broker import AMQP_URL, ensure_test_vhost, forget_kind, operator_dead_letters
 from tests.support.keys import new_key, write_public_keys
-
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @pytest.fixture(scope="session")
@@ -68,8 +66,19 @@ ALL_QUEUES = [
 ]
 
 
+@pytest.fixture(scope="session")
+def test_vhost() -> Iterator[None]:
+    """The suite's own vhost; at the end, no message an operator kept in `/` is gone."""
+    before = operator_dead_letters()
+    ensure_test_vhost()
+    yield
+    after = operator_dead_letters()
+    gone = {name: count for name, count in before.items() if after.get(name, 0) < count}
+    assert not gone, f"the tests purged or deleted messages in the broker's default vhost /: {gone}"
+
+
 @pytest.fixture
-async def amqp() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+async def amqp(test_vhost) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     """A channel on the real broker, with the project's topology declared and every queue purged."""
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.broker import AMQP_URL
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import log_events
 
@@ -43,6 +44,7 @@ def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp
         **os.environ,
         "HC_PORT": str(port),
         "HC_GATEWAY_METRICS_PORT": str(metrics_port),
+        "HC_AMQP_URL": AMQP_URL,
         "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
         "HC_API_KEY": "dev-merchant",
         "HC_DRAIN_SECONDS": "0.2",

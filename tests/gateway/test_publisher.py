@@ -8,7 +8,7 @@ import time
 import pytest
 
 from schemas import topology
-from tests.support.broker import take
+from tests.support.broker import AMQP_URL, take
 from tests.support.network import free_port
 from tests.support.tcp_proxy import TcpProxy
 
@@ -77,7 +77,7 @@ async def test_reconnects_in_the_background_after_a_reset(make_gateway, amqp, si
 
 async def test_fails_over_to_the_next_broker_node(make_gateway, amqp, sign, sample):
     dead_node = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
-    client = await make_gateway(amqp_url=f"{dead_node},amqp://guest:guest@127.0.0.1:5672/")
+    client = await make_gateway(amqp_url=f"{dead_node},{AMQP_URL}")
     body = sample("consume")
     assert (await client.post(PATH, data=body, headers=sign(body))).status == 200
 

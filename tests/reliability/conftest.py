@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.send import generate_keys, load_private_key
+from tests.support.broker import AMQP_URL
 from tests.support.database import DATABASE_URL, reset_database
 from tests.support.harness import PlatformPlayer, Report, account, make_events
 from tests.support.network import free_port, wait_until_ready
@@ -31,7 +32,7 @@ class System:
     """Gateways and workers as processes, and the accounting harness that plays the platform against them."""
 
     tmp_path: Path
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_url: str = AMQP_URL
     gateways: list[Process] = field(default_factory=list)
     gateway_ports: list[int] = field(default_factory=list)
     workers: list[Process] = field(default_factory=list)

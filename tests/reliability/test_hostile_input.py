@@ -32,6 +32,7 @@ from gateway.settings import GatewaySettings
 from infra.settings import load_settings
 from schemas.events import KNOWN_KINDS
 from schemas.samples import sample_body, sample_names
+from tests.support.broker import AMQP_URL
 from tests.support.keys import write_public_keys
 from tests.support.network import free_port
 from tests.support.processes import gateway_process
@@ -52,7 +53,7 @@ class LiveGateway:
         self.settings = load_settings(
             GatewaySettings,
             {}, port=self.port, platform_public_key=str(key_file), max_body_bytes=8192, read_timeout=2.0,
-            amqp_url="amqp://guest:guest@127.0.0.1:5672/",
+            amqp_url=AMQP_URL,
         )  # fmt: skip
         self.published: list[tuple[str, str]] = []  # (routing key, signature outcome)
         self._ready = threading.Event()

@@ -1,12 +1,46 @@
-"""Reading what the gateway and the workers left in the real broker's queues."""
+"""The tests' own vhost on the real broker, and reading what the gateway and the workers left in its queues.
+
+The suite never declares, purges or deletes anything in the broker's default vhost `/`, where a `make run` on the
+same machine keeps its queues and dead letters."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 
 import aio_pika
 
 from schemas import topology
+
+TEST_VHOST = "hypercard_test"
+
+
+def amqp_url(port: int = 5672, vhost: str = TEST_VHOST) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{port}/{vhost}"
+
+
+AMQP_URL = amqp_url()
+
+
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+def ensure_test_vhost() -> None:
+    """Create the tests' vhost and let guest use it (idempotent)."""
+    if TEST_VHOST not in _rabbitmqctl("list_vhosts", "name").split():
+        _rabbitmqctl("add_vhost", TEST_VHOST)
+    _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
+
+
+def operator_dead_letters() -> dict[str, int]:
+    """Messages in each hypercard.* queue of the default vhost `/`: what an operator's `make run` keeps there."""
+    counts = {}
+    for line in _rabbitmqctl("list_queues", "-p", "/", "name", "messages").splitlines():
+        name, _, count = line.partition("\t")
+        if name.startswith("hypercard.") and count.strip().isdigit():
+            counts[name] = int(count)
+    return counts
 
 
 async def take(

@@ -24,6 +24,7 @@ from gateway.signature import FIELDS_DECODER, readings, rendered_fields
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 from schemas.samples import distinct_bodies
+from tests.support.broker import AMQP_URL
 
 # The platform's schedule is 1 min, 5 min, 30 min ...; compressed here to seconds.
 RESEND_AFTER = (0.5, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0)
@@ -180,7 +181,7 @@ async def account(events: list[Event], database_url: str, resent: int, settle: f
     )
 
 
-async def dead_letters(url: str = "amqp://guest:guest@127.0.0.1:5672/") -> int:
+async def dead_letters(url: str = AMQP_URL) -> int:
     """Messages in every dead, invalid, unrouted and unverified queue: 0 after a clean run."""
     connection = await aio_pika.connect(url)
     try:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.broker import AMQP_URL
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -57,7 +59,7 @@ def worker_process(tmp_path: Path, *args: str, env: dict[str, str] | None = None
         [sys.executable, "-m", "workers", *args],
         {
             "HC_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
-            "HC_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+            "HC_AMQP_URL": AMQP_URL,
             "HC_METRICS_PORT": "0",
             "HC_RETRY_DELAYS": "0.2,0.4,0.8",
             **(env or {}),
@@ -73,7 +75,7 @@ def gateway_process(tmp_path: Path, port: int, env: dict[str, str] | None = None
         {
             "HC_PORT": str(port),
             "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
-            "HC_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/",
+            "HC_AMQP_URL": AMQP_URL,
             "HC_GATEWAY_METRICS_PORT": "0",
             **(env or {}),
         },

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from tests.support.broker import amqp_url
+
 
 class TcpProxy:
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672) -> None:
@@ -23,7 +25,7 @@ class TcpProxy:
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        return amqp_url(self.port)
 
     def hold_replies(self) -> None:
         """Bytes from the broker stop reaching the client (confirms never arrive): a half-open link."""

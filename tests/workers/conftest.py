@@ -8,6 +8,7 @@ import pytest
 from infra import declare
 from infra.settings import load_settings
 from schemas import topology
+from tests.support.broker import AMQP_URL
 from tests.support.database import DATABASE_URL, reset_database
 from tests.support.tracked_kind import TEST_DELAYS  # importing it registers TEST_TRACKED, as --handlers does
 from workers.app import create_worker
@@ -45,7 +46,7 @@ async def make_worker(db) -> AsyncIterator[WorkerFactory]:
 
     async def factory(*kinds: str, **overrides: object) -> WorkerRuntime:
         overrides.setdefault("database_url", DATABASE_URL)
-        overrides.setdefault("amqp_url", "amqp://guest:guest@127.0.0.1:5672/")
+        overrides.setdefault("amqp_url", AMQP_URL)
         overrides.setdefault("retry_delays", TEST_DELAYS)
         overrides.setdefault("shutdown_grace", 5)
         settings = load_settings(WorkerSettings, {}, **overrides)

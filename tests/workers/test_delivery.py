@@ -9,7 +9,7 @@ import aiormq
 import pytest
 
 from schemas import topology
-from tests.support.broker import take
+from tests.support.broker import AMQP_URL, take
 from tests.support.tracked_kind import ATTEMPT_TIMES, TEST_DELAYS
 from tests.support.waiting import eventually
 
@@ -65,7 +65,7 @@ async def test_a_delay_the_handler_computes_is_rounded_to_the_schedule_so_retry_
 
 
 async def retry_queue_exists(name: str) -> bool:
-    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    connection = await aio_pika.connect(AMQP_URL)
     try:
         await (await connection.channel()).declare_queue(name, passive=True)
         return True

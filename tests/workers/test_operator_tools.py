@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 
 from schemas import topology
-from tests.support.broker import take
+from tests.support.broker import AMQP_URL, take
 from tests.support.network import free_port
 from workers.replay import ReplayFilter, replay
 
@@ -29,7 +29,7 @@ async def put(channel, queue: str, kind: str, event_id: str, **headers) -> None:
 
 @pytest.fixture
 async def confirm_channel(amqp):
-    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    connection = await aio_pika.connect(AMQP_URL)
     yield await connection.channel(publisher_confirms=True, on_return_raises=True)
     await connection.close()
 
@@ -103,7 +103,7 @@ def run_tool(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "HC_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/", **(env or {})},
+        env={**os.environ, "HC_AMQP_URL": AMQP_URL, **(env or {})},
     )
 
 
