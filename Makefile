@@ -23,7 +23,7 @@ run: export HC_API_KEY ?= dev-merchant
 run: install $(DEV_KEYS)/platform-public.pem
 	@echo "Gateway on http://127.0.0.1:8080/hc_sync/common, signature checking on (key $(HC_PLATFORM_PUBLIC_KEY))."
 	@echo "Send a signed sample from another terminal:  $(BIN)/hypercard-send open_card   (or: all)"
-	@trap 'kill 0' INT TERM; $(BIN)/hypercard-worker --all & $(BIN)/hypercard-gateway; wait
+	@$(BIN)/hypercard-run
 
 # promtool and haproxy check the deployment files in the tests (Debian packages prometheus and haproxy).
 tools:

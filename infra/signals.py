@@ -9,7 +9,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def stop_requested() -> signal.Signals:
-    """Returns once SIGTERM or SIGINT arrives, with the signal; the process then drains in its own way."""
+    """Returns once SIGTERM or SIGINT arrives, with the signal; the process then drains in its own way. From then on
+    both signals are ignored: a repeat (Ctrl-C reaches every process of the terminal, and a supervisor forwards
+    SIGTERM too) must neither cut the drain short nor turn a clean exit into death by signal."""
     received: asyncio.Future[signal.Signals] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
@@ -19,3 +21,4 @@ async def stop_requested() -> signal.Signals:
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
