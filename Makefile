@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_KEYS := .dev
 export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
 
-.PHONY: run test lint install tools bench clean
+.PHONY: run test lint install tools bench clean dashboards
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ run: install $(DEV_KEYS)/platform-public.pem
 	@echo "Gateway on http://127.0.0.1:8080/hc_sync/common, signature checking on (key $(HC_PLATFORM_PUBLIC_KEY))."
 	@echo "Send a signed sample from another terminal:  $(BIN)/hypercard-send open_card   (or: all)"
 	@$(BIN)/hypercard-run
+
+# The local broker's management and prometheus plugins, and Prometheus scraping the local system (README, Monitoring).
+dashboards: install
+	@PYTHON=$(BIN)/python deploy/local/dashboards.sh
 
 # promtool and haproxy check the deployment files in the tests (Debian packages prometheus and haproxy).
 tools:

@@ -17,6 +17,7 @@ from gateway.replies import close_while_draining, reply_contract
 from gateway.settings import GatewaySettings
 from gateway.signature import SignatureVerifier
 from infra.settings import SettingsError
+from schemas.events import KNOWN_KINDS
 
 COMMON_PATH = "/hc_sync/common"
 log = structlog.get_logger("gateway")
@@ -41,8 +42,17 @@ async def broker_connection(app: web.Application) -> AsyncIterator[None]:
     publisher = app[PUBLISHER]
     # Start serving even if the broker is down: /readyz says so, pushes answer 503 and the platform retries.
     await publisher.start(wait=5.0)
+    readiness = asyncio.create_task(report_readiness(app), name="readiness-metric")
     yield
+    readiness.cancel()
     await publisher.close()
+
+
+async def report_readiness(app: web.Application, every: float = 1.0) -> None:
+    """hypercard_gateway_ready follows what /readyz answers, for the alert on a gateway that takes no pushes."""
+    while True:
+        app[METRICS].ready.set(1 if app[PUBLISHER].ready and not app[DRAINING].is_set() else 0)
+        await asyncio.sleep(every)
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
@@ -52,6 +62,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[ADDRESS_POLICY] = ClientAddressPolicy(settings.allowed_ips, settings.trusted_proxies)
     app[PUBLISHER] = Publisher(settings.amqp_urls, settings.publish_timeout, settings.delivery_limit)
     app[METRICS] = GatewayMetrics()
+    app[METRICS].start_series(KNOWN_KINDS)
     app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(broker_connection)
     app.on_response_prepare.append(close_while_draining)

@@ -60,12 +60,27 @@ class GatewayMetrics:
             ["kind"],
             registry=registry,
         )
+        self.ready = Gauge(
+            "hypercard_gateway_ready",
+            "1 while the gateway takes pushes: connected to the broker, topology declared, not draining.",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         self.in_flight = Gauge(
             "hypercard_gateway_in_flight",
             "Requests being handled now.",
             registry=registry,
             multiprocess_mode="livesum",
         )
+
+    def start_series(self, kinds: frozenset[str]) -> None:
+        """The label sets known in advance at 0, so dashboards and alerts see them before the first failure."""
+        for reason in ("missing", "invalid", "ambiguous"):
+            self.signature_failures.labels(reason)
+            self.unverified.labels(reason)
+        for kind in (*sorted(kinds), "other"):
+            self.quarantined.labels(kind)
+        self.unrouted.labels("other")
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") else all_processes())

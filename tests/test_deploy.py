@@ -69,6 +69,19 @@ def test_prometheus_config_passes_promtool_and_scrapes_the_services():
     assert set(targets) <= set(SERVICES)
 
 
+def test_every_alert_rule_passes_its_promtool_unit_test():
+    folder = REPO / "deploy/prometheus"
+    result = subprocess.run(["promtool", "test", "rules", "alerts.test.yml"], cwd=folder, capture_output=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {rule["alert"] for group in yaml.safe_load((folder / "alerts.yml").read_text())["groups"]
+              for rule in group["rules"]}  # fmt: skip
+    tested = {case["alertname"] for test in yaml.safe_load((folder / "alerts.test.yml").read_text())["tests"]
+              for case in test["alert_rule_test"] if case["exp_alerts"]}  # fmt: skip
+    assert alerts == tested, f"alerts without a firing test case: {alerts - tested}"
+    readme = (REPO / "README.md").read_text()
+    assert all(alert in readme for alert in alerts), "the README's Monitoring section explains every alert"
+
+
 def test_haproxy_config_is_valid_and_checks_readiness():
     config = REPO / "deploy/haproxy/haproxy.cfg"
     result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)

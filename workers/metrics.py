@@ -40,6 +40,12 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+    def start_series(self, kinds: list[str]) -> None:
+        """Every per-kind series at 0 from the start, so dashboards and alerts see a kind before its first event."""
+        for kind in kinds:
+            for metric in (self.handled, self.duplicates, self.retried, self.dead_lettered, self.skipped, self.latency):
+                metric.labels(kind)
+
     def serve(self, port: int) -> None:
         if port:
             start_http_server(port, registry=self.registry)

@@ -44,6 +44,7 @@ class WorkerRuntime:
         self.schema_statements = schema_statements or []
         self.registrations = {registration.kind: registration for registration in registrations}
         self.metrics = metrics or WorkerMetrics()
+        self.metrics.start_series(sorted(self.registrations))
         self.pool: asyncpg.Pool | None = None
         self._policy: DeliveryPolicy | None = None
         self._consuming = asyncio.Event()
