@@ -1,99 +1,198 @@
-"""`hypercard-status`: queue depth, consumers and dead letters per kind at a glance.
+"""`hypercard-status`: every kind's queue (user kinds too), its consumers, rates in and out, and its dead letters;
+then the queues that wait for an operator (invalid, unrouted, unverified).
 
-Exits 1 when a dead, invalid, unrouted or unverified queue holds messages (usable as a cron alert), 2 when the broker is
-unreachable. Reads passive queue declares: no management plugin needed."""
+    hypercard-status                  # one table
+    hypercard-status --watch 2        # refreshed in place every 2 s (Ctrl-C to leave)
+    hypercard-status --json           # for scripts
+
+Exits 1 when a dead, invalid, unrouted or unverified queue holds messages (usable as a cron alert), 2 when the
+broker is unreachable. The kinds bound to hypercard.events and the rates come from RabbitMQ's management API
+(HC_MANAGEMENT_URL, by default port 15672 of the first broker node, with its credentials; `make dashboards` switches
+the plugin on). Without it, the known kinds (and `--kind` ones) are read by passive declares, without rates."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from urllib.parse import quote
 
 import aio_pika
+import aiohttp
 import aiormq
+from yarl import URL
 
 from infra import broker
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 
+REVIEW_QUEUES = (topology.INVALID_QUEUE, topology.UNROUTED_QUEUE, topology.UNVERIFIED_QUEUE)
+NOT_KINDS = {topology.INVALID_QUEUE, topology.UNVERIFIED_QUEUE}
 
-@dataclass(frozen=True)
-class QueueStatus:
-    name: str
+
+@dataclass
+class QueueFigures:
+    queue: str
     messages: int | None  # None: the queue does not exist
-    consumers: int | None
+    consumers: int | None = None
+    in_per_s: float | None = None  # None: no rates (no management API)
+    out_per_s: float | None = None
 
 
-async def queue_status(connection: aio_pika.abc.AbstractConnection, name: str) -> QueueStatus:
+@dataclass
+class KindStatus:
+    kind: str
+    queue: QueueFigures
+    dead: QueueFigures
+
+
+@dataclass
+class Status:
+    source: str  # "management" or "amqp"
+    kinds: list[KindStatus] = field(default_factory=list)
+    review: list[QueueFigures] = field(default_factory=list)
+
+    @property
+    def needs_attention(self) -> bool:
+        return any(k.dead.messages for k in self.kinds) or any(q.messages for q in self.review)
+
+
+def management_api(amqp_url: str) -> tuple[URL, aiohttp.BasicAuth, str]:
+    """The management API's base URL, credentials and vhost for a broker URL (HC_MANAGEMENT_URL overrides the base)."""
+    url = URL(amqp_url)
+    vhost = url.path[1:] or "/"
+    base = URL(os.environ.get("HC_MANAGEMENT_URL") or f"http://{url.host or '127.0.0.1'}:15672")
+    return base, aiohttp.BasicAuth(url.user or "guest", url.password or "guest"), vhost
+
+
+async def from_management(amqp_url: str) -> Status:
+    base, auth, vhost = management_api(amqp_url)
+    encoded = quote(vhost, safe="")
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(auth=auth, timeout=timeout, raise_for_status=True) as session:
+        async with session.get(f"{base}/api/exchanges/{encoded}/{topology.EVENTS_EXCHANGE}/bindings/source") as reply:
+            bindings = await reply.json()
+        columns = "name,messages,consumers,message_stats.publish_details.rate,message_stats.ack_details.rate"
+        async with session.get(f"{base}/api/queues/{encoded}", params={"columns": columns}) as reply:
+            queues = {entry["name"]: entry for entry in await reply.json()}
+
+    def figures(name: str) -> QueueFigures:
+        entry = queues.get(name)
+        if entry is None:
+            return QueueFigures(name, None)
+        stats = entry.get("message_stats") or {}
+        rates = [float((stats.get(key) or {}).get("rate") or 0.0) for key in ("publish_details", "ack_details")]
+        return QueueFigures(name, entry.get("messages", 0), entry.get("consumers", 0), *rates)
+
+    bound = sorted({b["destination"] for b in bindings if b.get("destination_type") == "queue"} - NOT_KINDS)
+    kinds = [
+        KindStatus(name.removeprefix("hypercard.").upper(), figures(name), figures(f"{name}.dead")) for name in bound
+    ]
+    return Status("management", kinds, [figures(name) for name in REVIEW_QUEUES])
+
+
+async def from_amqp(connection: aio_pika.abc.AbstractConnection, kinds: list[str]) -> Status:
+    """Passive declares: no management plugin needed, but no rates and only the kinds named here."""
+    per_kind = [
+        KindStatus(
+            kind,
+            await passive(connection, topology.kind_queue(kind)),
+            await passive(connection, topology.dead_queue(kind)),
+        )
+        for kind in kinds
+    ]
+    return Status("amqp", per_kind, [await passive(connection, name) for name in REVIEW_QUEUES])
+
+
+async def passive(connection: aio_pika.abc.AbstractConnection, name: str) -> QueueFigures:
     # A passive declare of a missing queue closes its channel: one channel per look-up.
     channel = await connection.channel()
     try:
         queue = await channel.declare_queue(name, passive=True)
     except aiormq.exceptions.ChannelNotFoundEntity:
-        return QueueStatus(name, None, None)
+        return QueueFigures(name, None)
     result = queue.declaration_result
     await channel.close()
-    return QueueStatus(name, result.message_count, result.consumer_count)
+    return QueueFigures(name, result.message_count, result.consumer_count)
 
 
-async def collect(
-    urls: list[str], kinds: list[str]
-) -> tuple[list[tuple[str, QueueStatus, QueueStatus]], list[QueueStatus]]:
-    connection = await broker.connect(urls)
+async def collect(settings: BrokerSettings, extra_kinds: list[str]) -> Status:
+    """From the management API of the node that answers on AMQP (an unreachable broker raises), else by AMQP."""
+    connection = await broker.connect(settings.amqp_urls)
     try:
-        per_kind = [
-            (
-                kind,
-                await queue_status(connection, topology.kind_queue(kind)),
-                await queue_status(connection, topology.dead_queue(kind)),
-            )
-            for kind in kinds
-        ]
-        quarantine = [
-            await queue_status(connection, topology.INVALID_QUEUE),
-            await queue_status(connection, topology.UNROUTED_QUEUE),
-            await queue_status(connection, topology.UNVERIFIED_QUEUE),
-        ]
+        try:
+            return await from_management(str(connection.url))
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError):
+            return await from_amqp(connection, sorted(KNOWN_KINDS | set(extra_kinds)))
     finally:
         await connection.close()
-    return per_kind, quarantine
 
 
 def _n(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def render(per_kind: list[tuple[str, QueueStatus, QueueStatus]], quarantine: list[QueueStatus]) -> tuple[str, bool]:
-    """The table, and whether anything needs an operator's attention."""
-    lines = [f"{'kind':<22} {'ready':>7} {'consumers':>9} {'dead':>6}"]
-    alert = False
-    for kind, queue, dead in per_kind:
-        flag = "  <- dead letters" if dead.messages else ""
-        alert |= bool(dead.messages)
-        lines.append(f"{kind:<22} {_n(queue.messages):>7} {_n(queue.consumers):>9} {_n(dead.messages):>6}{flag}")
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render(status: Status) -> str:
+    """The table an operator reads."""
+    lines = [f"{'kind':<22} {'ready':>7} {'consumers':>9} {'in/s':>7} {'out/s':>7} {'dead':>6}"]
+    for k in status.kinds:
+        flag = "  <- dead letters" if k.dead.messages else ""
+        flag += "  <- no consumer" if k.queue.consumers == 0 else ""
+        lines.append(
+            f"{k.kind:<22} {_n(k.queue.messages):>7} {_n(k.queue.consumers):>9} {_rate(k.queue.in_per_s):>7} "
+            f"{_rate(k.queue.out_per_s):>7} {_n(k.dead.messages):>6}{flag}"
+        )
     lines.append("")
-    for queue in quarantine:
-        alert |= bool(queue.messages)
+    for queue in status.review:
         flag = "  <- needs a look (hypercard-replay)" if queue.messages else ""
-        lines.append(f"{queue.name:<22} {_n(queue.messages):>7}{flag}")
-    return "\n".join(lines), alert
+        lines.append(f"{queue.queue:<22} {_n(queue.messages):>7} {'':>9} {_rate(queue.in_per_s):>7}{flag}")
+    if status.source == "amqp":
+        lines.append("\n(no management API: known kinds only, no rates; `make dashboards` switches the plugin on)")
+    return "\n".join(lines)
+
+
+async def watch(settings: BrokerSettings, extra_kinds: list[str], every: float) -> Status:
+    while True:
+        status = await collect(settings, extra_kinds)
+        sys.stdout.write("\x1b[H\x1b[2J" + render(status) + f"\n\nevery {every:g} s; Ctrl-C to leave\n")
+        sys.stdout.flush()
+        await asyncio.sleep(every)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hypercard-status", description=__doc__)
-    parser.add_argument("--kind", action="append", default=[], help="also show this (user) kind")
+    parser = argparse.ArgumentParser(
+        prog="hypercard-status", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kind", action="append", default=[], help="also show this kind without the management API")
+    parser.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    parser.add_argument("--watch", type=float, metavar="SECONDS", help="refresh in place every SECONDS")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(BrokerSettings)
     except SettingsError as error:
         parser.exit(2, f"hypercard-status: {error}\n")
-    kinds = sorted(KNOWN_KINDS | {kind.upper() for kind in args.kind})
+    extra = [kind.upper() for kind in args.kind]
     try:
-        per_kind, quarantine = asyncio.run(collect(settings.amqp_urls, kinds))
+        if args.watch:
+            try:
+                asyncio.run(watch(settings, extra, args.watch))
+            except KeyboardInterrupt:
+                pass
+            status = asyncio.run(collect(settings, extra))
+        else:
+            status = asyncio.run(collect(settings, extra))
     except (OSError, aiormq.exceptions.AMQPError) as error:
         parser.exit(2, f"hypercard-status: broker unreachable: {type(error).__name__}: {error}\n")
-    table, alert = render(per_kind, quarantine)
-    print(table)
-    sys.exit(1 if alert else 0)
+    if args.json:
+        print(json.dumps({**asdict(status), "needs_attention": status.needs_attention}))
+    elif not args.watch:
+        print(render(status))
+    sys.exit(1 if status.needs_attention else 0)

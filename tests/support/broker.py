@@ -6,7 +6,10 @@ same machine keeps its queues and dead letters."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
+import time
+import urllib.request
 
 import aio_pika
 
@@ -31,6 +34,22 @@ def ensure_test_vhost() -> None:
     if TEST_VHOST not in _rabbitmqctl("list_vhosts", "name").split():
         _rabbitmqctl("add_vhost", TEST_VHOST)
     _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
+
+
+def ensure_management_api(timeout: float = 60) -> None:
+    """Switch on the broker's management plugin (as `make dashboards` does; idempotent) and wait until it answers."""
+    subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True, capture_output=True, timeout=120)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request = urllib.request.Request("http://127.0.0.1:15672/api/overview")
+            request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+            with urllib.request.urlopen(request, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def operator_dead_letters() -> dict[str, int]:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 
 import aio_pika
 import pytest
 
+from infra import declare
 from schemas import topology
-from tests.support.broker import AMQP_URL, take
+from tests.support.broker import AMQP_URL, ensure_management_api, forget_kind, take
 from tests.support.network import free_port
 from workers.replay import ReplayFilter, replay
 
@@ -117,14 +123,71 @@ async def test_replay_command_line(amqp):
 
 
 async def test_status_is_0_when_clean_1_with_dead_letters_2_without_broker(amqp):
+    await forget_kind(amqp, "TEST_TRACKED")
     clean = run_tool("hypercard-status")
     assert clean.returncode == 0, clean.stdout
     for name in ("OPEN_CARD", "hypercard.invalid", "hypercard.unverified"):
         assert name in clean.stdout
     await put(amqp, topology.dead_queue("BUY_COIN"), "BUY_COIN", "d")
-    alert = run_tool("hypercard-status")
+    alert = await asyncio.to_thread(wait_for_status, lambda out: "dead letters" in out)
     assert alert.returncode == 1
     (line,) = [line for line in alert.stdout.splitlines() if line.startswith("BUY_COIN")]
-    assert line.split()[3] == "1" and "dead letters" in line
+    assert line.split()[5] == "1" and "dead letters" in line
     down = run_tool("hypercard-status", env={"HC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/"})
     assert down.returncode == 2 and "unreachable" in down.stderr
+
+
+def low_balance(output: str) -> dict:
+    return next(kind for kind in json.loads(output)["kinds"] if kind["kind"] == "LOW_BALANCE")
+
+
+def wait_for_status(done, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """The management API's figures lag the broker by a few seconds: ask until they show what was done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = run_tool("hypercard-status", *args)
+        if done(result.stdout) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+async def test_status_lists_every_kind_bound_to_the_events_exchange_with_rates_as_json(amqp):
+    await asyncio.to_thread(ensure_management_api)
+    await declare.declare_kind(amqp, "LOW_BALANCE")  # what a user's worker declares for its kind
+    try:
+        await put(amqp, topology.kind_queue("LOW_BALANCE"), "LOW_BALANCE", "x")
+        shows_it = lambda out: low_balance(out)["queue"]["messages"] == 1  # noqa: E731
+        result = await asyncio.to_thread(wait_for_status, shows_it, "--json")
+        status = json.loads(result.stdout)
+        assert status["source"] == "management"
+        (low,) = [kind for kind in status["kinds"] if kind["kind"] == "LOW_BALANCE"]
+        assert low["queue"]["messages"] == 1 and low["dead"]["messages"] == 0
+        assert isinstance(low["queue"]["in_per_s"], float) and isinstance(low["queue"]["out_per_s"], float)
+        assert {q["queue"] for q in status["review"]} == {
+            topology.INVALID_QUEUE, topology.UNROUTED_QUEUE, topology.UNVERIFIED_QUEUE
+        }
+        # Without the management API: the known kinds and the ones named, no rates, the same exit codes.
+        no_api = {"HC_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}"}
+        plain = run_tool("hypercard-status", "--kind", "LOW_BALANCE", env=no_api)
+        (line,) = [line for line in plain.stdout.splitlines() if line.startswith("LOW_BALANCE")]
+        assert line.split()[1:4] == ["1", "0", "-"] and "no management API" in plain.stdout
+    finally:
+        await forget_kind(amqp, "LOW_BALANCE")
+
+
+def test_status_watch_refreshes_in_place_until_ctrl_c(amqp):
+    pid, fd = pty.fork()
+    if pid == 0:
+        env = {**os.environ, "HC_AMQP_URL": AMQP_URL}
+        os.execve(os.path.join(BIN, "hypercard-status"), ["hypercard-status", "--watch", "0.5"], env)
+    output = b""
+    deadline = time.monotonic() + 20
+    while output.count(b"\x1b[2J") < 2 and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            output += os.read(fd, 65536)
+    os.write(fd, b"\x03")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert output.count(b"\x1b[2J") >= 2 and b"OPEN_CARD" in output  # cleared and redrawn, not scrolled
+    assert os.waitstatus_to_exitcode(status) in (0, 1) and b"Traceback" not in output
