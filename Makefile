@@ -40,6 +40,7 @@ test: install tools
 # Not part of the tests: prints the gateway next to its ceilings (needs wrk).
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench
 
 lint: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -15,11 +16,35 @@ from pathlib import Path
 import aio_pika
 import aiohttp
 
+from infra import declare
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# The benchmark's own vhost: it purges queues, and must never touch what an operator keeps in `/`.
+BENCH_VHOST = "hypercard_bench"
+AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{BENCH_VHOST}"
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
+def prepare_vhost() -> None:
+    """Create the benchmark's vhost (idempotent) and declare the topology in it."""
+    vhosts = subprocess.run(["rabbitmqctl", "-q", "list_vhosts", "name"], capture_output=True, text=True, check=True)
+    if BENCH_VHOST not in vhosts.stdout.split():
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", BENCH_VHOST], check=True, capture_output=True)
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    asyncio.run(_declare_topology())
+
+
+async def _declare_topology() -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    await declare.declare_core(channel)
+    for kind in KNOWN_KINDS:
+        await declare.declare_kind(channel, kind)
+    await connection.close()
 
 
 def wait_ready(port: int, path: str = "/readyz", timeout: float = 20) -> None:
@@ -74,8 +99,16 @@ def pids_named(name: str) -> list[int]:
 
 
 @contextmanager
-def running(args: list[str], env: dict[str, str] | None = None, ready_port: int | None = None, ready_path="/readyz"):
-    process = subprocess.Popen(args, env={**os.environ, **(env or {})}, **QUIET)
+def running(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    ready_port: int | None = None,
+    ready_path: str = "/readyz",
+    output: Path | None = None,
+):
+    """A process for one phase; its output goes to `output` (else nowhere)."""
+    streams = QUIET if output is None else {"stdout": output.open("wb"), "stderr": subprocess.STDOUT}
+    process = subprocess.Popen(args, env={**os.environ, **(env or {})}, **streams)
     try:
         if ready_port:
             wait_ready(ready_port, ready_path)
@@ -95,6 +128,7 @@ async def purge(extra: tuple[str, ...] = ()) -> None:
         *(topology.kind_queue(k) for k in KNOWN_KINDS),
         topology.INVALID_QUEUE,
         topology.UNROUTED_QUEUE,
+        topology.UNVERIFIED_QUEUE,
         *extra,
     ]:
         await (await channel.declare_queue(name, passive=True)).purge()

@@ -120,7 +120,9 @@ async def _receive(request: web.Request, line: dict[str, object], default_kind: 
     )
     publish_started = time.perf_counter()
     await request.app[PUBLISHER].publish_confirmed(body, verdict.routing_key, properties)
-    metrics.confirm_seconds.observe(time.perf_counter() - publish_started)
+    confirm_seconds = time.perf_counter() - publish_started
+    metrics.confirm_seconds.observe(confirm_seconds)
+    line["confirm_ms"] = round(confirm_seconds * 1000, 2)  # the broker's share of latency_ms
 
     line["outcome"] = verdict.outcome
     if verdict.outcome == "quarantined":

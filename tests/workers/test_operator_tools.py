@@ -129,10 +129,12 @@ async def test_status_is_0_when_clean_1_with_dead_letters_2_without_broker(amqp)
     for name in ("OPEN_CARD", "hypercard.invalid", "hypercard.unverified"):
         assert name in clean.stdout
     await put(amqp, topology.dead_queue("BUY_COIN"), "BUY_COIN", "d")
-    alert = await asyncio.to_thread(wait_for_status, lambda out: "dead letters" in out)
-    assert alert.returncode == 1
-    (line,) = [line for line in alert.stdout.splitlines() if line.startswith("BUY_COIN")]
-    assert line.split()[5] == "1" and "dead letters" in line
+
+    def buy_coin(output: str) -> str:
+        return next(line for line in output.splitlines() if line.startswith("BUY_COIN "))
+
+    alert = await asyncio.to_thread(wait_for_status, lambda out: buy_coin(out).split()[5] == "1")
+    assert alert.returncode == 1 and "dead letters" in buy_coin(alert.stdout)
     down = run_tool("hypercard-status", env={"HC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/"})
     assert down.returncode == 2 and "unreachable" in down.stderr
 
