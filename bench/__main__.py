@@ -82,7 +82,7 @@ class Throughput:
 
 
 def throughput(args: list[str], env: dict[str, str], script: Path, seconds: float, connections: int = 64,
-               ready_path: str = "/readyz") -> Throughput:
+               ready_path: str | None = "/readyz") -> Throughput:
     """One server under wrk: its rate and the CPU it spent per request (from /proc, over the run)."""
     with running(args, env, ready_port=PORT, ready_path=ready_path) as server:
         pids = process_tree(server.pid)
@@ -101,7 +101,7 @@ def gateway_throughput(keys: Path, script: Path, seconds: float, processes: int)
 
 def essential_throughput(keys: Path, script: Path, seconds: float) -> Throughput:
     args = [sys.executable, "-m", "bench.essential", str(PORT), str(keys / "platform-public.pem"), AMQP_URL]
-    return throughput(args, {}, script, seconds, ready_path="/")
+    return throughput(args, {}, script, seconds, ready_path=None)
 
 
 def peer_throughput(script: Path, seconds: float) -> Throughput | None:
@@ -109,7 +109,7 @@ def peer_throughput(script: Path, seconds: float) -> Throughput | None:
         print("  FastAPI peer not installed (pip install -e '.[bench]'): skipped", file=sys.stderr)
         return None
     args = [sys.executable, "-m", "bench.fastapi_peer", str(PORT), AMQP_URL]
-    return throughput(args, {}, script, seconds, ready_path="/")
+    return throughput(args, {}, script, seconds, ready_path=None)
 
 
 def paced_script(keys: Path, rate: float, seconds: float, connections: int, tag: str) -> Path:

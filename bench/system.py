@@ -103,15 +103,17 @@ def running(
     args: list[str],
     env: dict[str, str] | None = None,
     ready_port: int | None = None,
-    ready_path: str = "/readyz",
+    ready_path: str | None = "/readyz",  # None: ready when the port accepts connections
     output: Path | None = None,
 ):
     """A process for one phase; its output goes to `output` (else nowhere)."""
     streams = QUIET if output is None else {"stdout": output.open("wb"), "stderr": subprocess.STDOUT}
     process = subprocess.Popen(args, env={**os.environ, **(env or {})}, **streams)
     try:
-        if ready_port:
+        if ready_port and ready_path:
             wait_ready(ready_port, ready_path)
+        elif ready_port:
+            wait_ready_post(ready_port)
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
