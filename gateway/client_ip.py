@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -29,11 +30,14 @@ class ClientAddressPolicy:
     def __init__(self, allowed: Iterable[str] = (), trusted_proxies: Iterable[str] = ()) -> None:
         self.allowed = _networks(allowed)
         self.trusted_proxies = _networks(trusted_proxies)
+        # The platform pushes from a handful of addresses: each peer/header combination is parsed once.
+        self.client_address = functools.lru_cache(maxsize=1024)(self._client_address)  # type: ignore[method-assign]
+        self.allows = functools.lru_cache(maxsize=1024)(self._allows)  # type: ignore[method-assign]
 
     def _trusted(self, address: Address) -> bool:
         return any(address in network for network in self.trusted_proxies)
 
-    def client_address(self, peer: str | None, forwarded_for: Sequence[str] | str | None) -> str:
+    def _client_address(self, peer: str | None, forwarded_for: Sequence[str] | str | None) -> str:
         """The first untrusted hop, read from the right of X-Forwarded-For, when the peer is a trusted proxy.
 
         `forwarded_for` is every X-Forwarded-For header line, in order: a proxy that appends its own line after a
@@ -55,7 +59,7 @@ class ClientAddressPolicy:
                 return str(address)
         return str(address)
 
-    def allows(self, client: str) -> bool:
+    def _allows(self, client: str) -> bool:
         if not self.allowed:
             return True
         address = _address(client)

@@ -49,13 +49,14 @@ def check_signature(
     """The signature's outcome (UNCHECKED without a verifier: HC_SIGNATURE_MODE=off). The caller decides what an
     outcome other than VALID means in its mode; such an event is never handed to the workers."""
     signed = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
-    primary = next(readings(signed, body))
+    candidates = list(readings(signed, body))  # usually one; each is built once
+    primary = candidates[0]
     if verifier is None:
         return SignatureCheck(SignatureOutcome.UNCHECKED, primary.body)
     missing = [name for name in REQUIRED_HEADERS if not headers.get(name)]
     if missing:
         return SignatureCheck(SignatureOutcome.MISSING, primary.body, f"no {', '.join(missing)} header")
-    reading = verifier.verified_reading(readings(signed, body), headers[SIGNATURE_HEADER])
+    reading = verifier.verified_reading(candidates, headers[SIGNATURE_HEADER])
     if reading is None:
         return SignatureCheck(SignatureOutcome.INVALID, primary.body, "the signature does not verify")
     if reason := ambiguity(body):

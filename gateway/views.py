@@ -78,7 +78,7 @@ async def _receive(request: web.Request, line: dict[str, object], default_kind: 
     check_header_text(headers)
 
     policy = request.app[ADDRESS_POLICY]
-    client_ip = policy.client_address(request.remote, headers.getall("X-Forwarded-For", ()))
+    client_ip = policy.client_address(request.remote, tuple(headers.getall("X-Forwarded-For", ())))
     line["client_ip"] = client_ip
     if not policy.allows(client_ip):
         raise Forbidden(f"address {client_ip} is not in the allow-list")

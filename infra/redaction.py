@@ -54,6 +54,9 @@ SAFE_KEYS = frozenset(
         "received_at",
         "refund_amount",
         "txn_amount",
+        "outcome",  # the project's own words (accepted, quarantined, Unauthorized...)
+        "signature_outcome",
+        "path",  # a route of the gateway's: only configured paths reach the push view
     }
 )
 _SECRET_TEXT = re.compile(
