@@ -46,8 +46,8 @@ def check_api_key(headers: Mapping[str, str], api_keys: tuple[str, ...]) -> None
 def check_signature(
     headers: Mapping[str, str], body: Mapping[str, str], verifier: SignatureVerifier | None
 ) -> SignatureCheck:
-    """The signature's outcome (UNCHECKED without a verifier: HC_SIGNATURE_MODE=off). The caller decides what an
-    outcome other than VALID means in its mode; such an event is never handed to the workers."""
+    """The signature's outcome (UNCHECKED without a verifier: HC_SIGNATURE_MODE=off, development only). The caller
+    decides what MISSING, INVALID or AMBIGUOUS means in its mode; such an event is never handed to the workers."""
     signed = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
     candidates = list(readings(signed, body))  # usually one; each is built once
     primary = candidates[0]
