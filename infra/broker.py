@@ -24,37 +24,6 @@ async def connect(urls: list[str], timeout: float = 10.0) -> aio_pika.abc.Abstra
     raise last_error or ConnectionError("no broker URL configured (HC_AMQP_URL)")
 
 
-async def keep_connected(
-    setup: Callable[[], Awaitable[None]],
-    drop: Callable[[], Awaitable[None]],
-    lost: asyncio.Event,
-    *,
-    first_delay: float = 0.5,
-    max_delay: float = 5.0,
-    stopping: Callable[[], bool] = lambda: False,
-) -> None:
-    """Run `setup` (connect, declare, consume...), wait until `lost` is set (by a close callback or a failed
-    operation), `drop` what is left, and start over; failed set-ups back off exponentially. Runs until cancelled
-    or until `stopping()` says so after a loss: a shutting-down worker must not start consuming again."""
-    delay = first_delay
-    while not stopping():
-        lost.clear()
-        try:
-            await setup()
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # any failure to connect or declare: try again later, the first node first
-            log.warning("broker connection failed", error=f"{type(error).__name__}: {error}", retry_in=delay)
-            await drop()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
-            continue
-        delay = first_delay
-        await lost.wait()
-        log.warning("broker connection lost; reconnecting")
-        await drop()
-
-
 class BrokerConnection:
     """One long-lived broker connection, set up again after every loss: the lifecycle the gateway's publisher and
     the workers' consumers share.
@@ -80,7 +49,8 @@ class BrokerConnection:
         self._setup = setup
         self._on_lost = on_lost
         self._timeout = timeout
-        self._delays = (first_delay, max_delay)
+        self._first_delay = first_delay
+        self._max_delay = max_delay
         self._stopping = stopping
         self._name = name
         self._lost = asyncio.Event()
@@ -92,14 +62,7 @@ class BrokerConnection:
         return self._connection
 
     def start(self) -> None:
-        first_delay, max_delay = self._delays
-        self._task = asyncio.create_task(
-            keep_connected(
-                self._connect, self._drop, self._lost, first_delay=first_delay, max_delay=max_delay,
-                stopping=self._stopping,
-            ),
-            name=self._name,
-        )  # fmt: skip
+        self._task = asyncio.create_task(self._keep_connected(), name=self._name)
 
     def watch(self, channel: aio_pika.abc.AbstractChannel) -> None:
         channel.close_callbacks.add(self._closed)
@@ -114,6 +77,28 @@ class BrokerConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._drop()
+
+    async def _keep_connected(self) -> None:
+        """Connect and set up, wait for a loss, drop what is left, and start over; failed set-ups back off
+        exponentially. Runs until cancelled, or until `stopping()` says so after a loss: a shutting-down worker must
+        not start consuming again."""
+        delay = self._first_delay
+        while not self._stopping():
+            self._lost.clear()
+            try:
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any failure to connect or declare: try again later, the first node first
+                log.warning("broker connection failed", error=f"{type(error).__name__}: {error}", retry_in=delay)
+                await self._drop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_delay)
+                continue
+            delay = self._first_delay
+            await self._lost.wait()
+            log.warning("broker connection lost; reconnecting")
+            await self._drop()
 
     async def _connect(self) -> None:
         connection = await connect(self.urls, timeout=self._timeout)
