@@ -70,14 +70,36 @@ def inbox_key(natural_key: str) -> str:
     return hashlib.sha256(natural_key.encode()).hexdigest()
 
 
-async def claim(tx: asyncpg.Connection, kind: str, natural_key: str, event_id: str) -> bool:
-    """Record that this key is being handled, inside the handler's transaction. False: handled before (or being
-    handled by a concurrent delivery that then committed), so this delivery is a duplicate."""
+async def claim(tx: asyncpg.Connection, kind: str, key: str, event_id: str) -> bool:
+    """Record that the key with digest `key` is being handled, inside the handler's transaction. False: handled
+    before (or being handled by a concurrent delivery that then committed), so this delivery is a duplicate."""
     inserted = await tx.fetchval(
         """INSERT INTO hypercard_inbox (kind, idempotency_key, event_id) VALUES ($1, $2, $3)
            ON CONFLICT DO NOTHING RETURNING true""",
         kind,
-        inbox_key(natural_key),
+        key,
         event_id,
     )
     return bool(inserted)
+
+
+async def claim_many(tx: asyncpg.Connection, claims: list[tuple[str, str, str]]) -> set[tuple[str, str]]:
+    """Claim (kind, key digest, event id) rows in one statement; the (kind, key) pairs claimed now. The rows go in
+    sorted order, so two batches claiming overlapping keys wait on each other instead of deadlocking."""
+    if not claims:
+        return set()
+    kinds, keys, event_ids = zip(*claims, strict=True)
+    rows = await tx.fetch(
+        """INSERT INTO hypercard_inbox (kind, idempotency_key, event_id)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ORDER BY 1, 2
+           ON CONFLICT DO NOTHING RETURNING kind, idempotency_key""",
+        kinds,
+        keys,
+        event_ids,
+    )
+    return {(row[0], row[1]) for row in rows}
+
+
+async def release_claim(tx: asyncpg.Connection, kind: str, key: str) -> None:
+    """Undo a claim whose handler failed (its savepoint rolled back), so that the retry is not a duplicate."""
+    await tx.execute("DELETE FROM hypercard_inbox WHERE kind = $1 AND idempotency_key = $2", kind, key)

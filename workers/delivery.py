@@ -1,5 +1,6 @@
-"""What happens to one delivery: decode, claim its inbox key, run the handler in the same transaction, then ack,
-retry or dead-letter. The connection lifecycle around it is `workers.runtime`."""
+"""What happens to one delivery: decode, claim its inbox key, run its handler inside a transaction, then ack, retry
+or dead-letter. `workers.batches` runs several deliveries in one transaction; this module is what each delivery
+goes through however many share it. The connection lifecycle around both is `workers.runtime`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
@@ -15,16 +17,41 @@ import msgspec
 import structlog
 
 from infra.redaction import bind_secrets, clear_secrets, scrub
+from schemas.events import Event
 from workers import database
+from workers.acks import ChannelAcks
 from workers.context import HandlerContext
 from workers.errors import GiveUp, Retry, Skip
 from workers.metrics import WorkerMetrics
 from workers.registry import Registration
-from workers.retries import RetryPublisher, ack
+from workers.retries import RetryPublisher
 
 log = structlog.get_logger("workers")
 # Asked after a handler failed: is PostgreSQL itself unreachable? (Then the failure is not the event's.)
 OutageCheck = Callable[[Exception], Awaitable[bool]]
+# What running a delivery's handler came to, before its message is settled: HANDLED, DUPLICATE, or what it raised.
+HANDLED = "handled"
+DUPLICATE = "duplicate"
+Result = str | Exception
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    registration: Registration
+    message: aio_pika.abc.AbstractIncomingMessage
+    retries: RetryPublisher  # publishes on the channel the message came on: its delivery tag belongs there
+    acks: ChannelAcks  # that channel's acks
+    arrived: float  # perf_counter when it was delivered
+    event_id: str
+    attempt: int  # 1 on the first delivery, 2 on the first retry, ...
+    received_at: datetime  # when the gateway received the event
+    event: Event | None = None  # set once decoded
+    natural_key: str | None = None  # the key the inbox de-duplicates on (None: every notification counts)
+    inbox_key: str | None = None  # its digest, the inbox row's key
+
+    @property
+    def kind(self) -> str:
+        return self.registration.kind
 
 
 class DeliveryPolicy:
@@ -42,87 +69,123 @@ class DeliveryPolicy:
         self.retry_delays = retry_delays
         self.database_unreachable = database_unreachable
 
-    async def process(
-        self, registration: Registration, message: aio_pika.abc.AbstractIncomingMessage, retries: RetryPublisher
-    ) -> None:
-        """One delivery, with its canonical log line and latency metric."""
-        started = time.perf_counter()
-        kind = registration.kind
-        headers = message.headers or {}
-        event_id = str(headers.get("event_id") or message.message_id or "")
-        attempt = int(headers.get("attempt", 1))  # type: ignore[arg-type]
-        structlog.contextvars.clear_contextvars()
-        clear_secrets()
-        structlog.contextvars.bind_contextvars(event_id=event_id, notify_type=kind, attempt=attempt)
-        outcome = "handled"
-        try:
-            outcome = await self._handle(registration, message, retries, event_id, attempt, headers)
-        except asyncio.CancelledError:
-            outcome = "cut_off"  # shutdown grace ran out: left unacked, the broker redelivers it
-            raise
-        finally:
-            latency = time.perf_counter() - started
-            self.metrics.latency.labels(kind).observe(latency)
-            log.info("message", kind=kind, outcome=outcome, latency_ms=round(latency * 1000, 2))
-
-    async def _handle(
+    def receive(
         self,
         registration: Registration,
         message: aio_pika.abc.AbstractIncomingMessage,
         retries: RetryPublisher,
-        event_id: str,
-        attempt: int,
-        headers: dict,
-    ) -> str:
-        kind = registration.kind
-        try:
-            event = registration.decoder.decode(message.body)
-        except msgspec.MsgspecError as error:
-            await retries.dead_letter(message, kind, "DecodeError", str(error), attempt)
-            self.metrics.dead_lettered.labels(kind).inc()
-            return "dead_lettered"
+        acks: ChannelAcks,
+    ) -> Delivery:
+        headers = message.headers or {}
+        acks.delivered(message)
+        return Delivery(
+            registration,
+            message,
+            retries,
+            acks,
+            time.perf_counter(),
+            str(headers.get("event_id") or message.message_id or ""),
+            int(headers.get("attempt", 1)),  # type: ignore[arg-type]
+            _received_at(headers),
+        )
 
-        # Its one-time code, e-mail, mobile: scrubbed from every log line and error header written from here on.
-        bind_secrets(getattr(event, name, None) for name in type(event).sensitive)
-        natural_key = event.idempotency_key()
-        received_at = _received_at(headers)
+    def bind(self, delivery: Delivery) -> None:
+        """Log lines from here on name this delivery, and its one-time code, e-mail and mobile are scrubbed from
+        every log line and error header."""
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            event_id=delivery.event_id, notify_type=delivery.kind, attempt=delivery.attempt
+        )
+        clear_secrets()
+        if delivery.event is not None:
+            bind_secrets(getattr(delivery.event, name, None) for name in type(delivery.event).sensitive)
+
+    async def decode(self, delivery: Delivery) -> bool:
+        """Decode the body and compute its keys; a body that does not decode is dead-lettered (False)."""
+        try:
+            delivery.event = delivery.registration.decoder.decode(delivery.message.body)
+        except msgspec.MsgspecError as error:
+            self.bind(delivery)
+            message, kind = delivery.message, delivery.kind
+            await delivery.retries.dead_letter(message, kind, "DecodeError", str(error), delivery.attempt)
+            delivery.acks.settled_elsewhere(delivery.message)
+            self.metrics.dead_lettered.labels(delivery.kind).inc()
+            self.finish(delivery, "dead_lettered")
+            return False
+        delivery.natural_key = delivery.event.idempotency_key()
+        if delivery.natural_key is not None:
+            delivery.inbox_key = database.inbox_key(delivery.natural_key)
+        return True
+
+    async def run_handler(self, delivery: Delivery, connection: asyncpg.Connection) -> None:
+        context = HandlerContext(
+            delivery.event_id, delivery.natural_key, delivery.attempt, delivery.received_at, log.bind(), connection
+        )
+        async with asyncio.timeout(self.handler_timeout):
+            await delivery.registration.handler(delivery.event, context)
+
+    async def process_alone(self, delivery: Delivery) -> None:
+        """A decoded delivery in a transaction of its own, settled, with its canonical log line."""
+        self.bind(delivery)
+        outcome = "cut_off"  # shutdown grace ran out: left unacked, the broker redelivers it
+        try:
+            outcome = await self._handle_alone(delivery)
+            await delivery.acks.flush()
+        finally:
+            self.finish(delivery, outcome)
+
+    async def _handle_alone(self, delivery: Delivery) -> str:
         try:
             async with self.pool.acquire() as connection, connection.transaction():
-                if natural_key is not None and not await database.claim(connection, kind, natural_key, event_id):
-                    duplicate = True
+                if delivery.inbox_key is not None and not await database.claim(
+                    connection, delivery.kind, delivery.inbox_key, delivery.event_id
+                ):
+                    result: Result = DUPLICATE
                 else:
-                    duplicate = False
-                    context = HandlerContext(event_id, natural_key, attempt, received_at, log.bind(), connection)
-                    async with asyncio.timeout(self.handler_timeout):
-                        await registration.handler(event, context)
-        except Skip as error:
-            await ack(message)
+                    await self.run_handler(delivery, connection)
+                    result = HANDLED
+        except Exception as error:  # Retry, a timeout, a bug: all retryable; a database outage is not the event's
+            if not isinstance(error, Skip | GiveUp) and await self.database_unreachable(error):
+                with contextlib.suppress(Exception):
+                    await delivery.message.nack(requeue=True)  # back to the queue, no attempt counted
+                delivery.acks.settled_elsewhere(delivery.message)
+                return "returned"
+            result = error
+        return await self.settle(delivery, result)
+
+    async def settle(self, delivery: Delivery, result: Result) -> str:
+        """Once the transaction its handler ran in has ended: retry or dead-letter the message now, or mark it to be
+        acked by the next `acks.flush()`; the outcome."""
+        kind, message = delivery.kind, delivery.message
+        if result == HANDLED or result == DUPLICATE:
+            delivery.acks.ack_later(message)
+            (self.metrics.handled if result == HANDLED else self.metrics.duplicates).labels(kind).inc()
+            return str(result)
+        if isinstance(result, Skip):
+            delivery.acks.ack_later(message)
             self.metrics.skipped.labels(kind).inc()
-            log.info("skipped", reason=str(error))
+            log.info("skipped", reason=str(result))
             return "skipped"
-        except GiveUp as error:
-            await retries.dead_letter(message, kind, type(error).__name__, str(error), attempt)
+        assert isinstance(result, Exception)
+        delivery.acks.settled_elsewhere(message)  # acked once its copy is stored, or requeued
+        if isinstance(result, GiveUp):
+            await delivery.retries.dead_letter(message, kind, type(result).__name__, str(result), delivery.attempt)
             self.metrics.dead_lettered.labels(kind).inc()
             return "dead_lettered"
-        except Exception as error:  # Retry, a timeout, a bug: all retryable; a database outage is not the event's
-            if await self.database_unreachable(error):
-                with contextlib.suppress(Exception):
-                    await message.nack(requeue=True)  # back to the queue, no attempt counted
-                return "returned"
-            delay = error.delay if isinstance(error, Retry) else None
-            error_type = "HandlerTimeout" if isinstance(error, TimeoutError) else type(error).__name__
-            log.warning("handler failed", error_type=error_type, error=scrub(str(error))[:500])
-            scheduled = await retries.retry_or_dead_letter(
-                message, kind, self.retry_delays(kind), attempt, error_type, str(error), delay
-            )
-            (self.metrics.retried if scheduled else self.metrics.dead_lettered).labels(kind).inc()
-            return "retried" if scheduled else "dead_lettered"
-        await ack(message)
-        if duplicate:
-            self.metrics.duplicates.labels(kind).inc()
-            return "duplicate"
-        self.metrics.handled.labels(kind).inc()
-        return "handled"
+        delay = result.delay if isinstance(result, Retry) else None
+        error_type = "HandlerTimeout" if isinstance(result, TimeoutError) else type(result).__name__
+        log.warning("handler failed", error_type=error_type, error=scrub(str(result))[:500])
+        scheduled = await delivery.retries.retry_or_dead_letter(
+            message, kind, self.retry_delays(kind), delivery.attempt, error_type, str(result), delay
+        )
+        (self.metrics.retried if scheduled else self.metrics.dead_lettered).labels(kind).inc()
+        return "retried" if scheduled else "dead_lettered"
+
+    def finish(self, delivery: Delivery, outcome: str) -> None:
+        """The delivery's canonical log line and its latency, from delivery to settlement."""
+        latency = time.perf_counter() - delivery.arrived
+        self.metrics.latency.labels(delivery.kind).observe(latency)
+        log.info("message", kind=delivery.kind, outcome=outcome, latency_ms=round(latency * 1000, 2))
 
 
 def _received_at(headers: dict) -> datetime:

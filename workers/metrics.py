@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+BATCH_SIZE_BUCKETS = (2, 4, 8, 16, 32, 48, 64)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -32,9 +33,15 @@ class WorkerMetrics:
             "1 while consumption is paused because PostgreSQL does not answer.",
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "hypercard_worker_batch_size",
+            "Deliveries handled in one transaction (batches of two or more).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "hypercard_worker_handler_seconds",
-            "Time to handle one event, transaction included.",
+            "Time from delivery to ack, retry or dead letter: waiting for the batch and its commit included.",
             labels,
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

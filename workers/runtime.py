@@ -1,10 +1,12 @@
 """A worker's lifecycle: the database pool, the broker connection and its consumers, pausing while PostgreSQL is
-unreachable, and the drain on stop. Each delivery is handled by `workers.delivery.DeliveryPolicy`."""
+unreachable, and the drain on stop. Deliveries are handled in batches (`workers.batches`), each by the rules of
+`workers.delivery.DeliveryPolicy`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass
 
 import aio_pika
@@ -13,6 +15,8 @@ import structlog
 
 from infra import broker, declare
 from workers import database
+from workers.acks import ChannelAcks
+from workers.batches import Batches
 from workers.delivery import DeliveryPolicy
 from workers.errors import HandlerError
 from workers.metrics import WorkerMetrics
@@ -47,12 +51,13 @@ class WorkerRuntime:
         self.metrics.start_series(sorted(self.registrations))
         self.pool: asyncpg.Pool | None = None
         self._policy: DeliveryPolicy | None = None
+        self._batches: Batches | None = None
         self._consuming = asyncio.Event()
         self._stopping = False
-        self._in_flight: set[asyncio.Task] = set()
         self._queues: list[tuple[str, aio_pika.abc.AbstractQueue]] = []
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._retries: RetryPublisher | None = None
+        self._acks: ChannelAcks | None = None
         self._outage: DatabaseOutage | None = None  # set while PostgreSQL does not answer: consumption paused
         self._link = broker.BrokerConnection(
             settings.amqp_urls, self._consume, on_lost=self._not_consuming, stopping=lambda: self._stopping,
@@ -62,14 +67,25 @@ class WorkerRuntime:
     def retry_delays(self, kind: str) -> tuple[float, ...]:
         return self.registrations[kind].retry_delays or self.settings.retry_delays
 
+    @property
+    def batch_concurrency(self) -> int:
+        """Batches handled at once, each on a connection of its own: enough for HC_PREFETCH deliveries, at most 20.
+        By default one: concurrent batches of one process would mostly wait on each other's rows."""
+        return min(20, math.ceil(self.settings.prefetch / self.settings.batch_size))
+
     async def start(self, wait: float = 15.0) -> None:
-        self.pool = await database.create_pool(self.settings.database_url, size=max(2, min(self.settings.prefetch, 20)))
+        # One connection per concurrent batch, and one for the database probe.
+        self.pool = await database.create_pool(self.settings.database_url, size=self.batch_concurrency + 1)
         await database.migrate(self.pool)
         for statement in self.schema_statements:
             await self.pool.execute(statement)
         self._policy = DeliveryPolicy(
             self.pool, self.metrics, self.settings.handler_timeout, self.retry_delays, self._database_unreachable
         )
+        self._batches = Batches(
+            self._policy, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
+        )
+        self._batches.start()
         self._link.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._consuming.wait(), wait)
@@ -85,13 +101,12 @@ class WorkerRuntime:
         if self._outage is not None:
             self._outage.task.cancel()
         await self._cancel_consumers()
-        if self._in_flight:
-            _, unfinished = await asyncio.wait(set(self._in_flight), timeout=self.settings.shutdown_grace)
-            for task in unfinished:
-                task.cancel()
-            if unfinished:
-                log.warning("handlers cut off at shutdown; their messages will be redelivered", count=len(unfinished))
-                await asyncio.wait(unfinished, timeout=5)
+        if self._batches is not None:
+            if not await self._batches.drained(self.settings.shutdown_grace):
+                log.warning(
+                    "handlers cut off at shutdown; their messages will be redelivered", count=self._batches.outstanding
+                )
+            await self._batches.close()
         await self._link.close()
         if self.pool is not None:
             await self.pool.close()
@@ -102,6 +117,7 @@ class WorkerRuntime:
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         await declare.declare_core(channel)
         self._retries = RetryPublisher(channel, self.settings.delivery_limit)
+        self._acks = ChannelAcks()
         self._queues = []
         for kind in self.registrations:
             queue = await declare.declare_kind(channel, kind, self.settings.delivery_limit, self.retry_delays(kind))
@@ -130,15 +146,13 @@ class WorkerRuntime:
 
     def _handler_for(self, kind: str):
         registration = self.registrations[kind]
+        assert self._policy is not None and self._batches is not None
+        assert self._retries is not None and self._acks is not None
+        policy, batches, retries, acks = self._policy, self._batches, self._retries, self._acks
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            assert task is not None and self._policy is not None and self._retries is not None
-            self._in_flight.add(task)
-            try:
-                await self._policy.process(registration, message, self._retries)
-            finally:
-                self._in_flight.discard(task)
+            """Queued for the next batch; the batch settles it."""
+            batches.submit(policy.receive(registration, message, retries, acks))
 
         return on_message
 

@@ -12,6 +12,10 @@ from infra.settings import BrokerSettings, Port, Seconds
 class WorkerSettings(BrokerSettings, kw_only=True, frozen=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     prefetch: Annotated[int, msgspec.Meta(ge=1)] = 32
+    # Deliveries per transaction, at most 64 (more savepoints than that in one transaction slow PostgreSQL down);
+    # 1 runs each delivery in a transaction of its own, up to HC_PREFETCH at once.
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=64)] = 32
+    batch_wait: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05  # seconds a batch waits to fill after its first
     handler_timeout: Seconds = 30.0
     retry_delays: tuple[Annotated[float, msgspec.Meta(gt=0)], ...] = (1.0, 10.0, 60.0, 600.0, 3600.0)
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0

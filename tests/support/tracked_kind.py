@@ -10,15 +10,16 @@ from collections import defaultdict
 
 from schemas.events import Event
 from tests.support.database import CREATE_TABLE
-from workers import GiveUp, HandlerContext, Retry, handles, schema
+from workers import GiveUp, HandlerContext, Retry, Skip, handles, schema
 
 # When each attempt started, by token: failed attempts roll their transaction back, so they are kept here.
 ATTEMPT_TIMES: defaultdict[str, list[float]] = defaultdict(list)
 
 
 class Tracked(Event, tag="TEST_TRACKED"):
-    """`fail_until`: attempts below it fail; `sleep`: seconds the handler takes; `outcome`: retry|give_up|boom;
-    `retry_after`: the delay a retrying handler asks for."""
+    """`fail_until`: attempts below it fail; `sleep`: seconds the handler takes (`outcome` pg_sleep: in a query, while
+    it fails); `outcome`: retry|give_up|skip|write_then_fail|pg_sleep; `retry_after`: the delay a retrying handler
+    asks for."""
 
     token: str
     fail_until: int = 0
@@ -32,10 +33,19 @@ class Tracked(Event, tag="TEST_TRACKED"):
 
 async def record(event: Tracked, ctx: HandlerContext) -> None:
     ATTEMPT_TIMES[event.token].append(time.monotonic())
-    if event.sleep:
+    failing = ctx.attempt < event.fail_until
+    if event.outcome == "pg_sleep":
+        if failing:
+            await ctx.tx.execute("SELECT pg_sleep($1)", event.sleep)
+    elif event.sleep:
         await asyncio.sleep(event.sleep)
     if event.outcome == "give_up":
         raise GiveUp("this event can never be handled")
+    if event.outcome == "skip":
+        raise Skip("nothing to do")
+    if event.outcome == "write_then_fail" and failing:
+        await ctx.tx.execute("INSERT INTO test_effects (kind, token, attempt) VALUES ($1, $2, $3)", event.kind(),
+                             event.token, ctx.attempt)  # fmt: skip
     if ctx.attempt < event.fail_until:
         if event.outcome == "retry":
             raise Retry("not yet", delay=event.retry_after or None)

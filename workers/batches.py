@@ -1,0 +1,191 @@
+"""Deliveries handled in batches: those that arrive together share one PostgreSQL transaction, one inbox claim
+statement and one commit. Each handler runs in a savepoint of its own, so a failure rolls back and retries only its
+own message. Messages are acked, retried or dead-lettered only after the commit, one by one (never `multiple=True`,
+which would also ack deliveries another batch is still handling).
+
+A batch holds at most HC_BATCH_SIZE deliveries (at most 64: more subtransactions than that in one transaction
+overflow PostgreSQL's per-backend cache and slow every session down), collected for at most HC_BATCH_WAIT seconds
+after the first. A batch that fails as a whole is handled again one delivery per transaction, the path that also
+pauses the worker during a database outage. So is a batch that waits on a lock for longer than BATCH_LOCK_TIMEOUT:
+two batches that update the same rows in a different order would otherwise deadlock, and PostgreSQL takes a second
+to notice. One delivery per transaction holds one row at a time and never deadlocks that way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+import asyncpg
+import structlog
+from aio_pika.exceptions import ChannelInvalidStateError
+
+from workers import database
+from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryPolicy, Result
+
+log = structlog.get_logger("workers")
+BATCH_LOCK_TIMEOUT = "100ms"
+# Another transaction holds what this batch needs: handled again one delivery per transaction.
+CONTENTION = (
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+# One savepoint name, reused: releasing the previous savepoint and opening the next take one round trip.
+FIRST_SAVEPOINT = f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'; SAVEPOINT delivery"
+NEXT_SAVEPOINT = "RELEASE SAVEPOINT delivery; SAVEPOINT delivery"
+ROLLBACK_SAVEPOINT = "ROLLBACK TO SAVEPOINT delivery"
+
+
+class Batches:
+    """Collects deliveries and runs `concurrency` batches at a time, each in a transaction of its own."""
+
+    def __init__(self, policy: DeliveryPolicy, size: int, wait: float, concurrency: int) -> None:
+        self.policy = policy
+        self.size = size
+        self.wait = wait
+        self.concurrency = concurrency
+        self._pending: deque[Delivery] = deque()
+        self._taken = 0  # deliveries in a batch and not settled yet
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._collecting = asyncio.Lock()  # one batch collects at a time, so arrivals are not spread over batches
+        self._loops: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._loops = [asyncio.create_task(self._run(), name=f"batches-{n}") for n in range(self.concurrency)]
+
+    def submit(self, delivery: Delivery) -> None:
+        self._pending.append(delivery)
+        self._idle.clear()
+        self._arrived.set()
+        if len(self._pending) >= self.size:
+            self._full.set()
+
+    @property
+    def outstanding(self) -> int:
+        """Deliveries received and not settled yet."""
+        return len(self._pending) + self._taken
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until every delivery received has been settled; False if `timeout` ran out first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return self._idle.is_set()
+
+    async def close(self) -> None:
+        """Stop; a batch still running is rolled back and its messages, unacked, are redelivered."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+
+    async def _run(self) -> None:
+        while True:
+            async with self._collecting:
+                batch = await self._collect()
+            try:
+                await self._handle(batch)
+            finally:
+                self._taken -= len(batch)
+                if not self.outstanding:
+                    self._idle.set()
+
+    async def _collect(self) -> list[Delivery]:
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if len(self._pending) < self.size and self.wait > 0:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.wait)
+        batch = [self._pending.popleft() for _ in range(min(self.size, len(self._pending)))]
+        self._taken += len(batch)
+        self._full.clear()
+        return batch
+
+    async def _handle(self, batch: list[Delivery]) -> None:
+        deliveries: list[Delivery] = []
+        claimed: set[tuple[str, str]] = set()
+        for delivery in batch:
+            if not _channel_open(delivery):  # its tag cannot be acked any more: the broker redelivers it
+                self.policy.bind(delivery)
+                self.policy.finish(delivery, "left_for_redelivery")
+            elif await self.policy.decode(delivery):
+                if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) in claimed:
+                    self.submit(delivery)  # the same key twice in one batch: the next batch tells if it is a duplicate
+                    continue
+                if delivery.inbox_key is not None:
+                    claimed.add((delivery.kind, delivery.inbox_key))
+                deliveries.append(delivery)
+        if len(deliveries) == 1:
+            await self.policy.process_alone(deliveries[0])
+            return
+        if not deliveries:
+            return
+        self.policy.metrics.batch_size.observe(len(deliveries))
+        try:
+            results = await self._transaction(deliveries)
+        except asyncio.CancelledError:
+            for delivery in deliveries:
+                self.policy.bind(delivery)
+                self.policy.finish(delivery, "cut_off")  # unacked: the broker redelivers it
+            raise
+        except Exception as error:
+            structlog.contextvars.clear_contextvars()
+            report = log.info if isinstance(error, CONTENTION) else log.warning
+            report("batch rolled back; handling its deliveries one per transaction", error=type(error).__name__,
+                   size=len(deliveries))  # fmt: skip
+            for delivery in deliveries:
+                await self.policy.process_alone(delivery)
+            return
+        outcomes = {}
+        for delivery in deliveries:
+            self.policy.bind(delivery)
+            outcomes[delivery] = await self.policy.settle(delivery, results[delivery])
+        for acks in {delivery.acks for delivery in deliveries}:
+            await acks.flush()
+        for delivery in deliveries:
+            self.policy.bind(delivery)
+            self.policy.finish(delivery, outcomes[delivery])
+
+    async def _transaction(self, deliveries: list[Delivery]) -> dict[Delivery, Result]:
+        """Claim every key, run each handler in its savepoint, commit; what each came to. Raises if the transaction
+        as a whole failed: then nothing of it was committed."""
+        results: dict[Delivery, Result] = {}
+        async with self.policy.pool.acquire() as connection, connection.transaction():
+            claimed = await database.claim_many(
+                connection, [(d.kind, d.inbox_key, d.event_id) for d in deliveries if d.inbox_key is not None]
+            )
+            savepoint = FIRST_SAVEPOINT
+            for delivery in deliveries:
+                if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) not in claimed:
+                    results[delivery] = DUPLICATE
+                    continue
+                self.policy.bind(delivery)
+                await connection.execute(savepoint)
+                savepoint = NEXT_SAVEPOINT
+                results[delivery] = await self._run_handler(connection, delivery)
+        return results
+
+    async def _run_handler(self, connection: asyncpg.Connection, delivery: Delivery) -> Result:
+        try:
+            await self.policy.run_handler(delivery, connection)
+        except CONTENTION:
+            raise  # not the event's fault: the whole batch again, one delivery per transaction
+        except Exception as error:  # its own effects undone, and its claim, so that its retry is not a duplicate
+            await connection.execute(ROLLBACK_SAVEPOINT)
+            if delivery.inbox_key is not None:
+                await database.release_claim(connection, delivery.kind, delivery.inbox_key)
+            return error
+        return HANDLED
+
+
+def _channel_open(delivery: Delivery) -> bool:
+    try:
+        delivery.message.channel  # noqa: B018 - raises once the channel is closed
+    except ChannelInvalidStateError:
+        return False
+    return True
