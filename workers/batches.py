@@ -143,12 +143,14 @@ class Batches:
             return
         outcomes = {}
         for delivery in deliveries:
-            self.policy.bind(delivery)
-            outcomes[delivery] = await self.policy.settle(delivery, results[delivery])
+            result = results[delivery]
+            if result != HANDLED and result != DUPLICATE:
+                self.policy.bind(delivery)  # settling it logs: a skip's reason, a failure
+            outcomes[delivery] = await self.policy.settle(delivery, result)
         for acks in {delivery.acks for delivery in deliveries}:
             await acks.flush()
+        structlog.contextvars.clear_contextvars()  # each canonical line names its own delivery
         for delivery in deliveries:
-            self.policy.bind(delivery)
             self.policy.finish(delivery, outcomes[delivery])
 
     async def _transaction(self, deliveries: list[Delivery]) -> dict[Delivery, Result]:

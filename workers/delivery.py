@@ -185,7 +185,15 @@ class DeliveryPolicy:
         """The delivery's canonical log line and its latency, from delivery to settlement."""
         latency = time.perf_counter() - delivery.arrived
         self.metrics.latency.labels(delivery.kind).observe(latency)
-        log.info("message", kind=delivery.kind, outcome=outcome, latency_ms=round(latency * 1000, 2))
+        log.info(
+            "message",
+            event_id=delivery.event_id,
+            notify_type=delivery.kind,
+            attempt=delivery.attempt,
+            kind=delivery.kind,
+            outcome=outcome,
+            latency_ms=round(latency * 1000, 2),
+        )
 
 
 def _received_at(headers: dict) -> datetime:

@@ -102,6 +102,10 @@ async def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(db, amq
         assert await effects(db) == wanted
     finally:
         second.stop()
+    # One canonical line per delivery, each naming its own event, though they shared a transaction.
+    lines = second.events(event="message", outcome="handled")
+    assert sorted(line["event_id"] for line in lines) == sorted(f"id-{token}" for token in tokens)
+    assert {line["notify_type"] for line in lines} == {KIND}
 
 
 async def test_an_ack_never_covers_a_delivery_another_batch_is_still_handling(db, amqp, tmp_path):
