@@ -1,6 +1,6 @@
 """The benchmark: the gateway next to its floor and its peer, measured in one run on this machine. Prints a table.
 
-    .venv/bin/python -m bench                 # everything (about 4 minutes; `make bench` installs wrk and the peer)
+    .venv/bin/python -m bench                 # everything (under 5 minutes; `make bench` installs wrk and the peer)
     .venv/bin/python -m bench --seconds 5 --e2e-seconds 20
 
 Compared in the same run: the essential work alone (bench/essential.py: the floor), the gateway, and what a user
@@ -139,11 +139,14 @@ def latency_at(keys: Path, rate: float, seconds: float) -> dict[str, float]:
     return result
 
 
-def end_to_end(keys: Path, rate: float, seconds: float, workers: int, processes: int) -> dict[str, object]:
+def end_to_end(
+    keys: Path, rate: float, seconds: float, workers: int, processes: int, tag: str, **worker_settings: str
+) -> dict[str, object]:
+    """The whole path at a fixed offered rate: accepted, handled, queue depth, CPU per handled event by process."""
     connections = 100
-    script = paced_script(keys, rate, seconds, connections, "e2e")
+    script = paced_script(keys, rate, seconds, connections, tag)
     metrics_ports = [19100 + n for n in range(workers)]
-    worker_env = {"HC_DATABASE_URL": DATABASE_URL, "HC_AMQP_URL": AMQP_URL, "HC_PREFETCH": "64"}
+    worker_env = {"HC_DATABASE_URL": DATABASE_URL, "HC_AMQP_URL": AMQP_URL, "HC_PREFETCH": "64", **worker_settings}
     gateway = running([str(BIN / "hypercard-gateway")], gateway_env(keys, HC_PROCESSES=str(processes)), ready_port=PORT)
     worker_runs = [
         running(
@@ -208,8 +211,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10, help="length of each throughput phase")
     parser.add_argument("--rate", type=float, default=500, help="fixed rate of the latency phase")
-    parser.add_argument("--e2e-rate", type=float, default=1000)
-    parser.add_argument("--e2e-seconds", type=float, default=60)
+    parser.add_argument("--e2e-rate", type=float, default=1500)
+    parser.add_argument("--e2e-seconds", type=float, default=40, help="length of each end-to-end phase")
     parser.add_argument("--workers", type=int, default=2, help="worker processes in the end-to-end phase")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="hypercard-bench-"))
@@ -241,23 +244,47 @@ def main() -> None:
     peer = peer_throughput(script, args.seconds)
     print(f"4/6 latency at {args.rate:g} requests/s", file=sys.stderr)
     latency = latency_at(folder, args.rate, args.seconds)
-    print(f"5/6 end to end at {args.e2e_rate:g} events/s for {args.e2e_seconds:g} s", file=sys.stderr)
-    e2e = end_to_end(folder, args.e2e_rate, args.e2e_seconds, args.workers, processes=1)
+    print(f"5/6 end to end at {args.e2e_rate:g} events/s for {args.e2e_seconds:g} s, workers batched, then each"
+          " delivery in its own transaction (HC_BATCH_SIZE=1, as before batching)", file=sys.stderr)  # fmt: skip
+    e2e = end_to_end(folder, args.e2e_rate, args.e2e_seconds, args.workers, 1, "e2e-batched")
+    e2e_single = end_to_end(folder, args.e2e_rate, args.e2e_seconds, args.workers, 1, "e2e-single", HC_BATCH_SIZE="1")
 
-    print_table(args, http_ceiling, broker_ceiling, essential, one, two, peer, latency, e2e)
+    print_table(args, http_ceiling, broker_ceiling, essential, one, two, peer, latency, e2e, e2e_single)
 
 
 def verdict(met: bool, target: str) -> str:
     return "met" if met else f"NOT met (target {target})"
 
 
-def print_table(args, http_ceiling, broker_ceiling, essential, one, two, peer, latency, e2e) -> None:
+def cpu_per_event(e2e: dict) -> dict[str, float]:
+    """CPU microseconds per handled event, by process group."""
+    return {name: seconds / max(e2e["handled"], 1) * 1e6 for name, seconds in e2e["cpu"].items()}
+
+
+def e2e_rows(label: str, e2e: dict, offered: float) -> list[tuple[str, str, str, str]]:
+    cpu = cpu_per_event(e2e)
+    depths = e2e["depths"]
+    return [
+        (
+            f"end to end, {label}",
+            f"{e2e['rate']:,.0f} events/s",
+            f"offered {offered:g}/s, accepted {e2e['accepted_rate']:,.0f}/s, handled {e2e['handled']:,.0f}",
+            f"queue depth max {max(depths, default=0)}, {depths[:2]}..{depths[-2:]}",
+        ),
+        (
+            "  CPU per handled event",
+            "  ".join(f"{name} {us:,.0f} us" for name, us in cpu.items()),
+            f"sum {sum(cpu.values()):,.0f} us",
+            "",
+        ),
+    ]
+
+
+def print_table(args, http_ceiling, broker_ceiling, essential, one, two, peer, latency, e2e, e2e_single) -> None:
     best = max(one.rate, two.rate)
     rss_gateway = max(one.rss, two.rss, e2e["rss_gateway"])
-    handled = max(e2e["handled"], 1)
-    cpu = "  ".join(f"{name} {seconds / handled * 1e6:,.0f} us" for name, seconds in e2e["cpu"].items())
-    cpu_sum = sum(e2e["cpu"].values()) / handled * 1e6
-    depths = e2e["depths"]
+    worker_cpu = cpu_per_event(e2e)["workers"] / cpu_per_event(e2e_single)["workers"]
+    throughput_gain = e2e["rate"] / max(e2e_single["rate"], 1)
 
     def ratios(rate: float) -> str:
         return f"{rate / broker_ceiling:.2f} of broker, {rate / http_ceiling:.2f} of HTTP"
@@ -295,14 +322,14 @@ def print_table(args, http_ceiling, broker_ceiling, essential, one, two, peer, l
             "request latency minus the broker's confirm wait",
             verdict(latency["own_p99"] <= 3, "p99 <= 3 ms"),
         ),
+        *e2e_rows("workers batched (HTTP -> workers -> PostgreSQL)", e2e, args.e2e_rate),
+        *e2e_rows("one delivery per transaction (HC_BATCH_SIZE=1)", e2e_single, args.e2e_rate),
         (
-            "end to end (HTTP -> workers -> PostgreSQL)",
-            f"{e2e['rate']:,.0f} events/s",
-            f"offered {args.e2e_rate:g}/s, accepted {e2e['accepted_rate']:,.0f}/s, handled {e2e['handled']:,.0f}",
-            verdict(e2e["rate"] >= 1000, "1,000/s"),
+            "batched / one per transaction",
+            f"events/s {throughput_gain:.2f}x",
+            f"worker CPU per event {worker_cpu:.2f}x",
+            f"events/s {verdict(throughput_gain >= 2, '>= 2x')}; worker CPU {verdict(worker_cpu <= 0.5, '<= 0.5x')}",
         ),
-        ("queue depth, end to end", f"max {max(depths, default=0)}", f"{depths[:3]}..{depths[-3:]}", ""),
-        ("CPU per handled event", cpu, f"sum {cpu_sum:,.0f} us", ""),
         (
             "peak RSS",
             f"gateway {rss_gateway:.0f} MB",
