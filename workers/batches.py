@@ -135,7 +135,9 @@ class Batches:
             raise
         except Exception as error:
             structlog.contextvars.clear_contextvars()
-            report = log.info if isinstance(error, CONTENTION) else log.warning
+            contention = isinstance(error, CONTENTION)
+            self.policy.metrics.batch_rollbacks.labels("lock" if contention else "failure").inc()
+            report = log.info if contention else log.warning
             report("batch rolled back; handling its deliveries one per transaction", error=type(error).__name__,
                    size=len(deliveries))  # fmt: skip
             for delivery in deliveries:

@@ -39,6 +39,13 @@ class WorkerMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
+        self.batch_rollbacks = Counter(
+            "hypercard_worker_batch_rollbacks",
+            "Batches rolled back and handled again one delivery per transaction: reason lock (another transaction "
+            "held a row longer than the batch's lock timeout) or failure (the transaction failed as a whole).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "hypercard_worker_handler_seconds",
             "Time from delivery to ack, retry or dead letter: waiting for the batch and its commit included.",
@@ -49,6 +56,8 @@ class WorkerMetrics:
 
     def start_series(self, kinds: list[str]) -> None:
         """Every per-kind series at 0 from the start, so dashboards and alerts see a kind before its first event."""
+        for reason in ("lock", "failure"):
+            self.batch_rollbacks.labels(reason)
         for kind in kinds:
             for metric in (self.handled, self.duplicates, self.retried, self.dead_lettered, self.skipped, self.latency):
                 metric.labels(kind)

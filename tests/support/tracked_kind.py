@@ -19,13 +19,14 @@ ATTEMPT_TIMES: defaultdict[str, list[float]] = defaultdict(list)
 class Tracked(Event, tag="TEST_TRACKED"):
     """`fail_until`: attempts below it fail; `sleep`: seconds the handler takes (`outcome` pg_sleep: in a query, while
     it fails); `outcome`: retry|give_up|skip|write_then_fail|pg_sleep; `retry_after`: the delay a retrying handler
-    asks for."""
+    asks for; `touch_hot`: also adds 1 to the one row of test_hot (a row every such event updates)."""
 
     token: str
     fail_until: int = 0
     sleep: float = 0.0
     outcome: str = ""
     retry_after: float = 0.0
+    touch_hot: bool = False
 
     def idempotency_key(self) -> str:
         return self.token
@@ -50,6 +51,8 @@ async def record(event: Tracked, ctx: HandlerContext) -> None:
         if event.outcome == "retry":
             raise Retry("not yet", delay=event.retry_after or None)
         raise RuntimeError(f"failing attempt {ctx.attempt}")
+    if event.touch_hot:
+        await ctx.tx.execute("UPDATE test_hot SET touched = touched + 1")
     await ctx.tx.execute(
         "INSERT INTO test_effects (kind, token, attempt) VALUES ($1, $2, $3)", event.kind(), event.token, ctx.attempt
     )

@@ -8,12 +8,14 @@ import json
 import signal
 
 import aio_pika
+import asyncpg
 import msgspec
 import pytest
 
 from infra.settings import load_settings
 from schemas import topology
 from tests.support.broker import take
+from tests.support.database import DATABASE_URL
 from tests.support.processes import worker_process
 from tests.support.waiting import eventually
 from workers.settings import WorkerSettings
@@ -78,6 +80,26 @@ async def test_a_batch_of_one_per_transaction_when_the_size_is_1(make_worker, db
     assert runtime.metrics.batch_size._sum.get() == 0  # noqa: SLF001
 
 
+async def test_a_batch_held_up_by_another_transactions_lock_is_handled_one_delivery_at_a_time(make_worker, db, amqp):
+    """Another transaction holds a row the batch updates for longer than the batch's lock timeout: the batch is rolled
+    back (it might otherwise be half of a deadlock) and its deliveries handled one per transaction, once each."""
+    await db.execute("DROP TABLE IF EXISTS test_hot")
+    await db.execute("CREATE TABLE test_hot (touched integer NOT NULL); INSERT INTO test_hot VALUES (0)")
+    tokens = [f"hot-{n}" for n in range(10)]
+    await enqueue(amqp, *[{"token": t, "touch_hot": n % 2 == 0} for n, t in enumerate(tokens)])
+    async with db.transaction():
+        await db.execute("SELECT * FROM test_hot FOR UPDATE")  # held while the worker starts and takes its batch
+        runtime = await make_worker(KIND, batch_wait=0.2)
+        await asyncio.sleep(1.0)
+        assert await _other_connection_effects() == 0  # nothing committed while the row is held
+    wanted = {token: [1] for token in tokens}
+    assert await eventually(lambda: _equal(effects(db), wanted), timeout=20)
+    assert await db.fetchval("SELECT touched FROM test_hot") == 5
+    assert runtime.metrics.retried.labels(KIND)._value.get() == 0  # noqa: SLF001 - contention is not the event's fault
+    assert runtime.metrics.batch_size._sum.get() >= 10  # noqa: SLF001 - it was tried as a batch first
+    assert runtime.metrics.batch_rollbacks.labels("lock")._value.get() >= 1  # noqa: SLF001
+
+
 async def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(db, amqp, tmp_path):
     tokens = [f"k-{n}" for n in range(30)]
     # The batch's 16th handler takes 3 s: the first fifteen are done inside the open transaction when the kill comes.
@@ -140,6 +162,14 @@ def test_batch_size_is_bounded_by_postgresqls_subtransaction_cache():
 
 async def _equal(found, wanted) -> bool:
     return await found == wanted
+
+
+async def _other_connection_effects() -> int:
+    connection = await asyncpg.connect(DATABASE_URL)
+    try:
+        return await connection.fetchval("SELECT count(*) FROM test_effects")
+    finally:
+        await connection.close()
 
 
 async def _handled(db, tokens: list[str]) -> bool:
