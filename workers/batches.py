@@ -108,17 +108,17 @@ class Batches:
 
     async def _handle(self, batch: list[Delivery]) -> None:
         deliveries: list[Delivery] = []
-        claimed: set[tuple[str, str]] = set()
+        keys: set[tuple[str, str]] = set()  # (kind, inbox key) of the deliveries kept in this batch
         for delivery in batch:
             if not _channel_open(delivery):  # its tag cannot be acked any more: the broker redelivers it
                 self.policy.bind(delivery)
                 self.policy.finish(delivery, "left_for_redelivery")
             elif await self.policy.decode(delivery):
-                if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) in claimed:
+                if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) in keys:
                     self.submit(delivery)  # the same key twice in one batch: the next batch tells if it is a duplicate
                     continue
                 if delivery.inbox_key is not None:
-                    claimed.add((delivery.kind, delivery.inbox_key))
+                    keys.add((delivery.kind, delivery.inbox_key))
                 deliveries.append(delivery)
         if len(deliveries) == 1:
             await self.policy.process_alone(deliveries[0])
