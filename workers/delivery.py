@@ -108,8 +108,8 @@ class DeliveryPolicy:
             self.bind(delivery)
             message, kind = delivery.message, delivery.kind
             await delivery.retries.dead_letter(message, kind, "DecodeError", str(error), delivery.attempt)
-            delivery.acks.settled_elsewhere(delivery.message)
-            self.metrics.dead_lettered.labels(delivery.kind).inc()
+            delivery.acks.settled_elsewhere(message)
+            self.metrics.dead_lettered.labels(kind).inc()
             self.finish(delivery, "dead_lettered")
             return False
         delivery.natural_key = delivery.event.idempotency_key()
