@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import subprocess
 import time
 import urllib.request
@@ -15,7 +16,8 @@ import aio_pika
 
 from schemas import topology
 
-TEST_VHOST = "hypercard_test"
+# HYPERCARD_TEST_VHOST lets two checkouts run their suites side by side on one broker (not an HC_* setting).
+TEST_VHOST = os.environ.get("HYPERCARD_TEST_VHOST", "hypercard_test")
 
 
 def amqp_url(port: int = 5672, vhost: str = TEST_VHOST) -> str:

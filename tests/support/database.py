@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import asyncpg
 
-DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# HYPERCARD_TEST_DATABASE lets two checkouts run their suites side by side on one server (not an HC_* setting).
+DATABASE_URL = os.environ.get("HYPERCARD_TEST_DATABASE", "postgresql://postgres@127.0.0.1:5432/test")
 # One row per committed handling of a test event (tests/support/tracked_kind.py, tests/support/effect_tap.py).
 CREATE_TABLE = """CREATE TABLE IF NOT EXISTS test_effects (
     kind text NOT NULL, token text NOT NULL, attempt integer NOT NULL, at timestamptz NOT NULL DEFAULT now())"""

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.support.broker import AMQP_URL
+from tests.support.database import DATABASE_URL
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +59,7 @@ def worker_process(tmp_path: Path, *args: str, env: dict[str, str] | None = None
     return Process(
         [sys.executable, "-m", "workers", *args],
         {
-            "HC_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+            "HC_DATABASE_URL": DATABASE_URL,
             "HC_AMQP_URL": AMQP_URL,
             "HC_METRICS_PORT": "0",
             "HC_RETRY_DELAYS": "0.2,0.4,0.8",
