@@ -18,9 +18,11 @@ from schemas import topology
 
 # HYPERCARD_TEST_VHOST lets two checkouts run their suites side by side on one broker (not an HC_* setting).
 TEST_VHOST = os.environ.get("HYPERCARD_TEST_VHOST", "hypercard_test")
+# HYPERCARD_TEST_AMQP_PORT (with RABBITMQ_NODENAME for rabbitmqctl) points the suite at another local node.
+TEST_AMQP_PORT = int(os.environ.get("HYPERCARD_TEST_AMQP_PORT", "5672"))
 
 
-def amqp_url(port: int = 5672, vhost: str = TEST_VHOST) -> str:
+def amqp_url(port: int = TEST_AMQP_PORT, vhost: str = TEST_VHOST) -> str:
     return f"amqp://guest:guest@127.0.0.1:{port}/{vhost}"
 
 
