@@ -53,7 +53,12 @@ async def declare_kind(
         ) from None
     await queue.bind(topology.EVENTS_EXCHANGE, routing_key=topology.routing_key(kind))
     for delay in retry_delays:
-        await channel.declare_queue(
-            topology.retry_queue(kind, delay), durable=True, arguments=topology.retry_queue_arguments(kind, delay)
-        )
+        await declare_retry_queue(channel, kind, delay)
     return queue
+
+
+async def declare_retry_queue(channel: aio_pika.abc.AbstractChannel, kind: str, delay: float) -> None:
+    """One retry queue of a kind, alone: what a retry needs, without declaring the kind's whole topology again."""
+    await channel.declare_queue(
+        topology.retry_queue(kind, delay), durable=True, arguments=topology.retry_queue_arguments(kind, delay)
+    )

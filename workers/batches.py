@@ -1,19 +1,24 @@
 """Deliveries handled in batches: those that arrive together share one PostgreSQL transaction, one inbox claim
 statement and one commit. Each handler runs in a savepoint of its own, so a failure rolls back and retries only its
-own message. Messages are acked, retried or dead-lettered only after the commit, one by one (never `multiple=True`,
-which would also ack deliveries another batch is still handling).
+own message. Messages are acked, retried or dead-lettered only after the commit; their frames are sent by their
+channel's `workers.acks.ChannelAcks`, which never lets one ack cover a delivery another batch is still handling.
 
 A batch holds at most HC_BATCH_SIZE deliveries (at most 64: more subtransactions than that in one transaction
 overflow PostgreSQL's per-backend cache and slow every session down), collected for at most HC_BATCH_WAIT seconds
 after the first. A batch that fails as a whole is handled again one delivery per transaction, the path that also
 pauses the worker during a database outage. So is a batch that waits on a lock for longer than BATCH_LOCK_TIMEOUT:
 two batches that update the same rows in a different order would otherwise deadlock, and PostgreSQL takes a second
-to notice. One delivery per transaction holds one row at a time and never deadlocks that way."""
+to notice. One delivery per transaction holds one row at a time and never deadlocks that way.
+
+No delivery ends a loop: whatever escapes a batch leaves its unsettled deliveries for redelivery, logged and counted
+(hypercard_worker_contained_failures_total), and a loop that ends anyway is started again
+(hypercard_worker_loop_restarts_total)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
 
 import asyncpg
@@ -22,6 +27,7 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from workers import database
 from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryPolicy, Result
+from workers.outcomes import Outcome
 
 log = structlog.get_logger("workers")
 BATCH_LOCK_TIMEOUT = "100ms"
@@ -53,9 +59,26 @@ class Batches:
         self._idle.set()
         self._collecting = asyncio.Lock()  # one batch collects at a time, so arrivals are not spread over batches
         self._loops: list[asyncio.Task[None]] = []
+        self._closing = False
 
     def start(self) -> None:
-        self._loops = [asyncio.create_task(self._run(), name=f"batches-{n}") for n in range(self.concurrency)]
+        self._closing = False
+        self._loops = [self._start_loop(n) for n in range(self.concurrency)]
+
+    def _start_loop(self, n: int) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(), name=f"batches-{n}")
+        task.add_done_callback(functools.partial(self._loop_ended, n))
+        return task
+
+    def _loop_ended(self, n: int, task: asyncio.Task[None]) -> None:
+        """A loop only ends when closed; one that ended otherwise is started again, and counted."""
+        if self._closing or task.cancelled():
+            return
+        error = task.exception()
+        log.error("batch loop ended; starting it again", loop=n,
+                  error=f"{type(error).__name__}: {error}" if error else "returned")  # fmt: skip
+        self.policy.metrics.loop_restarts.inc()
+        self._loops[n] = self._start_loop(n)
 
     def submit(self, delivery: Delivery) -> None:
         self._pending.append(delivery)
@@ -77,6 +100,7 @@ class Batches:
 
     async def close(self) -> None:
         """Stop; a batch still running is rolled back and its messages, unacked, are redelivered."""
+        self._closing = True
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -86,8 +110,19 @@ class Batches:
         while True:
             async with self._collecting:
                 batch = await self._collect()
+            outcomes: dict[Delivery, Outcome] = {}
             try:
-                await self._handle(batch)
+                try:
+                    await self._handle(batch, outcomes)
+                except asyncio.CancelledError:
+                    self.policy.cut_off(d for d in batch if d.outcome is None)  # no frame sent for any of them
+                    raise
+                except Exception as error:  # a bug, a broker or database failure outside a handler: kept to the batch
+                    reason = f"{type(error).__name__}: {error}"
+                    for delivery in batch:
+                        if delivery not in outcomes and delivery.outcome is None and delivery not in self._pending:
+                            outcomes[delivery] = self.policy.contained(delivery, "batch", reason)
+                await self.policy.conclude(outcomes)
             finally:
                 self._taken -= len(batch)
                 if not self.outstanding:
@@ -106,22 +141,26 @@ class Batches:
         self._full.clear()
         return batch
 
-    async def _handle(self, batch: list[Delivery]) -> None:
+    async def _handle(self, batch: list[Delivery], outcomes: dict[Delivery, Outcome]) -> None:
+        """Handle `batch`, putting what became of each delivery in `outcomes` (its frame is not sent yet)."""
         deliveries: list[Delivery] = []
         keys: set[tuple[str, str]] = set()  # (kind, inbox key) of the deliveries kept in this batch
         for delivery in batch:
             if not _channel_open(delivery):  # its tag cannot be acked any more: the broker redelivers it
-                self.policy.bind(delivery)
-                self.policy.finish(delivery, "left_for_redelivery")
-            elif await self.policy.decode(delivery):
-                if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) in keys:
-                    self.submit(delivery)  # the same key twice in one batch: the next batch tells if it is a duplicate
-                    continue
-                if delivery.inbox_key is not None:
-                    keys.add((delivery.kind, delivery.inbox_key))
-                deliveries.append(delivery)
+                outcomes[delivery] = Outcome.LEFT_FOR_REDELIVERY
+                continue
+            rejected = await self.policy.decode(delivery)
+            if rejected is not None:
+                outcomes[delivery] = rejected
+                continue
+            if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) in keys:
+                self.submit(delivery)  # the same key twice in one batch: the next batch tells if it is a duplicate
+                continue
+            if delivery.inbox_key is not None:
+                keys.add((delivery.kind, delivery.inbox_key))
+            deliveries.append(delivery)
         if len(deliveries) == 1:
-            await self.policy.process_alone(deliveries[0])
+            outcomes[deliveries[0]] = await self.policy.process_alone(deliveries[0])
             return
         if not deliveries:
             return
@@ -129,9 +168,6 @@ class Batches:
         try:
             results = await self._transaction(deliveries)
         except asyncio.CancelledError:
-            for delivery in deliveries:
-                self.policy.bind(delivery)
-                self.policy.finish(delivery, "cut_off")  # unacked: the broker redelivers it
             raise
         except Exception as error:
             structlog.contextvars.clear_contextvars()
@@ -141,19 +177,13 @@ class Batches:
             report("batch rolled back; handling its deliveries one per transaction", error=type(error).__name__,
                    size=len(deliveries))  # fmt: skip
             for delivery in deliveries:
-                await self.policy.process_alone(delivery)
+                outcomes[delivery] = await self.policy.process_alone(delivery)
             return
-        outcomes = {}
         for delivery in deliveries:
             result = results[delivery]
-            if result != HANDLED and result != DUPLICATE:
+            if result is not HANDLED and result is not DUPLICATE:
                 self.policy.bind(delivery)  # settling it logs: a skip's reason, a failure
             outcomes[delivery] = await self.policy.settle(delivery, result)
-        for acks in {delivery.acks for delivery in deliveries}:
-            await acks.flush()
-        structlog.contextvars.clear_contextvars()  # each canonical line names its own delivery
-        for delivery in deliveries:
-            self.policy.finish(delivery, outcomes[delivery])
 
     async def _transaction(self, deliveries: list[Delivery]) -> dict[Delivery, Result]:
         """Claim every key, run each handler in its savepoint, commit; what each came to. Raises if the transaction

@@ -1,28 +1,36 @@
-"""What happens to one delivery: decode, claim its inbox key, run its handler inside a transaction, then ack, retry
-or dead-letter. `workers.batches` runs several deliveries in one transaction; this module is what each delivery
-goes through however many share it. The connection lifecycle around both is `workers.runtime`."""
+"""What happens to one delivery: its headers checked, its body decoded, its inbox key claimed, its handler run
+inside a transaction, then its outcome: a copy stored for a retry or a dead letter when it failed, the fate of its
+message decided, its frame sent by its channel's `workers.acks.ChannelAcks`, one canonical log line, counted once.
+`workers.batches` runs several deliveries in one transaction; this module is what each delivery goes through however
+many share it. The connection lifecycle around both is `workers.runtime`.
+
+Headers are input like the body (anyone holding the broker user can publish to a kind's queue): an `attempt` that is
+not an integer from 1 to MAX_ATTEMPT dead-letters the message with error_type BadHeader; a `received_at` that is not
+an ISO 8601 time with its offset is replaced by the time of delivery; both are counted and logged, never raised."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
 import asyncpg
-import msgspec
 import structlog
+from aio_pika.exceptions import ChannelInvalidStateError
+from aiormq.exceptions import AMQPError
 
 from infra.redaction import bind_secrets, clear_secrets, scrub
 from schemas.events import Event
 from workers import database
-from workers.acks import ChannelAcks
+from workers.acks import ChannelAcks, Fate
 from workers.context import HandlerContext
 from workers.errors import GiveUp, Retry, Skip
 from workers.metrics import WorkerMetrics
+from workers.outcomes import Outcome
 from workers.registry import Registration
 from workers.retries import RetryPublisher
 
@@ -30,9 +38,13 @@ log = structlog.get_logger("workers")
 # Asked after a handler failed: is PostgreSQL itself unreachable? (Then the failure is not the event's.)
 OutageCheck = Callable[[Exception], Awaitable[bool]]
 # What running a delivery's handler came to, before its message is settled: HANDLED, DUPLICATE, or what it raised.
-HANDLED = "handled"
-DUPLICATE = "duplicate"
-Result = str | Exception
+HANDLED = Outcome.HANDLED
+DUPLICATE = Outcome.DUPLICATE
+Result = Outcome | Exception
+# The highest `attempt` header believed: retry schedules are a handful of steps, never near this.
+MAX_ATTEMPT = 1000
+# A frame that failed for one of these failed because the channel or the connection is gone.
+CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
 
 
 @dataclass(eq=False, slots=True)
@@ -45,9 +57,11 @@ class Delivery:
     event_id: str
     attempt: int  # 1 on the first delivery, 2 on the first retry, ...
     received_at: datetime  # when the gateway received the event
+    bad_headers: tuple[str, ...] = ()  # what was wrong with its headers (an `attempt` among them: dead-lettered)
     event: Event | None = None  # set once decoded
     natural_key: str | None = None  # the key the inbox de-duplicates on (None: every notification counts)
     inbox_key: str | None = None  # its digest, the inbox row's key
+    outcome: Outcome | None = None  # set by `finish`, once
 
     @property
     def kind(self) -> str:
@@ -76,17 +90,22 @@ class DeliveryPolicy:
         retries: RetryPublisher,
         acks: ChannelAcks,
     ) -> Delivery:
-        headers = message.headers or {}
-        acks.delivered(message)
+        """A delivery as it arrives; never raises on what its headers hold."""
+        acks.delivered(message, registration.kind)
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        attempt, attempt_problem = _attempt(headers)
+        received_at, received_problem = _received_at(headers)
+        event_id = headers.get("event_id") or message.message_id or ""
         return Delivery(
             registration,
             message,
             retries,
             acks,
             time.perf_counter(),
-            str(headers.get("event_id") or message.message_id or ""),
-            int(headers.get("attempt", 1)),  # type: ignore[arg-type]
-            _received_at(headers),
+            event_id if isinstance(event_id, str) else repr(event_id)[:100],
+            attempt,
+            received_at,
+            tuple(problem for problem in (attempt_problem, received_problem) if problem),
         )
 
     def bind(self, delivery: Delivery) -> None:
@@ -100,22 +119,31 @@ class DeliveryPolicy:
         if delivery.event is not None:
             bind_secrets(getattr(delivery.event, name, None) for name in type(delivery.event).sensitive)
 
-    async def decode(self, delivery: Delivery) -> bool:
-        """Decode the body and compute its keys; a body that does not decode is dead-lettered (False)."""
+    async def decode(self, delivery: Delivery) -> Outcome | None:
+        """Check its headers, decode its body, compute its keys: None when it is ready for its handler, else what
+        became of it (dead-lettered with the reason, or left for redelivery if the dead letter was refused)."""
+        if delivery.bad_headers:
+            self.bind(delivery)
+            for problem in delivery.bad_headers:
+                self.contained(delivery, "headers", problem)
+            if delivery.bad_headers[0].startswith("attempt"):
+                return await self._dead_letter(delivery, "BadHeader", delivery.bad_headers[0])
         try:
             delivery.event = delivery.registration.decoder.decode(delivery.message.body)
-        except msgspec.MsgspecError as error:
+            delivery.natural_key = delivery.event.idempotency_key()
+        except Exception as error:  # msgspec's errors, RecursionError on deep nesting, a bug in idempotency_key
             self.bind(delivery)
-            message, kind = delivery.message, delivery.kind
-            await delivery.retries.dead_letter(message, kind, "DecodeError", str(error), delivery.attempt)
-            delivery.acks.settled_elsewhere(message)
-            self.metrics.dead_lettered.labels(kind).inc()
-            self.finish(delivery, "dead_lettered")
-            return False
-        delivery.natural_key = delivery.event.idempotency_key()
+            reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            self.contained(delivery, "decode", reason)
+            return await self._dead_letter(delivery, "DecodeError", reason)
         if delivery.natural_key is not None:
             delivery.inbox_key = database.inbox_key(delivery.natural_key)
-        return True
+        return None
+
+    async def _dead_letter(self, delivery: Delivery, error_type: str, reason: str) -> Outcome:
+        stored = await delivery.retries.dead_letter(delivery.message, delivery.kind, error_type, reason,
+                                                    delivery.attempt)  # fmt: skip
+        return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
 
     async def run_handler(self, delivery: Delivery, connection: asyncpg.Connection) -> None:
         context = HandlerContext(
@@ -124,17 +152,9 @@ class DeliveryPolicy:
         async with asyncio.timeout(self.handler_timeout):
             await delivery.registration.handler(delivery.event, context)
 
-    async def process_alone(self, delivery: Delivery) -> None:
-        """A decoded delivery in a transaction of its own, settled, with its canonical log line."""
+    async def process_alone(self, delivery: Delivery) -> Outcome:
+        """A decoded delivery in a transaction of its own; what became of it."""
         self.bind(delivery)
-        outcome = "cut_off"  # shutdown grace ran out: left unacked, the broker redelivers it
-        try:
-            outcome = await self._handle_alone(delivery)
-            await delivery.acks.flush()
-        finally:
-            self.finish(delivery, outcome)
-
-    async def _handle_alone(self, delivery: Delivery) -> str:
         try:
             async with self.pool.acquire() as connection, connection.transaction():
                 if delivery.inbox_key is not None and not await database.claim(
@@ -146,59 +166,119 @@ class DeliveryPolicy:
                     result = HANDLED
         except Exception as error:  # Retry, a timeout, a bug: all retryable; a database outage is not the event's
             if not isinstance(error, Skip | GiveUp) and await self.database_unreachable(error):
-                with contextlib.suppress(Exception):
-                    await delivery.message.nack(requeue=True)  # back to the queue, no attempt counted
-                delivery.acks.settled_elsewhere(delivery.message)
-                return "returned"
+                stored = await delivery.retries.return_to_queue(delivery.message, delivery.kind)
+                return Outcome.RETURNED if stored else Outcome.LEFT_FOR_REDELIVERY
             result = error
         return await self.settle(delivery, result)
 
-    async def settle(self, delivery: Delivery, result: Result) -> str:
-        """Once the transaction its handler ran in has ended: retry or dead-letter the message now, or mark it to be
-        acked by the next `acks.flush()`; the outcome."""
+    async def settle(self, delivery: Delivery, result: Result) -> Outcome:
+        """Once the transaction its handler ran in has ended: what becomes of it. A failed delivery's retry or
+        dead-letter copy is stored (confirmed) before this returns; whatever this raises stays with this delivery."""
+        try:
+            return await self._settle(delivery, result)
+        except Exception as error:
+            return self.contained(delivery, "settle", f"{type(error).__name__}: {error}")
+
+    async def _settle(self, delivery: Delivery, result: Result) -> Outcome:
         kind, message = delivery.kind, delivery.message
-        if result == HANDLED or result == DUPLICATE:
-            delivery.acks.ack_later(message)
-            (self.metrics.handled if result == HANDLED else self.metrics.duplicates).labels(kind).inc()
-            return str(result)
+        if result is HANDLED or result is DUPLICATE:
+            return result
         if isinstance(result, Skip):
-            delivery.acks.ack_later(message)
-            self.metrics.skipped.labels(kind).inc()
             log.info("skipped", reason=str(result))
-            return "skipped"
+            return Outcome.SKIPPED
         assert isinstance(result, Exception)
-        delivery.acks.settled_elsewhere(message)  # acked once its copy is stored, or requeued
         if isinstance(result, GiveUp):
-            await delivery.retries.dead_letter(message, kind, type(result).__name__, str(result), delivery.attempt)
-            self.metrics.dead_lettered.labels(kind).inc()
-            return "dead_lettered"
+            return await self._dead_letter(delivery, type(result).__name__, str(result))
         delay = result.delay if isinstance(result, Retry) else None
         error_type = "HandlerTimeout" if isinstance(result, TimeoutError) else type(result).__name__
         log.warning("handler failed", error_type=error_type, error=scrub(str(result))[:500])
-        scheduled = await delivery.retries.retry_or_dead_letter(
+        return await delivery.retries.retry_or_dead_letter(
             message, kind, self.retry_delays(kind), delivery.attempt, error_type, str(result), delay
         )
-        (self.metrics.retried if scheduled else self.metrics.dead_lettered).labels(kind).inc()
-        return "retried" if scheduled else "dead_lettered"
 
-    def finish(self, delivery: Delivery, outcome: str) -> None:
-        """The delivery's canonical log line and its latency, from delivery to settlement."""
+    def contained(self, delivery: Delivery, stage: str, reason: str) -> Outcome:
+        """A failure kept to this delivery: logged once with its event id, counted by stage. LEFT_FOR_REDELIVERY, for
+        the callers that have nothing better to do with it."""
+        self.metrics.contained_failures.labels(delivery.kind, stage).inc()
+        log.error("failure contained to its delivery", event_id=delivery.event_id, notify_type=delivery.kind,
+                  stage=stage, reason=scrub(reason)[:500])  # fmt: skip
+        return Outcome.LEFT_FOR_REDELIVERY
+
+    async def conclude(self, outcomes: dict[Delivery, Outcome]) -> None:
+        """Decide each message's fate, send the frames (each channel's acks flushed once), then the canonical
+        lines: a line says `handled` only once its ack was sent."""
+        for delivery, outcome in outcomes.items():
+            if outcome.fate is not None:
+                delivery.acks.decide(delivery.message, outcome.fate)
+        for acks in {delivery.acks for delivery in outcomes}:
+            await acks.flush()
+        structlog.contextvars.clear_contextvars()  # each canonical line names its own delivery
+        for delivery, outcome in outcomes.items():
+            self.finish(delivery, outcome)
+
+    def cut_off(self, deliveries: Iterable[Delivery]) -> None:
+        """Shutdown grace ran out: no frame, the broker redelivers them once the channel closes."""
+        structlog.contextvars.clear_contextvars()
+        for delivery in deliveries:
+            self.finish(delivery, Outcome.CUT_OFF)
+
+    async def refuse(self, kind: str, message: aio_pika.abc.AbstractIncomingMessage, acks: ChannelAcks,
+                     error: Exception) -> None:  # fmt: skip
+        """A message that could not even be received: back to its queue. Never raises (the consumer callback)."""
+        try:
+            self.metrics.contained_failures.labels(kind, "receive").inc()
+            log.error("failure contained to its delivery", stage="receive", notify_type=kind,
+                      error=f"{type(error).__name__}: {scrub(str(error))[:300]}")  # fmt: skip
+            acks.delivered(message, kind)
+            acks.decide(message, Fate.REQUEUE)
+            await acks.flush()
+        except Exception as failure:
+            log.error("could not requeue a message that failed on receipt", error=type(failure).__name__)
+
+    def frame_failed(self, kind: str, message: aio_pika.abc.AbstractIncomingMessage, error: Exception) -> None:
+        """A frame that could not be sent: decided here, not swallowed. The broker redelivers the message."""
+        stage = "channel_closed" if isinstance(error, CHANNEL_GONE) else "ack"
+        self.metrics.contained_failures.labels(kind, stage).inc()
+        (log.info if stage == "channel_closed" else log.error)(
+            "frame not sent; the broker redelivers the message", notify_type=kind, tag=message.delivery_tag,
+            error=type(error).__name__,
+        )  # fmt: skip
+
+    def finish(self, delivery: Delivery, outcome: Outcome) -> None:
+        """The delivery's canonical log line, its latency from delivery to settlement, and its count: once."""
+        if delivery.outcome is not None:
+            return
+        delivery.outcome = outcome
         latency = time.perf_counter() - delivery.arrived
         self.metrics.latency.labels(delivery.kind).observe(latency)
+        self.metrics.count(delivery.kind, outcome)
         log.info(
             "message",
             event_id=delivery.event_id,
             notify_type=delivery.kind,
             attempt=delivery.attempt,
             kind=delivery.kind,
-            outcome=outcome,
+            outcome=str(outcome),
             latency_ms=round(latency * 1000, 2),
         )
 
 
-def _received_at(headers: dict) -> datetime:
+def _attempt(headers: dict) -> tuple[int, str | None]:
+    """The attempt number, and what was wrong with the header if it cannot be believed (then 1)."""
+    value = headers.get("attempt", 1)
+    if type(value) is int and 1 <= value <= MAX_ATTEMPT:  # not bool, not a float, not a string of digits
+        return value, None
+    return 1, f"attempt header {scrub(repr(value))[:50]} is not an integer from 1 to {MAX_ATTEMPT}"
+
+
+def _received_at(headers: dict) -> tuple[datetime, str | None]:
+    """When the gateway received the event; the time of delivery (and a note) when the header says nothing usable."""
     text = headers.get("received_at")
+    if text is None:
+        return datetime.now(UTC), None
     if isinstance(text, str):
         with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(text)
-    return datetime.now(UTC)
+            parsed = datetime.fromisoformat(text)
+            if parsed.tzinfo is not None:
+                return parsed, None
+    return datetime.now(UTC), f"received_at header {scrub(repr(text))[:60]} is not an ISO 8601 time with an offset"

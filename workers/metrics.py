@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from workers.outcomes import Outcome
+
+# Where a failure was contained to its delivery: a bad `attempt` or `received_at` header, a body that does not
+# decode, receiving it, settling it, a whole batch, or its frame (channel_closed: expected when the broker goes away).
+CONTAINED_STAGES = ("headers", "decode", "receive", "settle", "batch", "ack", "channel_closed")
 BATCH_SIZE_BUCKETS = (2, 4, 8, 16, 32, 48, 64)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -46,6 +51,25 @@ class WorkerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.outcomes = Counter(
+            "hypercard_worker_outcomes",
+            "Deliveries by how they ended (workers.outcomes.Outcome): handled, duplicate, skipped, retried, "
+            "dead_lettered, returned, left_for_redelivery, cut_off.",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.contained_failures = Counter(
+            "hypercard_worker_contained_failures",
+            "Failures kept to one delivery (dead-lettered with a reason, or left for redelivery) instead of ending a "
+            "loop, by stage: " + ", ".join(CONTAINED_STAGES) + ".",
+            ["kind", "stage"],
+            registry=self.registry,
+        )
+        self.loop_restarts = Counter(
+            "hypercard_worker_loop_restarts",
+            "Batch loops that ended on an error and were started again.",
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "hypercard_worker_handler_seconds",
             "Time from delivery to ack, retry or dead letter: waiting for the batch and its commit included.",
@@ -61,6 +85,18 @@ class WorkerMetrics:
         for kind in kinds:
             for metric in (self.handled, self.duplicates, self.retried, self.dead_lettered, self.skipped, self.latency):
                 metric.labels(kind)
+            for outcome in Outcome:
+                self.outcomes.labels(kind, outcome)
+            for stage in CONTAINED_STAGES:
+                self.contained_failures.labels(kind, stage)
+
+    def count(self, kind: str, outcome: Outcome) -> None:
+        """One delivery's outcome: the one place deliveries are counted."""
+        self.outcomes.labels(kind, outcome).inc()
+        legacy = {Outcome.HANDLED: self.handled, Outcome.DUPLICATE: self.duplicates, Outcome.SKIPPED: self.skipped,
+                  Outcome.RETRIED: self.retried, Outcome.DEAD_LETTERED: self.dead_lettered}.get(outcome)  # fmt: skip
+        if legacy is not None:
+            legacy.labels(kind).inc()
 
     def serve(self, port: int) -> None:
         if port:

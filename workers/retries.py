@@ -1,11 +1,11 @@
 """Retries through per-kind delay queues (TTL, then dead-lettered back to the kind's queue) and dead-lettering.
 
 A copy is published with a confirm before the original is acked: a crash in between gives a duplicate, which the
-inbox absorbs, never a loss."""
+inbox absorbs, never a loss. This module only publishes copies and says whether each was stored; the original's ack
+or requeue is `workers.acks`' to send."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 
 import aio_pika
@@ -14,14 +14,9 @@ import structlog
 from infra import declare
 from infra.redaction import scrub
 from schemas import topology
+from workers.outcomes import Outcome
 
 log = structlog.get_logger("workers.retries")
-
-
-async def ack(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-    """Ack; if the channel is gone the broker redelivers the message, and the inbox makes that harmless."""
-    with contextlib.suppress(Exception):
-        await message.ack()
 
 
 def copy_for_republish(message: aio_pika.abc.AbstractIncomingMessage, headers: dict) -> aio_pika.Message:
@@ -58,21 +53,26 @@ class RetryPublisher:
         error_type: str,
         error_message: str,
         delay: float | None = None,
-    ) -> bool:
-        """Schedule attempt `attempt + 1`; past the schedule's end, dead-letter. True when a retry was scheduled."""
+    ) -> Outcome:
+        """Store a copy for attempt `attempt + 1`, past the schedule's end a dead letter: RETRIED or DEAD_LETTERED,
+        or LEFT_FOR_REDELIVERY when no copy could be stored."""
         if attempt > len(delays):
-            await self.dead_letter(message, kind, error_type, error_message, attempt)
-            return False
+            stored = await self.dead_letter(message, kind, error_type, error_message, attempt)
+            return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
         delay = delays[attempt - 1] if delay is None else schedule_step(delay, delays)
         queue = topology.retry_queue(kind, delay)
         if queue not in self._declared:
-            await declare.declare_kind(self.channel, kind, self.delivery_limit, (delay,))
+            try:  # only this retry queue, in case an operator deleted it; the kind's topology is declared on connect
+                await declare.declare_retry_queue(self.channel, kind, delay)
+            except Exception as error:  # the channel closed meanwhile: the original is requeued
+                log.warning("could not declare the retry queue", queue=queue, error=type(error).__name__)
+                return Outcome.LEFT_FOR_REDELIVERY
             self._declared.add(queue)
         headers = {"attempt": attempt + 1, "last_error_type": error_type, "last_error": scrub(error_message)[:500]}
-        if await self._republish(message, queue, headers):
-            log.info("retry scheduled", next_attempt=attempt + 1, delay_seconds=delay)
-            return True
-        return False
+        if not await self._republish(message, queue, headers):
+            return Outcome.LEFT_FOR_REDELIVERY
+        log.info("retry scheduled", next_attempt=attempt + 1, delay_seconds=delay)
+        return Outcome.RETRIED
 
     async def dead_letter(
         self,
@@ -81,25 +81,31 @@ class RetryPublisher:
         error_type: str,
         error_message: str,
         attempts: int,
-    ) -> None:
+    ) -> bool:
+        """Store a copy in hypercard.<kind>.dead with the reason in its headers; True once the broker confirmed it."""
         headers = {
             "error_type": error_type,
             "error_message": scrub(error_message)[:1000],
             "attempts": attempts,
             "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
-        if await self._republish(message, topology.dead_queue(kind), headers):
-            log.warning("dead-lettered", error_type=error_type, attempts=attempts)
+        if not await self._republish(message, topology.dead_queue(kind), headers):
+            return False
+        log.warning("dead-lettered", error_type=error_type, attempts=attempts)
+        return True
+
+    async def return_to_queue(self, message: aio_pika.abc.AbstractIncomingMessage, kind: str) -> bool:
+        """A copy, headers unchanged, at the tail of the kind's own queue; True once confirmed. The original is then
+        acked rather than requeued: a requeue raises a quorum queue's delivery count on RabbitMQ 3.x and 4.x up to
+        4.2 (from 4.0 with a default limit of 20), and an outage is not the message's fault. A fresh copy starts at
+        a delivery count of 0 on every version."""
+        return await self._republish(message, topology.kind_queue(kind), {})
 
     async def _republish(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str, extra: dict) -> bool:
         copy = copy_for_republish(message, {**(message.headers or {}), **extra})
         try:
             await self.channel.default_exchange.publish(copy, routing_key=queue, mandatory=True, timeout=10)
-        except Exception as error:
-            # Not stored elsewhere: leave the original unacked, so it comes back (on reconnect, or by requeue).
-            log.warning("could not republish; requeueing", queue=queue, error=type(error).__name__)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+        except Exception as error:  # not stored: the caller leaves the original for redelivery
+            log.warning("could not republish; the original will be requeued", queue=queue, error=type(error).__name__)
             return False
-        await ack(message)
         return True

@@ -117,7 +117,8 @@ class WorkerRuntime:
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         await declare.declare_core(channel)
         self._retries = RetryPublisher(channel, self.settings.delivery_limit)
-        self._acks = ChannelAcks()
+        assert self._policy is not None
+        self._acks = ChannelAcks(frame_failed=self._policy.frame_failed)
         self._queues = []
         for kind in self.registrations:
             queue = await declare.declare_kind(channel, kind, self.settings.delivery_limit, self.retry_delays(kind))
@@ -151,8 +152,14 @@ class WorkerRuntime:
         policy, batches, retries, acks = self._policy, self._batches, self._retries, self._acks
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            """Queued for the next batch; the batch settles it."""
-            batches.submit(policy.receive(registration, message, retries, acks))
+            """Queued for the next batch; the batch settles it. Never raises: aio-pika would only log it, and the
+            message would stay unacked until the channel closes."""
+            try:
+                delivery = policy.receive(registration, message, retries, acks)
+            except Exception as error:
+                await policy.refuse(registration.kind, message, acks, error)
+                return
+            batches.submit(delivery)
 
         return on_message
 
@@ -170,7 +177,7 @@ class WorkerRuntime:
                 self._outage = DatabaseOutage(asyncio.create_task(self._wait_for_database(), name="database-outage"))
                 self.metrics.paused.set(1)
                 log.warning(
-                    "database unreachable: consumption paused, deliveries returned without counting an attempt",
+                    "database unreachable: consumption paused, deliveries returned to their queue's tail unchanged",
                     error=type(probe_error).__name__,
                 )
                 await self._cancel_consumers()

@@ -1,0 +1,178 @@
+"""The ack bookkeeping of one channel, alone: every delivery gets exactly one frame, sent once its fate is known, and
+no `multiple=True` ack ever covers a delivery whose fate is not known yet or is something else than an ack.
+
+No broker here: `RecordingChannel` is the unit's surroundings, not a stand-in for RabbitMQ's behaviour in a test of
+something else. It applies each frame as the broker does (a `multiple=True` ack settles every unsettled tag up to its
+own; a frame for a tag that is not unsettled is a 406 that closes the channel) and checks every tag it settles
+against the fate the test decided for it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aio_pika.exceptions import ChannelInvalidStateError
+
+from workers.acks import ChannelAcks, Fate
+
+
+class PreconditionFailed(Exception):
+    """What RabbitMQ answers a frame for a tag it no longer holds (406): it closes the channel."""
+
+
+class RecordingChannel:
+    def __init__(self) -> None:
+        self.unsettled: set[int] = set()
+        self.decided: dict[int, Fate] = {}  # what the test wants for each tag
+        self.settled: dict[int, list[str]] = {}  # tag -> the frames that settled it
+        self.gate: asyncio.Event | None = None  # while set to an unset event, frames wait on it (a slow socket)
+        self.closed = False
+
+    def deliver(self, count: int) -> list[RecordedMessage]:
+        first = len(self.settled) + len(self.unsettled) + 1
+        messages = [RecordedMessage(self, tag) for tag in range(first, first + count)]
+        self.unsettled.update(message.delivery_tag for message in messages)
+        return messages
+
+    async def frame(self, name: str, tag: int, *, multiple: bool) -> None:
+        if self.closed:
+            raise ChannelInvalidStateError("channel closed")
+        covered = sorted(t for t in self.unsettled if t <= tag) if multiple else [tag]
+        if tag not in self.unsettled:
+            self.closed = True
+            raise PreconditionFailed(f"406 PRECONDITION_FAILED - unknown delivery tag {tag}")
+        wanted = Fate.ACK if name == "ack" else Fate.REQUEUE
+        wrong = [t for t in covered if self.decided.get(t) != wanted]
+        assert not wrong, f"{name}({tag}, multiple={multiple}) covered {wrong}, decided {self.decided}"
+        for t in covered:
+            self.unsettled.discard(t)
+            self.settled.setdefault(t, []).append(f"{name}({tag}{', multiple' if multiple else ''})")
+        if self.gate is not None:
+            await self.gate.wait()
+
+    def each_settled_once(self, tags: range) -> None:
+        assert not self.unsettled, f"never settled: {sorted(self.unsettled)}"
+        assert {tag: len(frames) for tag, frames in self.settled.items()} == dict.fromkeys(tags, 1), self.settled
+
+
+class RecordedMessage:
+    def __init__(self, channel: RecordingChannel, tag: int) -> None:
+        self.recording = channel
+        self.delivery_tag = tag
+
+    async def ack(self, multiple: bool = False) -> None:
+        await self.recording.frame("ack", self.delivery_tag, multiple=multiple)
+
+    async def nack(self, multiple: bool = False, requeue: bool = True) -> None:
+        assert requeue, "a requeue is the only nack the workers send"
+        await self.recording.frame("nack", self.delivery_tag, multiple=multiple)
+
+
+def decide(channel: RecordingChannel, acks: ChannelAcks, message: RecordedMessage, fate: Fate) -> None:
+    channel.decided[message.delivery_tag] = fate
+    acks.decide(message, fate)  # type: ignore[arg-type]
+
+
+def received(acks: ChannelAcks, messages: list[RecordedMessage]) -> None:
+    for message in messages:
+        acks.delivered(message, "TEST")  # type: ignore[arg-type]
+
+
+async def test_settled_out_of_order_each_delivery_gets_one_frame():
+    channel, acks = RecordingChannel(), ChannelAcks()
+    messages = channel.deliver(8)
+    received(acks, messages)
+    for n in (4, 2, 6, 1, 3, 8, 5, 7):
+        decide(channel, acks, messages[n - 1], Fate.ACK)
+        await acks.flush()
+    channel.each_settled_once(range(1, 9))
+    assert acks.outstanding == 0
+
+
+async def test_a_settle_while_another_flush_waits_on_a_slow_ack():
+    channel, acks = RecordingChannel(), ChannelAcks()
+    messages = channel.deliver(6)
+    received(acks, messages)
+    decide(channel, acks, messages[0], Fate.ACK)
+    decide(channel, acks, messages[1], Fate.ACK)
+    channel.gate = asyncio.Event()
+    first = asyncio.create_task(acks.flush())  # sends ack(2, multiple) and waits on the socket
+    await asyncio.sleep(0.01)
+    for n in (3, 5, 6):
+        decide(channel, acks, messages[n - 1], Fate.ACK)
+    second = asyncio.create_task(acks.flush())
+    await asyncio.sleep(0.01)
+    decide(channel, acks, messages[3], Fate.REQUEUE)
+    third = asyncio.create_task(acks.flush())
+    await asyncio.sleep(0.01)
+    channel.gate.set()
+    await asyncio.gather(first, second, third)
+    channel.each_settled_once(range(1, 7))
+    assert channel.settled[4] == ["nack(4)"]
+    assert acks.outstanding == 0
+
+
+async def test_a_copy_in_flight_is_never_covered_and_a_refused_copy_is_requeued():
+    """Delivery 2 failed: its retry copy is being published while 3, 4 and 5 settle; then the broker refuses the
+    copy, and 2 goes back to its queue. Nothing may have acked it meanwhile."""
+    channel, acks = RecordingChannel(), ChannelAcks()
+    messages = channel.deliver(5)
+    received(acks, messages)
+    decide(channel, acks, messages[0], Fate.ACK)
+    await acks.flush()
+    for n in (3, 4, 5):
+        decide(channel, acks, messages[n - 1], Fate.ACK)
+        await acks.flush()
+    assert channel.unsettled == {2}
+    decide(channel, acks, messages[1], Fate.REQUEUE)
+    await acks.flush()
+    channel.each_settled_once(range(1, 6))
+    assert channel.settled[2] == ["nack(2)"]
+
+
+async def test_a_copy_stored_after_later_tags_settled_concurrently_gets_its_own_ack():
+    channel, acks = RecordingChannel(), ChannelAcks()
+    messages = channel.deliver(40)
+    received(acks, messages)
+    in_flight = {7, 19, 33}
+
+    async def settle(message: RecordedMessage) -> None:
+        await asyncio.sleep(0.001 * (message.delivery_tag % 5))
+        if message.delivery_tag in in_flight:
+            await asyncio.sleep(0.05)  # the copy's confirm
+        decide(channel, acks, message, Fate.ACK)
+        await acks.flush()
+
+    channel.gate = asyncio.Event()
+    channel.gate.set()
+    await asyncio.gather(*(settle(message) for message in reversed(messages)))
+    channel.each_settled_once(range(1, 41))
+    assert acks.outstanding == 0
+
+
+async def test_a_second_decision_for_a_delivery_sends_no_second_frame():
+    channel, acks = RecordingChannel(), ChannelAcks()
+    (message,) = channel.deliver(1)
+    received(acks, [message])
+    decide(channel, acks, message, Fate.ACK)
+    acks.decide(message, Fate.REQUEUE)  # type: ignore[arg-type]
+    await acks.flush()
+    await acks.flush()
+    channel.each_settled_once(range(1, 2))
+
+
+async def test_a_frame_on_a_closed_channel_is_reported_and_never_covered_later():
+    failed: list[tuple[str, int, str]] = []
+    channel = RecordingChannel()
+    acks = ChannelAcks(frame_failed=lambda kind, message, error: failed.append(
+        (kind, message.delivery_tag, type(error).__name__)))  # fmt: skip
+    messages = channel.deliver(3)
+    received(acks, messages)
+    channel.closed = True
+    decide(channel, acks, messages[0], Fate.ACK)
+    await acks.flush()  # does not raise: the broker redelivers what the closed channel held
+    assert failed == [("TEST", 1, "ChannelInvalidStateError")]
+    channel.closed = False  # had the channel survived, the failed tag must still hold later multiple acks back
+    decide(channel, acks, messages[1], Fate.ACK)
+    decide(channel, acks, messages[2], Fate.ACK)
+    await acks.flush()
+    assert channel.settled == {2: ["ack(2)"], 3: ["ack(3)"]}

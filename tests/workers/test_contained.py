@@ -1,0 +1,140 @@
+"""One delivery never stops a worker: tampered messages published straight to a kind's queue are dead-lettered with
+the reason, a failure while settling or around a batch stays with its delivery, a loop that ends is started again;
+and the events sent afterwards are all handled."""
+
+from __future__ import annotations
+
+import json
+
+import aio_pika
+import msgspec
+import pytest
+
+from schemas import topology
+from schemas.samples import sample_body
+from tests.support.broker import take
+from tests.support.waiting import eventually
+
+pytestmark = [pytest.mark.broker, pytest.mark.database]
+KIND = "TEST_TRACKED"
+
+
+async def effects(db) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for row in await db.fetch("SELECT token, attempt FROM test_effects ORDER BY attempt"):
+        found.setdefault(row["token"], []).append(row["attempt"])
+    return found
+
+
+async def publish(amqp, body: bytes, headers: dict | None) -> None:
+    message = aio_pika.Message(body, headers=headers, delivery_mode=2)
+    await amqp.default_exchange.publish(message, routing_key=topology.kind_queue(KIND))
+
+
+def tracked(token: str, **fields: object) -> bytes:
+    return json.dumps({"notify_type": KIND, "token": token, **fields}).encode()
+
+
+async def send_plain(amqp, prefix: str, count: int) -> dict[str, list[int]]:
+    for n in range(count):
+        await publish(amqp, tracked(f"{prefix}-{n}"), {"event_id": f"id-{prefix}-{n}"})
+    return {f"{prefix}-{n}": [1] for n in range(count)}
+
+
+def contained(runtime, stage: str) -> float:
+    return runtime.metrics.contained_failures.labels(KIND, stage)._value.get()  # noqa: SLF001
+
+
+async def test_tampered_messages_are_dead_lettered_with_the_reason_and_later_events_are_handled(make_worker, db, amqp):
+    runtime = await make_worker(KIND)
+    deep = b'{"notify_type": "TEST_TRACKED", "token": "deep", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    other_kind = sample_body("open_card")
+    await publish(amqp, deep, {"event_id": "id-deep"})
+    await publish(amqp, other_kind, {"event_id": "id-other-kind"})
+    bad_attempts = {"two": "two", "minus": -100, "zero": 0, "half": 1.5, "bool": True, "huge": 10**12}
+    for token, attempt in bad_attempts.items():
+        await publish(amqp, tracked(token), {"event_id": f"id-{token}", "attempt": attempt})
+    await publish(amqp, tracked("no-headers"), None)
+    await publish(amqp, tracked("bad-received-at"), {"event_id": "id-bad-received-at", "received_at": "yesterday"})
+    wanted = {"no-headers": [1], "bad-received-at": [1]} | await send_plain(amqp, "after", 20)
+
+    async def all_handled() -> bool:
+        return await effects(db) == wanted
+
+    await eventually(all_handled, timeout=20)
+    dead = await take(amqp, topology.dead_queue(KIND))
+    reasons = {}
+    for message in dead:
+        named = {other_kind: "other-kind", deep: "deep"}
+        token = named.get(message.body) or msgspec.json.decode(message.body)["token"]
+        reasons[token] = (message.headers["error_type"], message.headers["error_message"])
+    assert {token: error_type for token, (error_type, _) in reasons.items()} == {
+        "deep": "DecodeError", "other-kind": "DecodeError", **dict.fromkeys(bad_attempts, "BadHeader")}  # fmt: skip
+    assert "RecursionError" in reasons["deep"][1]
+    assert "attempt header 'two' is not an integer" in reasons["two"][1]
+    assert contained(runtime, "decode") == 2
+    assert contained(runtime, "headers") == len(bad_attempts) + 1  # and the unusable received_at
+    assert runtime._batches._loops and not any(t.done() for t in runtime._batches._loops)  # noqa: SLF001
+
+
+async def test_a_failure_while_settling_or_around_a_batch_stays_with_its_delivery(make_worker, db, amqp):
+    runtime = await make_worker(KIND)
+    policy = runtime._policy  # noqa: SLF001
+    schedule, decode = policy.retry_delays, policy.decode
+    failures = {"settle": 1, "batch": 1}
+
+    def retry_delays_failing_once(kind: str) -> tuple[float, ...]:
+        if failures["settle"]:
+            failures["settle"] -= 1
+            raise RuntimeError("injected while settling")
+        return schedule(kind)
+
+    async def decode_failing_once(delivery):
+        if failures["batch"] and b"batch-fails" in delivery.message.body:
+            failures["batch"] -= 1
+            raise RuntimeError("injected around the batch")
+        return await decode(delivery)
+
+    policy.retry_delays = retry_delays_failing_once
+    policy.decode = decode_failing_once
+    wanted: dict[str, list[int]] = {}
+
+    async def all_handled() -> bool:
+        return await effects(db) == wanted
+
+    for token, fail_until in (("batch-fails", 0), ("settle-fails", 2)):  # one at a time: each alone in its batch
+        await publish(amqp, tracked(token, fail_until=fail_until), {"event_id": f"id-{token}"})
+        wanted[token] = [max(fail_until, 1)]
+        await eventually(all_handled, timeout=20)
+    wanted |= await send_plain(amqp, "after", 20)
+    await eventually(all_handled, timeout=20)
+    assert failures == {"settle": 0, "batch": 0}
+    assert contained(runtime, "settle") == 1 and contained(runtime, "batch") == 1
+    assert runtime.metrics.loop_restarts._value.get() == 0  # noqa: SLF001
+    assert await take(amqp, topology.dead_queue(KIND), timeout=0.5) == []
+
+
+async def test_a_loop_that_ends_is_started_again_and_counted(make_worker, db, amqp):
+    runtime = await make_worker(KIND)
+    batches = runtime._batches  # noqa: SLF001
+    collect = batches._collect  # noqa: SLF001
+    calls = 0
+
+    async def collect_failing_once():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected: the loop itself fails")
+        return await collect()
+
+    batches._collect = collect_failing_once  # noqa: SLF001 - the loop takes it at its next batch
+    wanted = await send_plain(amqp, "first", 1)
+
+    async def handled() -> bool:
+        return await effects(db) == wanted
+
+    await eventually(handled, timeout=10)
+    wanted |= await send_plain(amqp, "after", 20)
+    await eventually(handled, timeout=20)
+    assert calls >= 2
+    assert runtime.metrics.loop_restarts._value.get() == 1  # noqa: SLF001
