@@ -138,3 +138,42 @@ async def test_a_loop_that_ends_is_started_again_and_counted(make_worker, db, am
     await eventually(handled, timeout=20)
     assert calls >= 2
     assert runtime.metrics.loop_restarts._value.get() == 1  # noqa: SLF001
+
+
+async def test_a_delivery_returned_during_a_database_outage_does_not_count_towards_the_delivery_limit(
+    make_worker, db, amqp
+):
+    """The outage pause returns a copy to the queue's tail and acks the original: the broker's delivery count (what
+    HC_DELIVERY_LIMIT is checked against) stays 0, and no attempt is counted."""
+    runtime = await make_worker(KIND)
+    policy = runtime._policy  # noqa: SLF001
+    receive, run_handler, unreachable = policy.receive, policy.run_handler, policy.database_unreachable
+    delivery_counts: list[object] = []
+    outage = {"left": 2}
+
+    def receive_recording(registration, message, retries, acks):
+        if b"outage" in message.body:
+            delivery_counts.append((message.headers or {}).get("x-delivery-count"))
+        return receive(registration, message, retries, acks)
+
+    async def run_handler_failing(delivery, connection):
+        if outage["left"] and b"outage" in delivery.message.body:
+            raise ConnectionResetError("as if PostgreSQL had gone away")
+        await run_handler(delivery, connection)
+
+    async def unreachable_while_it_lasts(error: Exception) -> bool:
+        if isinstance(error, ConnectionResetError):
+            outage["left"] -= 1
+            return True
+        return await unreachable(error)
+
+    policy.receive, policy.run_handler = receive_recording, run_handler_failing
+    policy.database_unreachable = unreachable_while_it_lasts
+    await publish(amqp, tracked("outage"), {"event_id": "id-outage"})
+
+    async def handled() -> bool:
+        return await effects(db) == {"outage": [1]}
+
+    await eventually(handled, timeout=20)
+    assert delivery_counts == [None, None, None]
+    assert runtime.metrics.outcomes.labels(KIND, "returned")._value.get() == 2  # noqa: SLF001
