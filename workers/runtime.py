@@ -177,7 +177,7 @@ class WorkerRuntime:
                 self._outage = DatabaseOutage(asyncio.create_task(self._wait_for_database(), name="database-outage"))
                 self.metrics.paused.set(1)
                 log.warning(
-                    "database unreachable: consumption paused, deliveries returned to their queue's tail unchanged",
+                    "database unreachable: consumption paused, deliveries returned without counting an attempt",
                     error=type(probe_error).__name__,
                 )
                 await self._cancel_consumers()
