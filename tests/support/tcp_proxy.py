@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from tests.support.broker import amqp_url
+from tests.support.broker import TEST_AMQP_PORT, amqp_url
 
 
 class TcpProxy:
-    def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672) -> None:
+    def __init__(self, target_host: str = "127.0.0.1", target_port: int = TEST_AMQP_PORT) -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self._server: asyncio.Server | None = None
