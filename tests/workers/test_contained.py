@@ -12,8 +12,11 @@ import pytest
 
 from schemas import topology
 from schemas.samples import sample_body
-from tests.support.broker import take
+from tests.support.broker import AMQP_URL, take
+from tests.support.tracked_kind import TEST_DELAYS
 from tests.support.waiting import eventually
+from workers.outcomes import Outcome
+from workers.retries import RetryPublisher
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 KIND = "TEST_TRACKED"
@@ -177,3 +180,22 @@ async def test_a_delivery_returned_during_a_database_outage_does_not_count_towar
     await eventually(handled, timeout=20)
     assert delivery_counts == [None, None, None]
     assert runtime.metrics.outcomes.labels(KIND, "returned")._value.get() == 2  # noqa: SLF001
+
+
+async def test_a_retry_whose_channel_closed_meanwhile_leaves_the_delivery_for_redelivery(db, amqp):
+    """The first retry per delay declares its retry queue: on a channel that closed meanwhile (a broker restart) that
+    fails, and the delivery is left for the broker to deliver again, nothing raised."""
+    await publish(amqp, tracked("retry-on-closed"), {"event_id": "id-retry-on-closed"})
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        message = await (await channel.get_queue(topology.kind_queue(KIND))).get(timeout=5)
+        retries = RetryPublisher(channel, topology.DEFAULT_DELIVERY_LIMIT)
+        await channel.close()
+        outcome = await retries.retry_or_dead_letter(message, KIND, TEST_DELAYS, 1, "RuntimeError", "failed")
+    finally:
+        await connection.close()
+    assert outcome is Outcome.LEFT_FOR_REDELIVERY
+    (back,) = await take(amqp, topology.kind_queue(KIND))
+    assert msgspec.json.decode(back.body)["token"] == "retry-on-closed"
+    assert await take(amqp, topology.retry_queue(KIND, TEST_DELAYS[0]), timeout=0.5) == []
