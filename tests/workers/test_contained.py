@@ -199,3 +199,27 @@ async def test_a_retry_whose_channel_closed_meanwhile_leaves_the_delivery_for_re
     (back,) = await take(amqp, topology.kind_queue(KIND))
     assert msgspec.json.decode(back.body)["token"] == "retry-on-closed"
     assert await take(amqp, topology.retry_queue(KIND, TEST_DELAYS[0]), timeout=0.5) == []
+
+
+async def test_a_message_that_fails_on_receipt_goes_back_to_its_queue_and_is_handled(make_worker, db, amqp):
+    runtime = await make_worker(KIND)
+    policy = runtime._policy  # noqa: SLF001
+    receive = policy.receive
+    failures = {"left": 1}
+
+    def receive_failing_once(registration, message, retries, acks):
+        if failures["left"] and b"receive-fails" in message.body:
+            failures["left"] -= 1
+            raise RuntimeError("injected on receipt")
+        return receive(registration, message, retries, acks)
+
+    policy.receive = receive_failing_once
+    await publish(amqp, tracked("receive-fails"), {"event_id": "id-receive-fails"})
+    wanted = {"receive-fails": [1]} | await send_plain(amqp, "after", 10)
+
+    async def all_handled() -> bool:
+        return await effects(db) == wanted
+
+    await eventually(all_handled, timeout=20)
+    assert failures == {"left": 0}
+    assert contained(runtime, "receive") == 1
