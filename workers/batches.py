@@ -31,6 +31,7 @@ from workers.outcomes import Outcome
 
 log = structlog.get_logger("workers")
 BATCH_LOCK_TIMEOUT = "100ms"
+LOOP_RESTART_DELAY = 0.5  # a loop that keeps failing at once does not spin
 # Another transaction holds what this batch needs: handled again one delivery per transaction.
 CONTENTION = (
     asyncpg.exceptions.LockNotAvailableError,
@@ -65,8 +66,8 @@ class Batches:
         self._closing = False
         self._loops = [self._start_loop(n) for n in range(self.concurrency)]
 
-    def _start_loop(self, n: int) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._run(), name=f"batches-{n}")
+    def _start_loop(self, n: int, delay: float = 0.0) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(delay), name=f"batches-{n}")
         task.add_done_callback(functools.partial(self._loop_ended, n))
         return task
 
@@ -78,7 +79,7 @@ class Batches:
         log.error("batch loop ended; starting it again", loop=n,
                   error=f"{type(error).__name__}: {error}" if error else "returned")  # fmt: skip
         self.policy.metrics.loop_restarts.inc()
-        self._loops[n] = self._start_loop(n)
+        self._loops[n] = self._start_loop(n, LOOP_RESTART_DELAY)
 
     def submit(self, delivery: Delivery) -> None:
         self._pending.append(delivery)
@@ -106,7 +107,8 @@ class Batches:
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
 
-    async def _run(self) -> None:
+    async def _run(self, delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
         while True:
             async with self._collecting:
                 batch = await self._collect()
