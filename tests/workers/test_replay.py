@@ -19,8 +19,8 @@ import pytest
 from infra import declare
 from schemas import topology
 from schemas.topology import HOLDING_POLICY
-from tests.support import policies
 from tests.support.broker import AMQP_URL, TEST_VHOST, forget_kind, take
+from tests.support.policies import effective_policies, policy, rabbitmqctl, wait_for_policy
 from workers.replay import ReplayFilter, replay
 
 pytestmark = pytest.mark.broker
@@ -51,7 +51,7 @@ async def confirm_channel(amqp):
 
 def limited(queue: str):
     """RabbitMQ 4.0's default delivery limit on `queue` (pattern matching: re.search, as RabbitMQ does)."""
-    return policies.policy(f"^{re.escape(queue)}$", {"delivery-limit": RABBITMQ_4_DEFAULT_LIMIT})
+    return policy(f"^{re.escape(queue)}$", {"delivery-limit": RABBITMQ_4_DEFAULT_LIMIT})
 
 
 async def test_a_dry_run_25_times_leaves_the_5_messages_in_order_and_counts_no_delivery(amqp, confirm_channel):
@@ -123,7 +123,7 @@ async def test_a_copy_the_broker_refuses_stops_the_pass_and_loses_nothing(amqp, 
     for event_id in ("a", "b", "c"):
         await put(amqp, dead, "OPERATION", event_id)
     # Full (RabbitMQ counts the ready messages): the copy of the message in hand is refused.
-    with policies.policy(f"^{re.escape(dead)}$", {"max-length": 1, "overflow": "reject-publish"}):
+    with policy(f"^{re.escape(dead)}$", {"max-length": 1, "overflow": "reject-publish"}):
         result = await replay(confirm_channel, dead, ReplayFilter(), dry_run=True)
     assert result.moved == ["a"] and result.stopped is not None and "did not take its copy" in result.stopped
     left = await take(amqp, dead)
@@ -140,14 +140,14 @@ async def test_the_readmes_holding_policy_sets_the_limit_on_the_holding_queues_o
     command[command.index("-p") + 1] = TEST_VHOST
     await declare.declare_kind(amqp, "LOW_BALANCE", retry_delays=(1.0,))
     try:
-        policies.rabbitmqctl(*command[1:])
+        rabbitmqctl(*command[1:])
         holding = [topology.INVALID_QUEUE, topology.UNVERIFIED_QUEUE, topology.UNROUTED_QUEUE,
                    topology.dead_queue("RECHARGE"), topology.dead_queue("LOW_BALANCE")]  # fmt: skip
-        await asyncio.to_thread(policies.wait_for_policy, holding, HOLDING_POLICY)
-        in_effect = policies.effective_policies()
+        await asyncio.to_thread(wait_for_policy, holding, HOLDING_POLICY)
+        in_effect = effective_policies()
         consumed = [topology.kind_queue("RECHARGE"), topology.kind_queue("LOW_BALANCE"),
                     topology.retry_queue("LOW_BALANCE", 1.0)]  # fmt: skip
         assert [in_effect[name] for name in consumed] == ["", "", ""]
     finally:
-        policies.rabbitmqctl("clear_policy", "-p", TEST_VHOST, HOLDING_POLICY)
+        rabbitmqctl("clear_policy", "-p", TEST_VHOST, HOLDING_POLICY)
         await forget_kind(amqp, "LOW_BALANCE")
