@@ -151,3 +151,20 @@ async def test_the_readmes_holding_policy_sets_the_limit_on_the_holding_queues_o
     finally:
         rabbitmqctl("clear_policy", "-p", TEST_VHOST, HOLDING_POLICY)
         await forget_kind(amqp, "LOW_BALANCE")
+
+
+async def test_a_crash_between_keeping_a_copy_and_acking_leaves_a_duplicate_never_a_loss(
+    amqp, confirm_channel, monkeypatch
+):
+    unverified = topology.UNVERIFIED_QUEUE
+    await put(amqp, unverified, "OPT_CODE", "held")
+
+    async def crash(self, *args, **kwargs):
+        raise ConnectionError("replay process died")
+
+    monkeypatch.setattr(aio_pika.IncomingMessage, "ack", crash)
+    with pytest.raises(ConnectionError):
+        await replay(confirm_channel, unverified, ReplayFilter(), dry_run=True)
+    await confirm_channel.close()  # the dying process's channel goes away: the original returns to its queue
+    monkeypatch.undo()
+    assert [m.headers["event_id"] for m in await take(amqp, unverified)] == ["held", "held"]

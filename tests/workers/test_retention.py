@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from infra.settings import SettingsError, load_settings
 from tests.support.database import DATABASE_URL, reset_database
 from tests.support.network import free_port
 from tests.support.waiting import eventually
 from workers import database
 from workers.metrics import WorkerMetrics
 from workers.retention import InboxPruner, PruneRound
+from workers.settings import WorkerSettings
 
 pytestmark = pytest.mark.database
 PATH = "/hc_sync/common"
@@ -119,3 +121,9 @@ async def test_a_retry_inside_the_window_is_still_a_duplicate_one_past_it_is_han
     await eventually(lambda: effects("past", 2))
     await eventually(lambda: reached(runtime.metrics.duplicates.labels("TEST_TRACKED"), 1))
     assert await effects("inside") and runtime.metrics.inbox_pruned._value.get() == 1
+
+
+def test_a_window_shorter_than_the_platforms_retries_is_refused_naming_the_variable():
+    with pytest.raises(SettingsError, match="HC_INBOX_RETENTION_DAYS"):
+        load_settings(WorkerSettings, {"HC_INBOX_RETENTION_DAYS": "1"})
+    assert load_settings(WorkerSettings, {}).inbox_retention_days == 30
