@@ -22,6 +22,16 @@ UNVERIFIED_QUEUE = "hypercard.unverified"
 UNVERIFIED_ROUTING_KEY = "hypercard.unverified"
 DEFAULT_DELIVERY_LIMIT = 10
 
+# The holding queues: nothing consumes them, and they have no dead-letter target. From RabbitMQ 4.0 a quorum queue
+# drops a message delivered more than its delivery limit, 20 unless set, so theirs is set explicitly, by a policy
+# (`rabbitmqctl set_policy`, README "Replaying"): a policy applies to queues that exist, while another queue
+# argument would make every existing deployment's redeclaration fail (PRECONDITION_FAILED). Not -1 ("no limit" on
+# 4.x): 3.x policies refuse it, and as a queue argument 3.x drops a message at its first requeue. A limit no look
+# reaches, the same on 3.x and 4.x; hypercard-replay itself never requeues.
+HOLDING_POLICY = "hypercard-holding"
+HOLDING_PATTERN = r"^hypercard\.(invalid|unverified|unrouted|[^.]+\.dead)$"
+HOLDING_DELIVERY_LIMIT = 100_000
+
 QUORUM = {"x-queue-type": "quorum"}
 
 
@@ -40,6 +50,11 @@ def dead_queue(kind: str) -> str:
 
 def retry_queue(kind: str, delay_seconds: float) -> str:
     return f"{kind_queue(kind)}.retry.{round(delay_seconds * 1000)}"
+
+
+def holding_policy_definition() -> dict[str, object]:
+    """The policy's definition, as `rabbitmqctl set_policy` and the management API take it."""
+    return {"delivery-limit": HOLDING_DELIVERY_LIMIT}
 
 
 def _dead_letter_to(queue: str) -> dict[str, object]:

@@ -70,6 +70,16 @@ class WorkerMetrics:
             "Batch loops that ended on an error and were started again.",
             registry=self.registry,
         )
+        self.inbox_pruned = Counter(
+            "hypercard_worker_inbox_pruned",
+            "Inbox keys deleted past HC_INBOX_RETENTION_DAYS (by whichever worker held the pruning lock).",
+            registry=self.registry,
+        )
+        self.inbox_prune_failures = Counter(
+            "hypercard_worker_inbox_prune_failures",
+            "Inbox pruning rounds that failed; the next round tries again.",
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "hypercard_worker_handler_seconds",
             "Time from delivery to ack, retry or dead letter: waiting for the batch and its commit included.",

@@ -1,4 +1,4 @@
-"""`hypercard-replay`: move messages from a dead, invalid or unrouted queue back through hypercard.events.
+"""`hypercard-replay`: move messages from a dead, invalid, unrouted or unverified queue back through hypercard.events.
 
     hypercard-replay OPEN_CARD                  # everything in hypercard.open_card.dead
     hypercard-replay --from invalid --kind RECHARGE --count 10
@@ -7,9 +7,10 @@
     hypercard-replay OPEN_CARD --dry-run        # list what would move
 
 Each message is published with a confirm before the original is acked: a crash mid-replay leaves a duplicate at
-worst (the workers' inbox absorbs it), never a loss. Messages that do not match the filters stay where they were,
-and so does a message that cannot be routed (no readable kind, a kind that is no kind name): it is reported and
-the replay goes on."""
+worst (the workers' inbox absorbs it), never a loss. A message that stays (it does not match the filters, it is a
+dry run, or it cannot be routed: no readable kind) is published again to the tail of its own queue, then acked: it
+is never requeued, so RabbitMQ never counts a delivery of it, and after the pass the messages left are in their
+order. Run one replay of a queue at a time."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ from workers.retries import copy_for_republish
 
 # Headers of a failed attempt: a replayed message starts again at attempt 1.
 FAILURE_HEADERS = {"attempt", "error_type", "error_message", "attempts", "failed_at", "last_error", "last_error_type"}
+# The broker's own counts of a delivered message's deliveries: a copy is a new message, counted from zero.
+BROKER_COUNTERS = {"x-delivery-count", "x-acquired-count"}
+PUBLISH_TIMEOUT = 10.0
+NOT_TAKEN = (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError, TimeoutError)
 
 
 @dataclass
@@ -54,57 +59,106 @@ def source_queue(source: str) -> str:
 
 
 def replay_copy(message: aio_pika.abc.AbstractIncomingMessage, source: str) -> aio_pika.Message:
-    headers = {key: value for key, value in (message.headers or {}).items() if key not in FAILURE_HEADERS}
+    drop = FAILURE_HEADERS | BROKER_COUNTERS
+    headers = {key: value for key, value in (message.headers or {}).items() if key not in drop}
     headers["replayed_from"] = source
     headers["replayed_at"] = datetime.now(UTC).isoformat(timespec="milliseconds")
     return copy_for_republish(message, headers)
+
+
+def kept_copy(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Message:
+    """The message as it was, every header and property, for the tail of its own queue."""
+    return aio_pika.Message(
+        message.body,
+        headers={key: value for key, value in (message.headers or {}).items() if key not in BROKER_COUNTERS},
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=message.delivery_mode,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        expiration=message.expiration,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        user_id=message.user_id,
+        app_id=message.app_id,
+    )
 
 
 @dataclass
 class ReplayResult:
     moved: list[str] = field(default_factory=list)  # event ids republished (or, in a dry run, that would be)
     left: list[tuple[str, str]] = field(default_factory=list)  # (event id, why) of matching messages left in place
+    stopped: str | None = None  # why the pass ended before its last message, if it did
+
+
+class KeepRefused(Exception):
+    """The broker did not take a message's copy for the tail of its queue."""
+
+
+async def keep_in_place(
+    channel: aio_pika.abc.AbstractChannel, message: aio_pika.abc.AbstractIncomingMessage, queue: str
+) -> None:
+    """Publish the message again to the tail of `queue` (default exchange, confirmed), then ack the original.
+
+    Never a requeue: that would count a delivery, and from RabbitMQ 4.0 a quorum queue drops (or dead-letters) a
+    message delivered more than its delivery limit, 20 unless set. A crash between the confirm and the ack leaves
+    the message twice in `queue`: a duplicate, which a replay moves twice and the workers' inbox absorbs."""
+    try:
+        await channel.default_exchange.publish(
+            kept_copy(message), routing_key=queue, mandatory=True, timeout=PUBLISH_TIMEOUT
+        )
+    except NOT_TAKEN as error:
+        await message.nack(requeue=True)  # once, for a publish the broker refused: at its place, not lost
+        raise KeepRefused(f"the broker did not take its copy: {type(error).__name__}") from error
+    await message.ack()
 
 
 async def replay(
     channel: aio_pika.abc.AbstractChannel, source: str, wanted: ReplayFilter, dry_run: bool = False
 ) -> ReplayResult:
-    """Replay the matching messages of `source`. The channel must have confirms on."""
+    """Replay the matching messages of `source`, keep the others in place. The channel must have confirms on.
+
+    One pass takes each message waiting at its start once (basic.get is FIFO: the copies kept at the tail, and
+    messages arriving meanwhile, come after them), so the messages kept are in their order when it ends."""
     queue = await channel.declare_queue(source, passive=True)
     waiting = queue.declaration_result.message_count
     events = await channel.get_exchange(topology.EVENTS_EXCHANGE)
     result = ReplayResult()
-    held: list[aio_pika.abc.AbstractIncomingMessage] = []
-    # Look at each waiting message once: the ones left alone stay unacked until the end, then go back in order.
+    kept = 0
     for _ in range(waiting):
-        if wanted.count is not None and len(result.moved) >= wanted.count:
-            break
+        if wanted.count is not None and len(result.moved) >= wanted.count and kept == 0:
+            break  # nothing went to the tail yet: stopping here leaves the order as it was
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
             break
-        if not wanted.matches(message):
-            held.append(message)
-            continue
-        event_id = str((message.headers or {}).get("event_id") or message.message_id)
-        kind = (message.headers or {}).get("notify_type")
-        if not isinstance(kind, str) or not KIND_NAME.match(kind):
-            held.append(message)
-            result.left.append((event_id, f"no routable kind in its notify_type header: {str(kind)[:80]!r}"))
-            continue
-        if dry_run:
-            held.append(message)
-            result.moved.append(event_id)
-            continue
+        full = wanted.count is not None and len(result.moved) >= wanted.count
+        if not full and wanted.matches(message):
+            event_id = str((message.headers or {}).get("event_id") or message.message_id)
+            kind = (message.headers or {}).get("notify_type")
+            if not isinstance(kind, str) or not KIND_NAME.match(kind):
+                result.left.append((event_id, f"no routable kind in its notify_type header: {str(kind)[:80]!r}"))
+            elif dry_run:
+                result.moved.append(event_id)
+            else:
+                try:
+                    await events.publish(
+                        replay_copy(message, source), routing_key=topology.routing_key(kind), mandatory=True,
+                        timeout=PUBLISH_TIMEOUT,
+                    )  # fmt: skip
+                except NOT_TAKEN as error:
+                    result.left.append((event_id, f"the broker did not take it: {type(error).__name__}"))
+                else:
+                    await message.ack()  # only after the broker confirmed the copy
+                    result.moved.append(event_id)
+                    continue
         try:
-            await events.publish(replay_copy(message, source), routing_key=topology.routing_key(kind), mandatory=True)
-        except (aio_pika.exceptions.DeliveryError, aio_pika.exceptions.PublishError) as error:
-            held.append(message)
-            result.left.append((event_id, f"the broker did not take it: {type(error).__name__}"))
-            continue
-        await message.ack()  # only after the broker confirmed the copy
-        result.moved.append(event_id)
-    for message in held:
-        await message.nack(requeue=True)
+            await keep_in_place(channel, message, source)
+        except KeepRefused as error:
+            result.stopped = f"{error}; the {kept} message(s) kept before it are now at the tail of {source}"
+            break
+        kept += 1
     return result
 
 
@@ -142,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         print(event_id)
     for event_id, why in result.left:
         print(f"left in {queue}: {event_id}: {why}", file=sys.stderr)
+    if result.stopped:
+        print(f"stopped early: {result.stopped}", file=sys.stderr)
     verb = "would replay" if args.dry_run else "replayed"
     print(f"{verb} {len(result.moved)} message(s) from {queue}", file=sys.stderr)
-    sys.exit(1 if result.left else 0)
+    sys.exit(1 if result.left or result.stopped else 0)

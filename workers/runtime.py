@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 
 from infra import broker, declare
-from workers import database
+from workers import database, retention
 from workers.acks import ChannelAcks
 from workers.batches import Batches
 from workers.delivery import DeliveryPolicy
@@ -58,6 +58,7 @@ class WorkerRuntime:
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._retries: RetryPublisher | None = None
         self._acks: ChannelAcks | None = None
+        self._pruning: asyncio.Task[None] | None = None  # inbox retention (workers.retention)
         self._outage: DatabaseOutage | None = None  # set while PostgreSQL does not answer: consumption paused
         self._link = broker.BrokerConnection(
             settings.amqp_urls, self._consume, on_lost=self._not_consuming, stopping=lambda: self._stopping,
@@ -86,6 +87,7 @@ class WorkerRuntime:
             self._policy, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
         )
         self._batches.start()
+        self._pruning = retention.start_pruning(self.settings, self.metrics)
         self._link.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._consuming.wait(), wait)
@@ -98,6 +100,7 @@ class WorkerRuntime:
         """Stop consuming, let in-flight handlers finish within HC_SHUTDOWN_GRACE, leave the rest unacked (the broker
         redelivers them), close."""
         self._stopping = True
+        await retention.stop_pruning(self._pruning)
         if self._outage is not None:
             self._outage.task.cancel()
         await self._cancel_consumers()

@@ -20,4 +20,7 @@ class WorkerSettings(BrokerSettings, kw_only=True, frozen=True):
     retry_delays: tuple[Annotated[float, msgspec.Meta(gt=0)], ...] = (1.0, 10.0, 60.0, 600.0, 3600.0)
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     handlers: tuple[str, ...] = ()
+    # Days an inbox key is kept: a platform retry (within about 43.6 hours) must still find it. At least 3.
+    inbox_retention_days: Annotated[float, msgspec.Meta(ge=3)] = 30.0
+    inbox_prune_interval: Seconds = 600.0  # seconds between pruning rounds
     metrics_port: Port = 9100
