@@ -16,7 +16,10 @@ import msgspec
 
 from schemas.fields import Amount, AnyText, Email, Mobile, MobileCode, Text, TxId, decode_field
 
-KIND_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+# A kind's name, exactly: upper-case ASCII letters, digits and _ as the platform writes them. Its routing key and queue
+# are the name in lower case, so a name with lower-case letters would share another kind's queue (`open_card` with
+# OPEN_CARD's). `\Z`, not `$`: `$` also matches before a final newline.
+KIND_NAME = re.compile(r"^[A-Z0-9_]{1,64}\Z")
 
 UnixSeconds = Annotated[int, msgspec.Meta(ge=0)]
 
