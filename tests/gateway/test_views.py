@@ -91,6 +91,15 @@ async def test_schema_invalid_known_kind_is_quarantined_with_the_reason(gateway,
     assert await take(amqp, topology.kind_queue("OPEN_CARD"), timeout=0.2) == []
 
 
+@pytest.mark.parametrize("expired_time", [100_000_000_000_000, "100000000000000"])
+async def test_an_implausible_time_is_quarantined_with_its_path(gateway, amqp, sign, sample, expired_time):
+    body = json.dumps({**json.loads(sample("auth_3ds")), "expired_time": expired_time}).encode()
+    assert await (await gateway.post(PATH, data=body, headers=sign(body))).json() == OK
+    (message,) = await take(amqp, topology.INVALID_QUEUE)
+    assert message.body == body and "$.expired_time" in message.headers["validation_error"]
+    assert await take(amqp, topology.kind_queue("AUTH_3DS"), timeout=0.2) == []
+
+
 async def test_quirky_types_and_unknown_fields_are_accepted(gateway, amqp, sign):
     body = json.dumps(
         {
