@@ -107,12 +107,14 @@ class ContractServer(web.Server):
 
 class ContractAppRunner(web.AppRunner):
     """An AppRunner whose protocol-level errors keep the reply contract (aiohttp offers no hook for them), with the
-    limits on header size stated."""
+    limits on header size stated, and request bodies never decompressed (a push with a Content-Encoding is refused:
+    `gateway.body.read_body`)."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("max_headers", MAX_HEADERS)
         kwargs.setdefault("max_field_size", MAX_FIELD_SIZE)
         kwargs.setdefault("max_line_size", MAX_LINE_SIZE)
+        kwargs.setdefault("auto_decompress", False)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:

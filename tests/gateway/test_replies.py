@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 
 import pytest
 
 from gateway.replies import MAX_FIELD_SIZE, MAX_HEADERS
+from schemas import topology
+from tests.support.broker import take
 
 pytestmark = pytest.mark.broker
 
@@ -37,3 +40,17 @@ async def test_headers_over_the_limits_are_answered_431_in_the_contract(gateway,
     request = b"POST /hc_sync/common HTTP/1.1\r\nHost: gw\r\n" + headers + b"Content-Length: 2\r\n\r\n{}"
     status, reply = await raw_exchange(gateway.host, gateway.port, request)
     assert status == 431 and reply["code"] == 431 and reply["data"] == {} and "header" in reply["msg"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-custom"])
+async def test_a_compressed_body_is_refused_415_and_never_inflated(gateway, amqp, sign, sample, encoding):
+    """The platform documents no Content-Encoding: a compressed body, well formed or not, is refused before it is
+    read (a broken gzip stream was a 503 and a traceback; a well-formed one was inflated in memory)."""
+    body = sample("consume")
+    compressed = gzip.compress(body) if encoding == "gzip" else b"not compressed at all"
+    headers = {**sign(body), "Content-Encoding": encoding}
+    response = await gateway.post("/hc_sync/common", data=compressed, headers=headers)
+    assert response.status == 415 and (await response.json())["code"] == 415
+    assert await take(amqp, topology.kind_queue("CONSUME"), timeout=0.3) == []
+    identity = await gateway.post("/hc_sync/common", data=body, headers={**sign(body), "Content-Encoding": "identity"})
+    assert identity.status == 200
