@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_KEYS := .dev
 export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
 
-.PHONY: run test lint install tools bench clean dashboards
+.PHONY: run test lint install tools bench clean dashboards audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench
+
+# Known vulnerabilities of the installed dependencies (pip-audit, installed here as `make bench` installs its extras).
+# It reads PyPI's advisory data over the network; --strict fails when a package could not be checked.
+audit: install
+	$(BIN)/pip install --quiet pip-audit
+	$(BIN)/pip-audit --strict --skip-editable
 
 lint: install
 	$(BIN)/ruff check .

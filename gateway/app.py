@@ -49,9 +49,13 @@ async def broker_connection(app: web.Application) -> AsyncIterator[None]:
 
 
 async def report_readiness(app: web.Application, every: float = 1.0) -> None:
-    """hypercard_gateway_ready follows what /readyz answers, for the alert on a gateway that takes no pushes."""
+    """hypercard_gateway_ready follows what /readyz answers, for the alert on a gateway that takes no pushes;
+    hypercard_gateway_broker_blocked says when the reason is the broker's resource alarm."""
     while True:
-        app[METRICS].ready.set(1 if app[PUBLISHER].ready and not app[DRAINING].is_set() else 0)
+        publisher = app[PUBLISHER]
+        blocked = publisher.blocked is not None
+        app[METRICS].broker_blocked.set(1 if blocked else 0)
+        app[METRICS].ready.set(1 if publisher.ready and not blocked and not app[DRAINING].is_set() else 0)
         await asyncio.sleep(every)
 
 

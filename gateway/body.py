@@ -10,7 +10,7 @@ from collections import Counter
 import msgspec
 from aiohttp import web
 
-from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from gateway.signature import FIELDS_DECODER, rendered_fields
 
 # Every top-level key is a string followed by a colon; so is any `":` inside strings or nested objects. When there
@@ -19,7 +19,21 @@ _KEY_END = re.compile(rb'"\s*:')
 
 
 async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """The body, refused past `limit` bytes; a client that sends too slowly is cut off after `timeout` seconds."""
+    """The body, refused past `limit` bytes; a client that sends too slowly is cut off after `timeout` seconds.
+
+    A compressed body is refused before it is read: the platform documents no Content-Encoding, and the server never
+    inflates one (`auto_decompress=False`), so no zip bomb and no broken gzip stream reaches memory or the log. A body
+    the HTTP layer cannot deliver (bad chunked encoding, the client gone) is a 400, never an internal error."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not accepted: send the body uncompressed")
+    try:
+        return await _read(request, limit, timeout)
+    except (web.RequestPayloadError, ConnectionError) as error:
+        raise BadRequest(f"the body could not be read: {type(error).__name__}") from None
+
+
+async def _read(request: web.Request, limit: int, timeout: float) -> bytes:
     content = request.content
     if content.is_eof():  # the whole body came with the headers, as a push's small body does: nothing to wait for
         body = content.read_nowait()

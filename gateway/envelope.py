@@ -36,7 +36,8 @@ def validate(kind: str, body: bytes) -> Verdict:
             return Verdict("quarantined", topology.INVALID_ROUTING_KEY, f"{kind}: {error}")
         return Verdict("accepted", topology.routing_key(kind))
     if not KIND_NAME.match(kind):
-        reason = f"notify_type {kind[:80]!r} is not a kind name (letters, digits and _ only)"
+        # Never routed by its lower-cased name: `open_card` would reach OPEN_CARD's queue without OPEN_CARD's checks.
+        reason = f"notify_type {kind[:80]!r} is not a kind name (upper-case letters, digits and _ only)"
         return Verdict("quarantined", topology.INVALID_ROUTING_KEY, reason)
     return Verdict("unknown_kind", topology.routing_key(kind))
 

@@ -66,6 +66,12 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        self.broker_blocked = Gauge(
+            "hypercard_gateway_broker_blocked",
+            "1 while the broker blocks this gateway's publishes (a memory or disk alarm): pushes answer 503 at once.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.in_flight = Gauge(
             "hypercard_gateway_in_flight",
             "Requests being handled now.",

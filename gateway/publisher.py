@@ -19,11 +19,17 @@ from schemas.events import KNOWN_KINDS
 log = structlog.get_logger("gateway.publisher")
 
 
+class BrokerBlocked(Exception):
+    """Set on the confirms a blocked connection still waits for: the broker reads nothing until it unblocks."""
+
+
 class Publisher:
     """Owns the broker connection. `publish_confirmed` returns only once the broker confirmed the message.
 
     While the broker is unreachable, publishes fail at once (the request answers 503 and the platform retries);
-    a background task reconnects, trying each configured node in turn, and declares the topology again."""
+    a background task reconnects, trying each configured node in turn, and declares the topology again. While the
+    broker blocks publishers (a memory or disk alarm: `connection.blocked`) publishes fail at once too, and the
+    ones already waiting for their confirm are answered then, not after HC_PUBLISH_TIMEOUT."""
 
     def __init__(
         self,
@@ -37,6 +43,7 @@ class Publisher:
         self.delivery_limit = delivery_limit
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._ready = asyncio.Event()
+        self._blocked: str | None = None
         self._link = broker.BrokerConnection(
             urls,
             self._declare,
@@ -51,6 +58,11 @@ class Publisher:
     def ready(self) -> bool:
         """Connected, with the topology declared."""
         return self._ready.is_set()
+
+    @property
+    def blocked(self) -> str | None:
+        """Why the broker blocks this connection's publishes (its `connection.blocked` reason), or None."""
+        return self._blocked
 
     async def start(self, wait: float | None = None) -> None:
         """Start connecting in the background; optionally wait up to `wait` seconds for the first connection."""
@@ -72,6 +84,8 @@ class Publisher:
         channel = self._channel
         if channel is None or not self.ready:
             raise BrokerUnavailable("message broker unavailable; the event was not stored, send it again")
+        if self._blocked is not None:
+            raise BrokerUnavailable(f"the broker blocks publishing ({self._blocked}); send it again")
         try:
             # mandatory: a message that reaches no queue comes back as a return, never an ack of nothing. Unknown
             # kinds still reach hypercard.unrouted through the alternate exchange.
@@ -88,6 +102,8 @@ class Publisher:
             )
         except TimeoutError:
             raise BrokerUnavailable("the broker did not confirm the event in time; send it again") from None
+        except BrokerBlocked as error:
+            raise BrokerUnavailable(f"the broker blocks publishing ({error}); send it again") from None
         except aiormq.exceptions.PublishError:
             # Returned: no queue took it, so part of the topology is gone (a queue deleted by hand). Reconnecting
             # declares it all again; until then pushes answer 503 and the platform resends.
@@ -114,9 +130,40 @@ class Publisher:
         for kind in sorted(KNOWN_KINDS):
             await declare.declare_kind(channel, kind, self.delivery_limit)
         self._channel = await channel.get_underlay_channel()
+        self._watch_blocking(connection)
         self._ready.set()
         log.info("broker connected, topology declared", node=str(connection.url.with_user(None)))
 
     def _not_ready(self) -> None:
         self._ready.clear()
         self._channel = None
+        self._blocked = None  # a new connection starts unblocked; the broker says so again on its first publish
+
+    def _watch_blocking(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        """Follow `connection.blocked` / `connection.unblocked`. aiormq handles both frames itself (it only logs
+        them) and offers no callback, so its two handlers are wrapped on this connection's instance: private,
+        name-mangled methods, pinned by tests/gateway/test_broker_alarm.py with a real alarm."""
+        underlay = connection.transport.connection if connection.transport else None
+        on_blocked = getattr(underlay, "_Connection__handle_connection_blocked", None)
+        on_unblocked = getattr(underlay, "_Connection__handle_connection_unblocked", None)
+        if on_blocked is None or on_unblocked is None:
+            log.warning("cannot follow connection.blocked with this aiormq: pushes wait out HC_PUBLISH_TIMEOUT")
+            return
+
+        async def blocked(frame: spec.Connection.Blocked) -> None:
+            await on_blocked(frame)
+            self._blocked = frame.reason or "resource alarm"
+            log.warning("the broker blocks publishing; pushes answer 503", reason=self._blocked)
+            # RabbitMQ reads nothing more from this connection: the confirms still awaited would only time out.
+            channel = self._channel
+            for confirmation in list(channel.confirmations.values()) if channel is not None else ():
+                if isinstance(confirmation, asyncio.Future) and not confirmation.done():
+                    confirmation.set_exception(BrokerBlocked(self._blocked))
+
+        async def unblocked(frame: spec.Connection.Unblocked) -> None:
+            await on_unblocked(frame)
+            self._blocked = None
+            log.info("the broker unblocked publishing")
+
+        underlay._Connection__handle_connection_blocked = blocked  # type: ignore[union-attr]
+        underlay._Connection__handle_connection_unblocked = unblocked  # type: ignore[union-attr]

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from gateway.errors import GatewayError
 from gateway.keys import DRAINING
 
 OK_BODY = b'{"code":1,"msg":"ok","data":{}}'
+# What one request may cost before any check: the platform sends about a dozen short headers; proxies add a few.
+MAX_HEADERS = 64  # header lines
+MAX_FIELD_SIZE = 8190  # bytes of one header line (aiohttp's own default, stated here)
+MAX_LINE_SIZE = 8190  # bytes of the request line
 log = structlog.get_logger("gateway")
 
 
@@ -72,10 +78,20 @@ class ContractRequestHandler(web.RequestHandler):
         log.info("malformed HTTP request", status=status, error=type(exc).__name__ if exc else None)
         if status >= 500:
             response = failure(503, "internal error; the event was not stored, send it again")
+        elif _headers_too_large(exc):
+            response = failure(
+                431,
+                f"request header fields too large: at most {MAX_HEADERS} header lines of {MAX_FIELD_SIZE} bytes",
+            )
         else:
             response = failure(status, f"malformed HTTP request: {type(exc).__name__ if exc else 'bad request'}")
         response.force_close()
         return response
+
+
+def _headers_too_large(exc: BaseException | None) -> bool:
+    # aiohttp's parsers raise LineTooLong for a long line and a plain BadHttpMessage for too many header lines.
+    return isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message)
 
 
 class ContractServer(web.Server):
@@ -90,7 +106,16 @@ class ContractServer(web.Server):
 
 
 class ContractAppRunner(web.AppRunner):
-    """An AppRunner whose protocol-level errors keep the reply contract (aiohttp offers no hook for them)."""
+    """An AppRunner whose protocol-level errors keep the reply contract (aiohttp offers no hook for them), with the
+    limits on header size stated, and request bodies never decompressed (a push with a Content-Encoding is refused:
+    `gateway.body.read_body`)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("max_headers", MAX_HEADERS)
+        kwargs.setdefault("max_field_size", MAX_FIELD_SIZE)
+        kwargs.setdefault("max_line_size", MAX_LINE_SIZE)
+        kwargs.setdefault("auto_decompress", False)
+        super().__init__(app, **kwargs)
 
     async def _make_server(self) -> web.Server:
         # aiohttp builds its Server in this private method and offers no factory argument: the instance it built is

@@ -142,9 +142,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: connected to the broker with the topology declared, and not draining."""
+    """Ready for traffic: connected to the broker with the topology declared, not blocked by it, not draining."""
     if request.app[DRAINING].is_set():
         raise Draining("draining: shutting down")
-    if not request.app[PUBLISHER].ready:
+    publisher = request.app[PUBLISHER]
+    if not publisher.ready:
         raise BrokerUnavailable("not connected to the message broker")
+    if publisher.blocked is not None:
+        raise BrokerUnavailable(f"the message broker blocks publishing: {publisher.blocked}")
     return ok()

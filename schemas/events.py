@@ -16,9 +16,17 @@ import msgspec
 
 from schemas.fields import Amount, AnyText, Email, Mobile, MobileCode, Text, TxId, decode_field
 
-KIND_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+# A kind's name, exactly: upper-case ASCII letters, digits and _ as the platform writes them. Its routing key and queue
+# are the name in lower case, so a name with lower-case letters would share another kind's queue (`open_card` with
+# OPEN_CARD's). `\Z`, not `$`: `$` also matches before a final newline.
+KIND_NAME = re.compile(r"^[A-Z0-9_]{1,64}\Z")
 
-UnixSeconds = Annotated[int, msgspec.Meta(ge=0)]
+# A time the platform sends (Unix seconds), from 2015-01-01 to 2100-01-01 UTC: a fixed window, so a retry two days
+# later validates as the first delivery did. Out of it the event is quarantined with the field's `$.path`; in it,
+# every handler's datetime and PostgreSQL timestamptz can hold it. Numbers sent as strings are bounded alike.
+EARLIEST_TIME = 1_420_070_400  # 2015-01-01T00:00:00Z
+LATEST_TIME = 4_102_444_800  # 2100-01-01T00:00:00Z
+UnixSeconds = Annotated[int, msgspec.Meta(ge=EARLIEST_TIME, le=LATEST_TIME)]
 
 
 class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):

@@ -129,7 +129,10 @@ async def test_values_with_separators_unicode_and_nesting_travel_through_the_sig
 
 async def test_a_string_field_sent_as_a_number_reaches_its_kind_not_quarantine(gateway, amqp, sign):
     for body, kind in (
-        (b'{"notify_type":"OPT_CODE","card_id":1085185460000094505,"code":482913,"create_time":1}', "OPT_CODE"),
+        (
+            b'{"notify_type":"OPT_CODE","card_id":1085185460000094505,"code":482913,"create_time":1710412477}',
+            "OPT_CODE",
+        ),
         (b'{"notify_type":"CONSUME","card_id":6654358889900018888}', "CONSUME"),
     ):
         assert await (await gateway.post(PATH, data=body, headers=sign(body))).json() == OK

@@ -64,6 +64,21 @@ async def test_unknown_kind_is_accepted_and_kept_in_unrouted(gateway, amqp, sign
     assert message.body == body and message.routing_key == "hypercard.card_status_change"
 
 
+@pytest.mark.parametrize(
+    "kind",
+    ["open_card", "Open_Card", "OPEN_CARD\n", " OPEN_CARD", "OPEN_CARD ", "OPEN_CAR\u0110", "card_status_change"],
+)
+async def test_a_kind_that_is_not_exactly_a_kind_name_never_reaches_a_kind_queue(gateway, amqp, sign, sample, kind):
+    """Routing keys are the kind in lower case: `open_card` would share OPEN_CARD's queue, `card_status_change` a
+    user worker's CARD_STATUS_CHANGE queue. A kind name is upper case: anything else is kept in hypercard.invalid."""
+    body = json.dumps({**json.loads(sample("open_card")), "notify_type": kind}).encode()
+    assert await (await gateway.post(PATH, data=body, headers=sign(body))).json() == OK
+    (message,) = await take(amqp, topology.INVALID_QUEUE)
+    assert message.body == body and "notify_type" in message.headers["validation_error"]
+    assert await take(amqp, topology.kind_queue("OPEN_CARD"), timeout=0.2) == []
+    assert await take(amqp, topology.UNROUTED_QUEUE, timeout=0.2) == []
+
+
 async def test_schema_invalid_known_kind_is_quarantined_with_the_reason(gateway, amqp, sign):
     body = (
         b'{"notify_type":"OPEN_CARD","card_type_id":"4","email":"a@b.c","mobile":"123","mobile_code":"86","result":1}'
@@ -74,6 +89,15 @@ async def test_schema_invalid_known_kind_is_quarantined_with_the_reason(gateway,
     assert message.body == body
     assert "$.mobile" in message.headers["validation_error"]
     assert await take(amqp, topology.kind_queue("OPEN_CARD"), timeout=0.2) == []
+
+
+@pytest.mark.parametrize("expired_time", [100_000_000_000_000, "100000000000000"])
+async def test_an_implausible_time_is_quarantined_with_its_path(gateway, amqp, sign, sample, expired_time):
+    body = json.dumps({**json.loads(sample("auth_3ds")), "expired_time": expired_time}).encode()
+    assert await (await gateway.post(PATH, data=body, headers=sign(body))).json() == OK
+    (message,) = await take(amqp, topology.INVALID_QUEUE)
+    assert message.body == body and "$.expired_time" in message.headers["validation_error"]
+    assert await take(amqp, topology.kind_queue("AUTH_3DS"), timeout=0.2) == []
 
 
 async def test_quirky_types_and_unknown_fields_are_accepted(gateway, amqp, sign):

@@ -84,7 +84,7 @@ def written_mobiles(draw) -> tuple[str, str]:
 ]))
 def test_no_form_of_an_events_secrets_reaches_a_log_line_or_a_header(otp, email, mobile, template):
     number, written = mobile
-    body = {"notify_type": "OPT_CODE", "card_id": "c-1", "code": otp, "create_time": 1}
+    body = {"notify_type": "OPT_CODE", "card_id": "c-1", "code": otp, "create_time": 1710412477}
     event = EVENT_DECODER.decode(json.dumps(body))
     bind_secrets([event.code, email, number])  # what the worker binds for the event it handles
     try:
@@ -167,7 +167,8 @@ async def test_a_notifier_failure_quoting_the_code_leaks_it_nowhere(tmp_path, am
     )  # fmt: skip
     try:
         await eventually(lambda: _true(worker.events(event="consuming")), timeout=20)
-        body = json.dumps({"notify_type": "OPT_CODE", "card_id": "c-1", "code": code, "create_time": 1}).encode()
+        event = {"notify_type": "OPT_CODE", "card_id": "c-1", "code": code, "create_time": 1710412477}
+        body = json.dumps(event).encode()
         assert (await gateway.post("/hc_sync/common", data=body, headers=sign(body))).status == 200
         (dead,) = await take(amqp, topology.dead_queue("OPT_CODE"), timeout=15)
     finally:

@@ -6,6 +6,7 @@ HYPOTHESIS_PROFILE=slow runs 10,000 cases per property; the default profile fewe
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import json
 import os
@@ -154,17 +155,34 @@ content_types = st.sampled_from(
 )  # fmt: skip
 
 
+# Body framing and coding headers: a compressed body is refused (415), a framing aiohttp cannot read is a 4xx.
+coding_headers = st.dictionaries(
+    st.sampled_from(["Content-Encoding", "Transfer-Encoding"]),
+    st.sampled_from(["gzip", "deflate", "br", "zstd", "identity", "chunked", "x-custom", "gzip, deflate", ""]),
+)
+
+
 @given(
     body=bodies,
     content_type=content_types,
     signed=st.dictionaries(st.sampled_from(["api-key", "timestamp", "nonce", "version", "lang", "signature"]),
                            header_text),
+    coding=coding_headers,
 )  # fmt: skip
-def test_unsigned_or_forged_requests_are_refused_and_never_published(live, body, content_type, signed):
+def test_unsigned_or_forged_requests_are_refused_and_never_published(live, body, content_type, signed, coding):
     before = len(live.published)
-    status, answer = live.post(body, {**signed, "Content-Type": content_type})
+    status, answer = live.post(body, {**signed, **coding, "Content-Type": content_type})
     assert status in REFUSALS and answer["code"] != 1
     assert len(live.published) == before, "a request whose signature does not verify was published"
+
+
+@given(name=st.sampled_from(sample_names()), encoding=st.sampled_from(["gzip", "deflate", "br", "zstd", "x-custom"]))
+def test_a_genuine_push_with_a_content_encoding_is_refused_never_inflated(live, platform_key, name, encoding):
+    body = sample_body(name)
+    before = len(live.published)
+    headers = {**signed_headers(platform_key, body, "merchant-1"), "Content-Type": "application/json"}
+    status, answer = live.post(gzip.compress(body), {**headers, "Content-Encoding": encoding})
+    assert status == 415 and answer["code"] == 415 and len(live.published) == before
 
 
 @given(body=st.one_of(objects.map(_dump), objects.map(_duplicate_keys), json_values.map(_dump)))
@@ -243,6 +261,59 @@ def test_malformed_http_is_answered_in_the_contract_by_the_real_server(tmp_path,
     assert b"application/json" in head
     answer = json.loads(body)
     assert answer["code"] != 1 and set(answer) == {"code", "msg", "data"}
+
+
+HEAD = b"POST /hc_sync/common HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+UNREADABLE_BODIES = {
+    "broken gzip": [HEAD + b"Content-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnot gzip!!"],
+    "broken deflate": [HEAD + b"Content-Encoding: deflate\r\nContent-Length: 10\r\n\r\nnot zlib!!"],
+    "bad chunk size after the headers": [HEAD + b"Transfer-Encoding: chunked\r\n\r\n", b"5\r\n{\"a\":\r\nzz\r\n"],
+    "closed before the whole body": [HEAD + b"Content-Length: 100\r\n\r\n", b'{"notify_type"', None],
+    "closed in the middle of a chunk": [HEAD + b"Transfer-Encoding: chunked\r\n\r\n", b"20\r\n{\"a\"", None],
+}
+
+
+def send_in_parts(port: int, parts: list[bytes | None]) -> bytes:
+    """Each part after a pause (so the headers arrive before the body); None: the client stops sending."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        for part in parts:
+            if part is None:
+                sock.shutdown(socket.SHUT_WR)
+            else:
+                sock.sendall(part)
+            time.sleep(0.2)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except OSError:
+            pass
+    return b"".join(chunks)
+
+
+def test_bodies_the_http_layer_cannot_deliver_get_a_4xx_or_a_closed_connection_never_a_traceback(
+    tmp_path, platform_key, amqp
+):
+    key_file = write_public_keys(tmp_path / "platform.pem", platform_key)
+    port = free_port()
+    env = {"HC_PLATFORM_PUBLIC_KEY": str(key_file), "HC_DRAIN_SECONDS": "0", "HC_READ_TIMEOUT": "1"}
+    gateway = gateway_process(tmp_path, port, env)
+    try:
+        from tests.support.network import wait_until_ready
+
+        wait_until_ready(port)
+        replies = {name: send_in_parts(port, parts) for name, parts in UNREADABLE_BODIES.items()}
+    finally:
+        gateway.stop()
+    for name, reply in replies.items():
+        while reply:  # every reply on the connection (a 408 for the body, then a 400 for the bad framing)
+            head, _, rest = reply.partition(b"\r\n\r\n")
+            assert re.match(rb"HTTP/1\.1 4\d\d ", head), (name, replies[name][:300])
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            answer, reply = json.loads(rest[:length]), rest[length:]
+            assert answer["code"] != 1 and answer["data"] == {}, (name, replies[name][:300])
+    assert "Traceback" not in gateway.output and "unexpected error" not in gateway.output
+    assert all(line["status"] < 500 for line in gateway.events(event="request")), gateway.output[-2000:]
 
 
 async def test_many_concurrent_connections_with_bad_signatures(live, platform_key):

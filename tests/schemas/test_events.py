@@ -105,3 +105,29 @@ def test_strings_sent_as_numbers_keep_their_limits_and_refuse_other_types():
     for wrong in (True, [1], {"a": 1}):
         with pytest.raises(msgspec.ValidationError, match=r"\$\.card_id"):
             EVENT_DECODER.decode(json.dumps(code | {"card_id": wrong}))
+
+
+TIME_FIELDS = [
+    ("auth_3ds", "expired_time"),
+    ("auth_3ds", "created_Time"),
+    ("auth_3ds", "updated_Time"),
+    ("opt_code", "create_time"),
+    ("card_config_change", "modify_time"),
+]
+
+
+@pytest.mark.parametrize(("name", "field"), TIME_FIELDS)
+@pytest.mark.parametrize("value", [100_000_000_000_000, "100000000000000", 4_102_444_801, 1_420_070_399, -1, "0"])
+def test_time_fields_out_of_the_plausible_range_are_refused_with_their_path(name, field, value):
+    """Unix seconds from 2015-01-01 to 2100-01-01, as numbers or as numbers sent as strings: a handler given the year
+    3,170,843 fails at every attempt."""
+    body = json.loads(sample_body(name)) | {field: value}
+    with pytest.raises(msgspec.ValidationError, match=rf"\$\.{field}"):
+        EVENT_DECODER.decode(json.dumps(body))
+
+
+@pytest.mark.parametrize(("name", "field"), TIME_FIELDS)
+@pytest.mark.parametrize("value", [1_420_070_400, 4_102_444_800, "1710412477"])
+def test_time_fields_within_the_range_are_accepted(name, field, value):
+    body = json.loads(sample_body(name)) | {field: value}
+    assert getattr(EVENT_DECODER.decode(json.dumps(body)), field) == int(value)

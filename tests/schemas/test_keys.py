@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.events import EVENT_DECODER, KNOWN_EVENTS, Consume, OptCode
+from schemas.events import EARLIEST_TIME, EVENT_DECODER, KNOWN_EVENTS, LATEST_TIME, Consume, OptCode
 from schemas.fields import Text
 from schemas.samples import sample_body, sample_names
 
@@ -33,7 +33,7 @@ def other_value(event_type: type, field: str, value: object, draw) -> object:
         limit = kind.max_length or 20
         new = draw(st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=max(kind.min_length, 1), max_size=limit))
         return new if new != current else new[:-1] + ("a" if new[-1] != "a" else "b")
-    return draw(st.integers(0, 2**31).filter(lambda v: v != value))
+    return draw(st.integers(EARLIEST_TIME, LATEST_TIME).filter(lambda v: v != value))  # valid for the time fields too
 
 
 @pytest.mark.parametrize("event_type", KEYED, ids=lambda e: e.kind())

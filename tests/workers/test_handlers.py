@@ -115,13 +115,13 @@ async def test_duplicates_have_one_effect(gateway, make_worker, db, sign, sample
         ("BUY_COIN", [{"status": 1}, {"status": 0}], "SELECT status FROM hypercard_coin_purchases", 1),
         (
             "CARD_CONFIG_CHANGE",
-            [{"modify_time": 2000}, {"modify_time": 1000}],
+            [{"modify_time": 1710412000}, {"modify_time": 1710411000}],
             "SELECT extract(epoch FROM modify_time)::bigint FROM hypercard_card_type_configs",
-            2000,
+            1710412000,
         ),
         (
             "AUTH_3DS",
-            [{"updated_Time": 2000, "auth_result": 3}, {"updated_Time": 1000, "auth_result": 1}],
+            [{"updated_Time": 1710412000, "auth_result": 3}, {"updated_Time": 1710411000, "auth_result": 1}],
             "SELECT auth_result FROM hypercard_auths_3ds",
             3,
         ),

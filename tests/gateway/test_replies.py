@@ -1,0 +1,56 @@
+"""The reply contract at the protocol's edge: header limits and request bodies that cannot be read."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+
+import pytest
+
+from gateway.replies import MAX_FIELD_SIZE, MAX_HEADERS
+from schemas import topology
+from tests.support.broker import take
+
+pytestmark = pytest.mark.broker
+
+
+async def raw_exchange(host: str, port: int, request: bytes) -> tuple[int, dict]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(request)
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    match = re.match(rb"HTTP/1\.[01] (\d{3}) ", head)
+    assert match and b"application/json" in head, reply[:300]
+    return int(match.group(1)), json.loads(payload)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"".join(b"X-Extra-%d: 1\r\n" % n for n in range(MAX_HEADERS + 1)),
+        b"X-Extra: " + b"1" * (MAX_FIELD_SIZE + 1) + b"\r\n",
+    ],
+    ids=["too many header lines", "a header line too long"],
+)
+async def test_headers_over_the_limits_are_answered_431_in_the_contract(gateway, headers):
+    request = b"POST /hc_sync/common HTTP/1.1\r\nHost: gw\r\n" + headers + b"Content-Length: 2\r\n\r\n{}"
+    status, reply = await raw_exchange(gateway.host, gateway.port, request)
+    assert status == 431 and reply["code"] == 431 and reply["data"] == {} and "header" in reply["msg"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-custom"])
+async def test_a_compressed_body_is_refused_415_and_never_inflated(gateway, amqp, sign, sample, encoding):
+    """The platform documents no Content-Encoding: a compressed body, well formed or not, is refused before it is
+    read (a broken gzip stream was a 503 and a traceback; a well-formed one was inflated in memory)."""
+    body = sample("consume")
+    compressed = gzip.compress(body) if encoding == "gzip" else b"not compressed at all"
+    headers = {**sign(body), "Content-Encoding": encoding}
+    response = await gateway.post("/hc_sync/common", data=compressed, headers=headers)
+    assert response.status == 415 and (await response.json())["code"] == 415
+    assert await take(amqp, topology.kind_queue("CONSUME"), timeout=0.3) == []
+    identity = await gateway.post("/hc_sync/common", data=body, headers={**sign(body), "Content-Encoding": "identity"})
+    assert identity.status == 200
