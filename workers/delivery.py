@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 import structlog
 
+from infra.identifiers import IdentifierKey
 from infra.redaction import bind_secrets, clear_secrets, scrub
 from schemas.events import Event
 from workers import database
@@ -46,8 +47,10 @@ class Delivery:
     attempt: int  # 1 on the first delivery, 2 on the first retry, ...
     received_at: datetime  # when the gateway received the event
     event: Event | None = None  # set once decoded
-    natural_key: str | None = None  # the key the inbox de-duplicates on (None: every notification counts)
-    inbox_key: str | None = None  # its digest, the inbox row's key
+    # The inbox row's key: a keyed digest of the event's notification key (None: every notification counts), and
+    # the one under HC_ID_SECRET_PREVIOUS during a rotation.
+    inbox_key: str | None = None
+    previous_inbox_key: str | None = None
 
     @property
     def kind(self) -> str:
@@ -62,8 +65,10 @@ class DeliveryPolicy:
         handler_timeout: float,
         retry_delays: Callable[[str], tuple[float, ...]],
         database_unreachable: OutageCheck,
+        identifiers: IdentifierKey,
     ) -> None:
         self.pool = pool
+        self.identifiers = identifiers
         self.metrics = metrics
         self.handler_timeout = handler_timeout
         self.retry_delays = retry_delays
@@ -112,14 +117,16 @@ class DeliveryPolicy:
             self.metrics.dead_lettered.labels(kind).inc()
             self.finish(delivery, "dead_lettered")
             return False
-        delivery.natural_key = delivery.event.idempotency_key()
-        if delivery.natural_key is not None:
-            delivery.inbox_key = database.inbox_key(delivery.natural_key)
+        natural_key = delivery.event.idempotency_key()  # may hold the code in clear: it never leaves this process
+        if natural_key is not None:
+            delivery.inbox_key = self.identifiers.inbox_key(natural_key)
+            if self.identifiers.previous is not None:
+                delivery.previous_inbox_key = self.identifiers.previous.inbox_key(natural_key)
         return True
 
     async def run_handler(self, delivery: Delivery, connection: asyncpg.Connection) -> None:
         context = HandlerContext(
-            delivery.event_id, delivery.natural_key, delivery.attempt, delivery.received_at, log.bind(), connection
+            delivery.event_id, delivery.inbox_key, delivery.attempt, delivery.received_at, log.bind(), connection
         )
         async with asyncio.timeout(self.handler_timeout):
             await delivery.registration.handler(delivery.event, context)
@@ -138,7 +145,7 @@ class DeliveryPolicy:
         try:
             async with self.pool.acquire() as connection, connection.transaction():
                 if delivery.inbox_key is not None and not await database.claim(
-                    connection, delivery.kind, delivery.inbox_key, delivery.event_id
+                    connection, delivery.kind, delivery.inbox_key, delivery.event_id, delivery.previous_inbox_key
                 ):
                     result: Result = DUPLICATE
                 else:
