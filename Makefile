@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEV_KEYS := .dev
+DEV_ID_SECRET := $(DEV_KEYS)/id-secret
 export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
 
 .PHONY: run test lint install tools bench clean dashboards audit
@@ -17,10 +18,16 @@ install: $(BIN)/python
 $(DEV_KEYS)/platform-public.pem: | install
 	$(BIN)/hypercard-send --generate-keys $(DEV_KEYS)
 
+# The development HC_ID_SECRET, which keys event ids and inbox keys; kept, so de-duplication holds across runs.
+$(DEV_ID_SECRET):
+	@mkdir -p $(DEV_KEYS)
+	@umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_hex(32))' > $@
+
 # The gateway and one worker process for every kind; Ctrl-C stops both. The development merchant's api key is the
 # one hypercard-send sends by default.
 run: export HC_API_KEY ?= dev-merchant
-run: install $(DEV_KEYS)/platform-public.pem
+run: export HC_ID_SECRET ?= $(shell cat $(DEV_ID_SECRET) 2>/dev/null)
+run: install $(DEV_KEYS)/platform-public.pem $(DEV_ID_SECRET)
 	@echo "Gateway on http://127.0.0.1:8080/hc_sync/common, signature checking on (key $(HC_PLATFORM_PUBLIC_KEY))."
 	@echo "Send a signed sample from another terminal:  $(BIN)/hypercard-send open_card   (or: all)"
 	@$(BIN)/hypercard-run

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ from gateway.send import generate_keys, load_private_key
 DATABASE_URL = os.environ.get("HC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BIN = Path(sys.executable).parent
 PORT = 18080
+# HC_ID_SECRET of the gateways and workers of one run (a fresh one: nothing they derive outlives the run).
+ID_SECRET = secrets.token_hex(32)
 
 
 def wrk(script: Path, port: int, seconds: float, connections: int = 64) -> dict[str, float]:
@@ -70,6 +73,7 @@ def gateway_env(keys: Path, **extra: str) -> dict[str, str]:
         "HC_AMQP_URL": AMQP_URL,
         "HC_DRAIN_SECONDS": "0",
         "HC_GATEWAY_METRICS_PORT": "0",
+        "HC_ID_SECRET": ID_SECRET,
         **extra,
     }
 
@@ -146,7 +150,10 @@ def end_to_end(
     connections = 100
     script = paced_script(keys, rate, seconds, connections, tag)
     metrics_ports = [19100 + n for n in range(workers)]
-    worker_env = {"HC_DATABASE_URL": DATABASE_URL, "HC_AMQP_URL": AMQP_URL, "HC_PREFETCH": "64", **worker_settings}
+    worker_env = {
+        "HC_DATABASE_URL": DATABASE_URL, "HC_AMQP_URL": AMQP_URL, "HC_PREFETCH": "64", "HC_ID_SECRET": ID_SECRET,
+        **worker_settings,
+    }  # fmt: skip
     gateway = running([str(BIN / "hypercard-gateway")], gateway_env(keys, HC_PROCESSES=str(processes)), ready_port=PORT)
     worker_runs = [
         running(

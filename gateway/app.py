@@ -10,12 +10,13 @@ from aiohttp import web
 
 from gateway import views
 from gateway.client_ip import ClientAddressPolicy
-from gateway.keys import ADDRESS_POLICY, DRAINING, METRICS, PUBLISHER, SETTINGS, VERIFIER
+from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, VERIFIER
 from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
 from gateway.replies import close_while_draining, reply_contract
 from gateway.settings import GatewaySettings
 from gateway.signature import SignatureVerifier
+from infra.identifiers import identifier_key
 from infra.settings import SettingsError
 from schemas.events import KNOWN_KINDS
 
@@ -63,6 +64,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=[reply_contract], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[VERIFIER] = load_verifier(settings)
+    app[IDENTIFIERS] = identifier_key(settings)  # in every signature mode: event ids are logged and published
     app[ADDRESS_POLICY] = ClientAddressPolicy(settings.allowed_ips, settings.trusted_proxies)
     app[PUBLISHER] = Publisher(settings.amqp_urls, settings.publish_timeout, settings.delivery_limit)
     app[METRICS] = GatewayMetrics()

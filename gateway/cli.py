@@ -19,6 +19,7 @@ from gateway.keys import DRAINING, METRICS
 from gateway.metrics import serve_all_processes
 from gateway.replies import ContractAppRunner
 from gateway.settings import GatewaySettings
+from infra.identifiers import identifier_key
 from infra.logs import configure_logging
 from infra.settings import SettingsError, load_settings
 from infra.signals import stop_requested
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(GatewaySettings, host=args.host, port=args.port, processes=args.processes)
         configure_logging(settings.log_level)
         if settings.processes > 1:
-            load_verifier(settings)  # refuse a bad key file here, once, not in every child
+            load_verifier(settings)  # refuse a bad key file or secret here, once, not in every child
+            identifier_key(settings)
             sys.exit(_run_processes(settings))
         uvloop.run(serve(settings))
     except SettingsError as error:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -46,13 +45,6 @@ def unverified(reason: str | None) -> Verdict:
     """An event whose signature does not vouch for it (monitor mode, or a genuine but ambiguous signature): kept in
     hypercard.unverified for review, never routed to its kind's queue."""
     return Verdict("unverified", topology.UNVERIFIED_ROUTING_KEY, reason)
-
-
-def event_id(signed_body: bytes) -> str:
-    """Stable id of an event: a hash of the body pairs its signature covers. A retry of the same event (even
-    re-serialised, with new timestamp, nonce and signature headers) gets the same id, and so do two bodies the
-    signature cannot tell apart (an empty `{}` added, `1` for `"1"`, two fields folded into one value)."""
-    return hashlib.blake2b(signed_body, digest_size=16).hexdigest()
 
 
 def properties(

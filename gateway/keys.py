@@ -11,10 +11,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from gateway.signature import SignatureVerifier
+from infra.identifiers import IdentifierKey
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 VERIFIER = web.AppKey("verifier", SignatureVerifier | None)
 ADDRESS_POLICY = web.AppKey("address_policy", ClientAddressPolicy)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+IDENTIFIERS = web.AppKey("identifiers", IdentifierKey)  # keys the event id (HC_ID_SECRET)
 DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: /readyz answers 503 from then on

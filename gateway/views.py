@@ -20,7 +20,7 @@ from gateway.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from gateway.keys import ADDRESS_POLICY, DRAINING, METRICS, PUBLISHER, SETTINGS, VERIFIER
+from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, VERIFIER
 from gateway.replies import ok
 from gateway.sender import check_api_key, check_header_text, check_signature
 from gateway.signature import SignatureOutcome
@@ -105,7 +105,7 @@ async def _receive(request: web.Request, line: dict[str, object], default_kind: 
     line["kind"] = kind
     # An event the signature does not vouch for is kept for review, never handed to the workers.
     verdict = envelope.validate(kind, body) if trusted else envelope.unverified(check.reason)
-    event_id = envelope.event_id(check.signed_body)
+    event_id = request.app[IDENTIFIERS].event_id(check.signed_body)
     line["event_id"] = event_id
     structlog.contextvars.bind_contextvars(event_id=event_id, notify_type=kind)
 

@@ -36,6 +36,8 @@ SECRET_KEYS = SENSITIVE_FIELDS | frozenset(
         "password",
         "authorization",
         "platform_headers",
+        "id_secret",
+        "id_secret_previous",
     }
 )
 # Identifiers that are long digit strings but are neither secrets nor personal data.

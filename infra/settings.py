@@ -16,6 +16,7 @@ from schemas.topology import DEFAULT_DELIVERY_LIMIT
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 ENV_PREFIX = "HC_"
+SECRET_FIELDS = frozenset({"id_secret", "id_secret_previous"})
 
 
 class SettingsError(ValueError):
@@ -28,6 +29,18 @@ class BrokerSettings(msgspec.Struct, kw_only=True, frozen=True):
     # so the gateway and every worker must be given the same value.
     delivery_limit: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_DELIVERY_LIMIT
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The key of event ids and inbox keys (`infra.identifiers`), the same for every gateway and worker; or a file
+    # holding it. Never shown: the repr below leaves these out.
+    id_secret: str = ""
+    id_secret_file: str = ""
+    id_secret_previous: str = ""  # the secret before a rotation, while the platform may still retry (README)
+
+    def __repr__(self) -> str:
+        fields = (
+            f"{name}=<hidden>" if name in SECRET_FIELDS and getattr(self, name) else f"{name}={getattr(self, name)!r}"
+            for name in self.__struct_fields__
+        )
+        return f"{type(self).__name__}({', '.join(fields)})"
 
     @property
     def amqp_urls(self) -> list[str]:

@@ -24,6 +24,7 @@ from schemas import topology
 from schemas.events import KNOWN_KINDS
 from schemas.samples import sample_body
 from tests.support.broker import AMQP_URL, ensure_test_vhost, forget_kind, operator_dead_letters
+from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.keys import new_key, write_public_keys
 
 
@@ -116,6 +117,7 @@ def make_gateway(aiohttp_client, public_key_file: Path) -> GatewayFactory:
     async def factory(wait_ready: bool = True, **overrides: object) -> TestClient:
         overrides.setdefault("platform_public_key", str(public_key_file))
         overrides.setdefault("amqp_url", AMQP_URL)
+        overrides.setdefault("id_secret", TEST_ID_SECRET)
         app = create_app(load_settings(GatewaySettings, {}, **overrides))
         client = await aiohttp_client(ContractTestServer(app))
         if wait_ready:

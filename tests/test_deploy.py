@@ -36,6 +36,13 @@ def test_worker_services_cover_every_kind_once():
     assert sorted(kinds) == sorted(KNOWN_KINDS)
 
 
+def test_every_gateway_and_worker_is_given_the_one_id_secret_and_compose_refuses_to_start_without_it():
+    runs_ours = [s for s in SERVICES.values() if s.get("command", [""])[0] in ("hypercard-gateway", "hypercard-worker")]
+    assert len(runs_ours) >= 4
+    for service in runs_ours:
+        assert service["environment"]["HC_ID_SECRET"].startswith("${HC_ID_SECRET:?")
+
+
 def test_commands_are_console_scripts_of_the_project():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     for service in SERVICES.values():

@@ -193,7 +193,8 @@ class Batches:
         results: dict[Delivery, Result] = {}
         async with self.policy.pool.acquire() as connection, connection.transaction():
             claimed = await database.claim_many(
-                connection, [(d.kind, d.inbox_key, d.event_id) for d in deliveries if d.inbox_key is not None]
+                connection,
+                [(d.kind, d.inbox_key, d.event_id, d.previous_inbox_key) for d in deliveries if d.inbox_key],
             )
             savepoint = FIRST_SAVEPOINT
             for delivery in deliveries:
@@ -214,7 +215,7 @@ class Batches:
         except Exception as error:  # its own effects undone, and its claim, so that its retry is not a duplicate
             await connection.execute(ROLLBACK_SAVEPOINT)
             if delivery.inbox_key is not None:
-                await database.release_claim(connection, delivery.kind, delivery.inbox_key)
+                await database.release_claim(connection, delivery.kind, delivery.inbox_key, delivery.previous_inbox_key)
             return error
         return HANDLED
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     kinds = REGISTRY.kinds if args.all else [kind.upper() for kind in args.kinds]
     try:
         runtime = create_worker(settings, kinds)
-    except UnknownKind as error:
+    except (UnknownKind, SettingsError) as error:
         print(f"hypercard-worker: {error}", file=sys.stderr)
         sys.exit(2)
     uvloop.run(serve(runtime, settings))

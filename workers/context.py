@@ -12,7 +12,8 @@ import structlog
 @dataclass(frozen=True, slots=True)
 class HandlerContext:
     event_id: str
-    # The key the inbox de-duplicates on (None for kinds where each notification counts, e.g. CONSUME).
+    # The inbox row's key: a keyed digest (HC_ID_SECRET) of the event's notification key, safe to log and store; the
+    # same for every delivery of one notification. None for kinds where each notification counts, e.g. CONSUME.
     idempotency_key: str | None
     attempt: int  # 1 on the first delivery, 2 on the first retry, ...
     received_at: datetime  # when the gateway received the event

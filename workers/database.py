@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 
 import asyncpg
@@ -12,6 +11,8 @@ log = structlog.get_logger("workers.database")
 MIGRATIONS = resources.files("workers") / "migrations"
 # One worker migrates at a time; the others wait on this lock and then find nothing left to do.
 MIGRATION_LOCK = 0x4859504552  # "HYPER"
+# What a delivery claims: (kind, inbox key, event id, inbox key under HC_ID_SECRET_PREVIOUS or None).
+Claim = tuple[str, str, str, str | None]
 
 
 async def _no_session_reset(connection: asyncpg.Connection) -> None:
@@ -65,31 +66,24 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
     return applied_now
 
 
-def inbox_key(natural_key: str) -> str:
-    """Inbox rows hold a digest of the natural key: it may contain personal data (an e-mail, a mobile number)."""
-    return hashlib.sha256(natural_key.encode()).hexdigest()
+async def claim(tx: asyncpg.Connection, kind: str, key: str, event_id: str, previous: str | None = None) -> bool:
+    """Record that the inbox key `key` is being handled, inside the handler's transaction. False: handled before
+    (or being handled by a concurrent delivery that then committed), so this delivery is a duplicate."""
+    return bool(await claim_many(tx, [(kind, key, event_id, previous)]))
 
 
-async def claim(tx: asyncpg.Connection, kind: str, key: str, event_id: str) -> bool:
-    """Record that the key with digest `key` is being handled, inside the handler's transaction. False: handled
-    before (or being handled by a concurrent delivery that then committed), so this delivery is a duplicate."""
-    inserted = await tx.fetchval(
-        """INSERT INTO hypercard_inbox (kind, idempotency_key, event_id) VALUES ($1, $2, $3)
-           ON CONFLICT DO NOTHING RETURNING true""",
-        kind,
-        key,
-        event_id,
-    )
-    return bool(inserted)
-
-
-async def claim_many(tx: asyncpg.Connection, claims: list[tuple[str, str, str]]) -> set[tuple[str, str]]:
-    """Claim (kind, key digest, event id) rows in one statement; the (kind, key) pairs claimed now. The rows go in
-    sorted order, so two batches claiming overlapping keys wait on each other instead of deadlocking."""
+async def claim_many(tx: asyncpg.Connection, claims: list[Claim]) -> set[tuple[str, str]]:
+    """Claim (kind, inbox key, event id, inbox key under HC_ID_SECRET_PREVIOUS or None) rows in one statement; the
+    (kind, key) pairs claimed now. During a rotation both keys are claimed, and a delivery is a duplicate if either
+    was taken: by a worker still on the old secret too, which is why the old key is inserted, not just looked up.
+    The rows go in sorted order, so two batches claiming overlapping keys wait on each other instead of
+    deadlocking."""
     if not claims:
         return set()
-    kinds, keys, event_ids = zip(*claims, strict=True)
-    rows = await tx.fetch(
+    rows = [(kind, key, event_id) for kind, key, event_id, _ in claims]
+    rows += [(kind, previous, event_id) for kind, _, event_id, previous in claims if previous is not None]
+    kinds, keys, event_ids = zip(*rows, strict=True)
+    inserted = await tx.fetch(
         """INSERT INTO hypercard_inbox (kind, idempotency_key, event_id)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ORDER BY 1, 2
            ON CONFLICT DO NOTHING RETURNING kind, idempotency_key""",
@@ -97,9 +91,18 @@ async def claim_many(tx: asyncpg.Connection, claims: list[tuple[str, str, str]])
         keys,
         event_ids,
     )
-    return {(row[0], row[1]) for row in rows}
+    taken = {(row[0], row[1]) for row in inserted}
+    return {
+        (kind, key)
+        for kind, key, _, previous in claims
+        if (kind, key) in taken and (previous is None or (kind, previous) in taken)
+    }
 
 
-async def release_claim(tx: asyncpg.Connection, kind: str, key: str) -> None:
+async def release_claim(tx: asyncpg.Connection, kind: str, key: str, previous: str | None = None) -> None:
     """Undo a claim whose handler failed (its savepoint rolled back), so that the retry is not a duplicate."""
-    await tx.execute("DELETE FROM hypercard_inbox WHERE kind = $1 AND idempotency_key = $2", kind, key)
+    await tx.execute(
+        "DELETE FROM hypercard_inbox WHERE kind = $1 AND idempotency_key = ANY($2::text[])",
+        kind,
+        [key] if previous is None else [key, previous],
+    )

@@ -23,6 +23,7 @@ import structlog
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.exceptions import AMQPError
 
+from infra.identifiers import IdentifierKey
 from infra.redaction import bind_secrets, clear_secrets, scrub
 from schemas.events import Event
 from workers import database
@@ -59,8 +60,10 @@ class Delivery:
     received_at: datetime  # when the gateway received the event
     bad_headers: tuple[str, ...] = ()  # what was wrong with its headers (an `attempt` among them: dead-lettered)
     event: Event | None = None  # set once decoded
-    natural_key: str | None = None  # the key the inbox de-duplicates on (None: every notification counts)
-    inbox_key: str | None = None  # its digest, the inbox row's key
+    # The inbox row's key: a keyed digest of the event's notification key (None: every notification counts), and
+    # the one under HC_ID_SECRET_PREVIOUS during a rotation.
+    inbox_key: str | None = None
+    previous_inbox_key: str | None = None
     outcome: Outcome | None = None  # set by `finish`, once
 
     @property
@@ -76,8 +79,10 @@ class DeliveryPolicy:
         handler_timeout: float,
         retry_delays: Callable[[str], tuple[float, ...]],
         database_unreachable: OutageCheck,
+        identifiers: IdentifierKey,
     ) -> None:
         self.pool = pool
+        self.identifiers = identifiers
         self.metrics = metrics
         self.handler_timeout = handler_timeout
         self.retry_delays = retry_delays
@@ -130,14 +135,16 @@ class DeliveryPolicy:
                 return await self._dead_letter(delivery, "BadHeader", delivery.bad_headers[0])
         try:
             delivery.event = delivery.registration.decoder.decode(delivery.message.body)
-            delivery.natural_key = delivery.event.idempotency_key()
+            natural_key = delivery.event.idempotency_key()
         except Exception as error:  # msgspec's errors, RecursionError on deep nesting, a bug in idempotency_key
             self.bind(delivery)
             reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
             self.contained(delivery, "decode", reason)
             return await self._dead_letter(delivery, "DecodeError", reason)
-        if delivery.natural_key is not None:
-            delivery.inbox_key = database.inbox_key(delivery.natural_key)
+        if natural_key is not None:  # it may hold the one-time code in clear: it never leaves this process
+            delivery.inbox_key = self.identifiers.inbox_key(natural_key)
+            if self.identifiers.previous is not None:
+                delivery.previous_inbox_key = self.identifiers.previous.inbox_key(natural_key)
         return None
 
     async def _dead_letter(self, delivery: Delivery, error_type: str, reason: str) -> Outcome:
@@ -147,7 +154,7 @@ class DeliveryPolicy:
 
     async def run_handler(self, delivery: Delivery, connection: asyncpg.Connection) -> None:
         context = HandlerContext(
-            delivery.event_id, delivery.natural_key, delivery.attempt, delivery.received_at, log.bind(), connection
+            delivery.event_id, delivery.inbox_key, delivery.attempt, delivery.received_at, log.bind(), connection
         )
         async with asyncio.timeout(self.handler_timeout):
             await delivery.registration.handler(delivery.event, context)
@@ -158,7 +165,7 @@ class DeliveryPolicy:
         try:
             async with self.pool.acquire() as connection, connection.transaction():
                 if delivery.inbox_key is not None and not await database.claim(
-                    connection, delivery.kind, delivery.inbox_key, delivery.event_id
+                    connection, delivery.kind, delivery.inbox_key, delivery.event_id, delivery.previous_inbox_key
                 ):
                     result: Result = DUPLICATE
                 else:

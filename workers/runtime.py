@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from infra import broker, declare
+from infra.identifiers import identifier_key
 from workers import database, retention
 from workers.acks import ChannelAcks
 from workers.batches import Batches
@@ -45,6 +46,7 @@ class WorkerRuntime:
         schema_statements: list[str] | None = None,
     ) -> None:
         self.settings = settings
+        self.identifiers = identifier_key(settings)  # raises SettingsError without HC_ID_SECRET
         self.schema_statements = schema_statements or []
         self.registrations = {registration.kind: registration for registration in registrations}
         self.metrics = metrics or WorkerMetrics()
@@ -81,8 +83,9 @@ class WorkerRuntime:
         for statement in self.schema_statements:
             await self.pool.execute(statement)
         self._policy = DeliveryPolicy(
-            self.pool, self.metrics, self.settings.handler_timeout, self.retry_delays, self._database_unreachable
-        )
+            self.pool, self.metrics, self.settings.handler_timeout, self.retry_delays, self._database_unreachable,
+            self.identifiers,
+        )  # fmt: skip
         self._batches = Batches(
             self._policy, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
         )

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import AMQP_URL
+from tests.support.identifiers import TEST_ID_SECRET
+from tests.support.keys import new_key, write_public_keys
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import log_events
 
@@ -33,6 +35,22 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(env, variable):
     assert result.returncode == 2 and variable in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("mode", ["enforce", "monitor", "off"])
+@pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.parametrize(("secret", "says"), [("", "required"), ("0123456789abcdef", "at least 32 characters")])
+def test_the_gateway_does_not_start_without_a_strong_id_secret(tmp_path, mode, processes, secret, says):
+    key_file = write_public_keys(tmp_path / "platform-public.pem", new_key())
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("HC_ID_SECRET")}
+    env = {"HC_SIGNATURE_MODE": mode, "HC_PLATFORM_PUBLIC_KEY": str(key_file), "HC_PROCESSES": processes}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway"], capture_output=True, text=True, timeout=30,
+        env={**environ, **env, "HC_ID_SECRET": secret, "HC_PORT": str(free_port()), "HC_GATEWAY_METRICS_PORT": "0"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("hypercard-gateway: HC_ID_SECRET: ") and says in result.stderr
+    assert "openssl rand -hex 32" in result.stderr and (not secret or secret not in result.stderr)
+
+
 
 
 @pytest.mark.broker
@@ -49,6 +67,7 @@ def test_gateway_process_accepts_signed_samples_and_stops_cleanly_on_sigterm(tmp
         "HC_API_KEY": "dev-merchant",
         "HC_DRAIN_SECONDS": "0.2",
         "HC_PROCESSES": str(processes),
+        "HC_ID_SECRET": TEST_ID_SECRET,
     }
     gateway = subprocess.Popen(
         [str(BIN / "hypercard-gateway")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

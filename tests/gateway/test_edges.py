@@ -8,11 +8,12 @@ import json
 import pytest
 from multidict import CIMultiDict
 
-from gateway.envelope import event_id
 from gateway.send import generate_keys, signed_headers
 from gateway.signature import FIELDS_DECODER, readings, rendered_fields, sign
+from infra.identifiers import IdentifierKey
 from schemas import topology
 from tests.support.broker import take
+from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process
 
@@ -101,7 +102,7 @@ async def test_bodies_the_signature_cannot_tell_apart_share_one_event_id(gateway
     assert await (await gateway.post(PATH, data=body, headers=sign(body))).json() == OK  # a platform retry
     stored = await take(amqp, topology.kind_queue("RECHARGE"))
     assert len(stored) == 5 and {m.headers["event_id"] for m in stored} == {
-        event_id(b"card_id=c-9&mc_trade_no=T9&notify_type=RECHARGE&result=1")
+        IdentifierKey(TEST_ID_SECRET).event_id(b"card_id=c-9&mc_trade_no=T9&notify_type=RECHARGE&result=1")
     }
 
 

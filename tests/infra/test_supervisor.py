@@ -13,6 +13,7 @@ import pytest
 from gateway.send import generate_keys
 from tests.support.broker import AMQP_URL
 from tests.support.database import DATABASE_URL
+from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import REPO
 
@@ -40,8 +41,12 @@ def read_until_exit(fd: int, timeout: float) -> bytes:
 def test_ctrl_c_in_a_terminal_drains_gateway_and_workers_and_exits_cleanly(tmp_path: Path, amqp, command):
     generate_keys(tmp_path)
     port = free_port()
+    # `make run` gives its processes the development secret (.dev/id-secret); hypercard-run passes on the caller's.
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("HC_ID_SECRET")}
+    secret = {} if command[0] == "make" else {"HC_ID_SECRET": TEST_ID_SECRET}
     env = {
-        **os.environ,
+        **inherited,
+        **secret,
         "HC_PORT": str(port), "HC_AMQP_URL": AMQP_URL, "HC_DATABASE_URL": DATABASE_URL,
         "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"), "HC_DRAIN_SECONDS": "0.5",
         "HC_METRICS_PORT": "0", "HC_GATEWAY_METRICS_PORT": "0", "TERM": "dumb",

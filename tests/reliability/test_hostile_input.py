@@ -34,6 +34,7 @@ from infra.settings import load_settings
 from schemas.events import KNOWN_KINDS
 from schemas.samples import sample_body, sample_names
 from tests.support.broker import AMQP_URL
+from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.keys import write_public_keys
 from tests.support.network import free_port
 from tests.support.processes import gateway_process
@@ -54,7 +55,7 @@ class LiveGateway:
         self.settings = load_settings(
             GatewaySettings,
             {}, port=self.port, platform_public_key=str(key_file), max_body_bytes=8192, read_timeout=2.0,
-            amqp_url=AMQP_URL,
+            amqp_url=AMQP_URL, id_secret=TEST_ID_SECRET,
         )  # fmt: skip
         self.published: list[tuple[str, str]] = []  # (routing key, signature outcome)
         self._ready = threading.Event()

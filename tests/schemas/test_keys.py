@@ -55,11 +55,12 @@ def test_a_retry_of_the_same_body_has_the_same_key_however_it_is_written(event_t
     assert len(keys) == 1
 
 
-def test_two_one_time_codes_for_one_card_in_one_second_are_two_notifications_and_no_code_is_in_a_key():
+def test_two_one_time_codes_for_one_card_in_one_second_are_two_notifications():
+    # The code itself stays out of what is stored and logged: the workers keep a keyed digest of the key
+    # (tests/workers/test_identifiers.py).
     first = EVENT_DECODER.decode(json.dumps({**SAMPLES["OPT_CODE"], "code": "111111"}))
     second = EVENT_DECODER.decode(json.dumps({**SAMPLES["OPT_CODE"], "code": "222222"}))
     assert isinstance(first, OptCode) and first.idempotency_key() != second.idempotency_key()
-    assert "111111" not in first.idempotency_key() and "222222" not in second.idempotency_key()
 
 
 def test_every_consume_is_handled():

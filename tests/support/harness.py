@@ -18,13 +18,14 @@ import aiohttp
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.envelope import event_id
 from gateway.send import signed_headers
 from gateway.signature import FIELDS_DECODER, readings, rendered_fields
+from infra.identifiers import IdentifierKey
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 from schemas.samples import distinct_bodies
 from tests.support.broker import AMQP_URL
+from tests.support.identifiers import TEST_ID_SECRET
 
 # The platform's schedule is 1 min, 5 min, 30 min ...; compressed here to seconds.
 RESEND_AFTER = (0.5, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0)
@@ -45,8 +46,10 @@ class Event:
 
 
 def make_events(count: int, run: str) -> list[Event]:
+    """Events with the ids the gateways give them (they are started with the test secret)."""
+    key = IdentifierKey(TEST_ID_SECRET)
     return [
-        Event(kind, raw, event_id(next(readings({}, rendered_fields(FIELDS_DECODER.decode(raw)))).body))
+        Event(kind, raw, key.event_id(next(readings({}, rendered_fields(FIELDS_DECODER.decode(raw)))).body))
         for kind, raw in distinct_bodies(count, run)
     ]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.support.broker import AMQP_URL
 from tests.support.database import DATABASE_URL
+from tests.support.identifiers import TEST_ID_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,7 @@ def worker_process(tmp_path: Path, *args: str, env: dict[str, str] | None = None
             "HC_AMQP_URL": AMQP_URL,
             "HC_METRICS_PORT": "0",
             "HC_RETRY_DELAYS": "0.2,0.4,0.8",
+            "HC_ID_SECRET": TEST_ID_SECRET,
             **(env or {}),
         },
         tmp_path / f"{name}.log",
@@ -78,6 +80,7 @@ def gateway_process(tmp_path: Path, port: int, env: dict[str, str] | None = None
             "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"),
             "HC_AMQP_URL": AMQP_URL,
             "HC_GATEWAY_METRICS_PORT": "0",
+            "HC_ID_SECRET": TEST_ID_SECRET,
             **(env or {}),
         },
         tmp_path / f"{name}.log",

@@ -10,6 +10,7 @@ from infra.settings import load_settings
 from schemas import topology
 from tests.support.broker import AMQP_URL
 from tests.support.database import DATABASE_URL, reset_database
+from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.tracked_kind import TEST_DELAYS  # importing it registers TEST_TRACKED, as --handlers does
 from workers.app import create_worker
 from workers.registry import load_handler_modules
@@ -49,6 +50,7 @@ async def make_worker(db) -> AsyncIterator[WorkerFactory]:
         overrides.setdefault("amqp_url", AMQP_URL)
         overrides.setdefault("retry_delays", TEST_DELAYS)
         overrides.setdefault("shutdown_grace", 5)
+        overrides.setdefault("id_secret", TEST_ID_SECRET)
         settings = load_settings(WorkerSettings, {}, **overrides)
         runtime = create_worker(settings, list(kinds))
         await runtime.start()

@@ -60,6 +60,6 @@ def set_otp_notifier(notifier: OtpNotifier) -> None:
 
 @handles(OptCode)
 async def one_time_code(event: OptCode, ctx: HandlerContext) -> None:
-    """Handed to the notifier, never stored: the inbox row (a digest of card_id and create_time) keeps a retried
-    notification from being delivered twice."""
+    """Handed to the notifier, never stored: the inbox row (a keyed digest of card_id, code and create_time) keeps
+    a retried notification from being delivered twice."""
     await _notifier[0].deliver(event, ctx)

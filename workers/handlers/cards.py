@@ -7,7 +7,6 @@ from decimal import Decimal
 
 from schemas.events import CancelCard, CardConfigChange, Consume, OpenCard
 from workers.context import HandlerContext
-from workers.database import inbox_key
 from workers.registry import handles
 
 
@@ -15,7 +14,7 @@ from workers.registry import handles
 async def card_opened(event: OpenCard, ctx: HandlerContext) -> None:
     """One row per application: its mc_trade_no, or, when the platform sent none, the notification itself (the body
     cannot tell two applications by the same person for the same card type apart, so they never share a row)."""
-    application = event.mc_trade_no or f"notification:{inbox_key(ctx.idempotency_key or ctx.event_id)}"
+    application = event.mc_trade_no or f"notification:{ctx.idempotency_key or ctx.event_id}"
     await ctx.tx.execute(
         """INSERT INTO hypercard_card_applications AS a
                (application_key, mc_trade_no, card_type_id, email, mobile_code, mobile, result, remark, event_id)
