@@ -75,7 +75,7 @@ class GatewayMetrics:
 
     def start_series(self, kinds: frozenset[str]) -> None:
         """The label sets known in advance at 0, so dashboards and alerts see them before the first failure."""
-        for reason in ("missing", "invalid", "ambiguous"):
+        for reason in ("missing", "malformed", "invalid", "ambiguous"):
             self.signature_failures.labels(reason)
             self.unverified.labels(reason)
         for kind in (*sorted(kinds), "other"):
