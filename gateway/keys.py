@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.client_ip import ClientAddressPolicy
 from gateway.metrics import GatewayMetrics
+from gateway.platform_keys import PlatformKeyFile
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from gateway.signature import SignatureVerifier
@@ -15,6 +16,7 @@ from gateway.signature import SignatureVerifier
 SETTINGS = web.AppKey("settings", GatewaySettings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 VERIFIER = web.AppKey("verifier", SignatureVerifier | None)
+KEY_FILE = web.AppKey("key_file", PlatformKeyFile | None)  # where VERIFIER's keys come from, read again on SIGHUP
 ADDRESS_POLICY = web.AppKey("address_policy", ClientAddressPolicy)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: /readyz answers 503 from then on

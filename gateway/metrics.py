@@ -42,6 +42,13 @@ class GatewayMetrics:
             ["reason"],
             registry=registry,
         )
+        self.key_verifications = Counter(
+            "hypercard_gateway_signature_key_verifications",
+            "Signatures that verified, by the fingerprint of the platform key they verified with: during a key "
+            "rotation the old key may be removed once its count stops growing.",
+            ["fingerprint"],
+            registry=registry,
+        )
         self.quarantined = Counter(
             "hypercard_gateway_quarantined",
             "Signed events of a known kind that failed validation, kept in hypercard.invalid.",
@@ -81,6 +88,11 @@ class GatewayMetrics:
         for kind in (*sorted(kinds), "other"):
             self.quarantined.labels(kind)
         self.unrouted.labels("other")
+
+    def start_key_series(self, fingerprints: list[str]) -> None:
+        """A key's count at 0 from its load on: a new key shows up before its first push."""
+        for name in fingerprints:
+            self.key_verifications.labels(name)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") else all_processes())

@@ -27,6 +27,7 @@ class SignatureCheck(NamedTuple):
     outcome: SignatureOutcome
     signed_body: bytes  # the body pairs the signature covers (or would cover): the event id is derived from them
     reason: str | None = None  # why the outcome is not VALID
+    key: str | None = None  # the fingerprint of the platform key the signature verified with
 
 
 def check_header_text(headers: Mapping[str, str]) -> None:
@@ -64,9 +65,9 @@ def check_signature(
     repeated = [name for name in (*SIGNED_HEADERS, SIGNATURE_HEADER) if len(headers.getall(name, ())) > 1]
     if reason := (f"more than one {repeated[0]} header" if repeated else malformed_header(signed)):
         return SignatureCheck(SignatureOutcome.MALFORMED, primary.body, reason)
-    reading = verifier.verified_reading(candidates, headers[SIGNATURE_HEADER])
-    if reading is None:
+    verified = verifier.verified_reading(candidates, headers[SIGNATURE_HEADER])
+    if verified is None:
         return SignatureCheck(SignatureOutcome.INVALID, primary.body, "the signature does not verify")
     if reason := ambiguity(body):
-        return SignatureCheck(SignatureOutcome.AMBIGUOUS, reading.body, reason)
-    return SignatureCheck(SignatureOutcome.VALID, reading.body)
+        return SignatureCheck(SignatureOutcome.AMBIGUOUS, verified.reading.body, reason, verified.key)
+    return SignatureCheck(SignatureOutcome.VALID, verified.reading.body, key=verified.key)

@@ -27,9 +27,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -159,59 +159,55 @@ def string_to_sign(headers: Mapping[str, str], body: Mapping[str, str]) -> bytes
     return next(readings(headers, body)).message
 
 
+def fingerprint(key: rsa.RSAPublicKey) -> str:
+    """A key's name in logs and metrics: `sha256:` and the first 16 hex digits of the SHA-256 of its DER form."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()[:16]
+
+
+class Verified(NamedTuple):
+    reading: Reading  # the reading the signature verifies
+    key: str  # the fingerprint of the key that verified it
+
+
 class SignatureVerifier:
     """Verifies a base64 signature against any of the platform's public keys (several during a key rotation)."""
 
-    def __init__(self, keys: list[rsa.RSAPublicKey]) -> None:
+    def __init__(self, keys: Sequence[rsa.RSAPublicKey]) -> None:
+        self.replace_keys(keys)
+
+    def replace_keys(self, keys: Sequence[rsa.RSAPublicKey]) -> None:
+        """The keys from now on; one assignment, so a request is checked against the old set or the new one."""
         if not keys:
             raise ValueError("no public key to verify signatures with")
-        self.keys = keys
+        self._keys = tuple((fingerprint(key), key) for key in keys)
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> SignatureVerifier:
-        return cls(load_public_keys(Path(path).read_bytes()))
+    @property
+    def keys(self) -> list[rsa.RSAPublicKey]:
+        return [key for _, key in self._keys]
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return [name for name, _ in self._keys]
 
     def verify(self, message: bytes, signature: str) -> bool:
         return self.verified_reading([Reading(message, b"")], signature) is not None
 
-    def verified_reading(self, candidates: Iterable[Reading], signature: str) -> Reading | None:
-        """The first reading the signature verifies with any of the keys; None if it verifies none."""
+    def verified_reading(self, candidates: Iterable[Reading], signature: str) -> Verified | None:
+        """The first reading the signature verifies with any of the keys, and that key; None if it verifies none."""
         try:
             raw_signature = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
             return None
+        keys = self._keys
         for reading in candidates:
-            for key in self.keys:
+            for name, key in keys:
                 try:
                     key.verify(raw_signature, reading.message, _PKCS1, _SHA256)
                 except InvalidSignature:
                     continue
-                return reading
+                return Verified(reading, name)
         return None
-
-
-def load_public_keys(data: bytes) -> list[rsa.RSAPublicKey]:
-    """Every RSA public key in a file: PEM blocks (public keys or certificates), or bare base64 DER lines as the
-    merchant platform shows them for copying."""
-    from cryptography import x509
-
-    keys: list[object] = []
-    if b"-----BEGIN" in data:
-        for block in data.split(b"-----END")[:-1]:
-            start = block.find(b"-----BEGIN")
-            kind = block[start + len(b"-----BEGIN ") :].split(b"-----", 1)[0].strip()
-            pem = block[start:] + b"-----END " + kind + b"-----\n"
-            if kind == b"CERTIFICATE":
-                keys.append(x509.load_pem_x509_certificate(pem).public_key())
-            else:
-                keys.append(serialization.load_pem_public_key(pem))
-    else:
-        for line in data.split():
-            keys.append(serialization.load_der_public_key(base64.b64decode(line)))
-    rsa_keys = [key for key in keys if isinstance(key, rsa.RSAPublicKey)]
-    if len(rsa_keys) != len(keys):
-        raise ValueError("the key file holds a key that is not an RSA public key")
-    return rsa_keys
 
 
 def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:

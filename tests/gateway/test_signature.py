@@ -6,13 +6,11 @@ import base64
 import json
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from gateway.signature import (
     FIELDS_DECODER,
     SignatureVerifier,
     ambiguity,
-    load_public_keys,
     malformed_header,
     readings,
     rendered_fields,
@@ -136,30 +134,6 @@ def test_refuses_a_tampered_body_or_header(platform_key, verifier) -> None:
 @pytest.mark.parametrize("garbage", ["", "not base64!!", "@@@@", base64.b64encode(b"short").decode()])
 def test_refuses_garbage_signatures(verifier, garbage: str) -> None:
     assert not verifier.verify(b"anything", garbage)
-
-
-def test_key_rotation_accepts_every_key_in_the_file(platform_key, other_key) -> None:
-    pem = b"".join(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        for key in (platform_key, other_key)
-    )
-    verifier = SignatureVerifier(load_public_keys(pem))
-    assert len(verifier.keys) == 2
-    for key in (platform_key, other_key):
-        assert verifier.verify(b"m", sign(key, b"m"))
-
-
-def test_loads_a_bare_base64_key_as_the_merchant_platform_shows_it(platform_key) -> None:
-    der = platform_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    (key,) = load_public_keys(base64.b64encode(der) + b"\n")
-    assert key.public_numbers() == platform_key.public_key().public_numbers()
-
-
-def test_refuses_a_key_file_without_keys() -> None:
-    with pytest.raises(ValueError):
-        SignatureVerifier(load_public_keys(b""))
 
 
 @pytest.mark.parametrize(
