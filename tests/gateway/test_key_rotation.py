@@ -155,10 +155,10 @@ async def test_the_key_rotates_under_load_and_no_genuine_push_is_refused(tmp_pat
         assert set(after) == {("old", 401), ("new", 200)}, after
         assert load.statuses("both")[("new", 200)] > 0
 
-        # The old key's count stopped growing at the removal; the new key's counts every push it signed.
+        # The old key's count stopped growing at the removal, the new one's went on; together they count every push.
         final = await asyncio.to_thread(key_verifications, metrics_port)
-        assert final[old] == counts_after_removal[old]
-        assert final[new] == counts_after_removal[new] + after[("new", 200)]
+        assert final[old] == counts_after_removal[old] > 0
+        assert final[new] >= counts_after_removal[new] + after[("new", 200)]
         assert final[old] + final[new] == sum(status == 200 for _, _, status in load.replies)
         assert gateway.popen.poll() is None, "the gateway restarted or died"
     finally:

@@ -83,6 +83,13 @@ def test_a_signed_header_holding_a_pair_is_never_valid(header: str) -> None:
     assert outcome(*header_swallows_the_next_field(header)) is SignatureOutcome.MALFORMED
 
 
+@pytest.mark.parametrize("header", ["nonce", "lang", "signature"])
+def test_a_signed_header_sent_twice_is_never_valid(header: str) -> None:
+    headers, body = signed({**HEADERS, "lang": "en"}, OPEN_CARD)
+    headers.add(header, headers[header])  # even the same value: a proxy or a consumer may read either
+    assert outcome(headers, body) is SignatureOutcome.MALFORMED
+
+
 @pytest.mark.broker
 async def test_a_name_re_cut_push_is_kept_for_review_not_handled_a_second_time(gateway, amqp) -> None:
     genuine_headers, genuine = signed(HEADERS, AUTH_3DS)
