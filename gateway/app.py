@@ -7,15 +7,16 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from gateway import views
 from gateway.client_ip import ClientAddressPolicy
-from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, VERIFIER
+from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, KEY_FILE, METRICS, PUBLISHER, SETTINGS, VERIFIER
 from gateway.metrics import GatewayMetrics
+from gateway.platform_keys import CHECK_EVERY_SECONDS, PlatformKeyFile
 from gateway.publisher import Publisher
 from gateway.replies import close_while_draining, reply_contract
 from gateway.settings import GatewaySettings
-from gateway.signature import SignatureVerifier
 from infra.identifiers import identifier_key
 from infra.settings import SettingsError
 from schemas.events import KNOWN_KINDS
@@ -24,7 +25,7 @@ COMMON_PATH = "/hc_sync/common"
 log = structlog.get_logger("gateway")
 
 
-def load_verifier(settings: GatewaySettings) -> SignatureVerifier | None:
+def load_key_file(settings: GatewaySettings) -> PlatformKeyFile | None:
     if settings.signature_mode == "off":
         log.warning("SIGNATURE CHECKING IS OFF (HC_SIGNATURE_MODE=off): anyone can post events; for development only")
         return None
@@ -34,9 +35,32 @@ def load_verifier(settings: GatewaySettings) -> SignatureVerifier | None:
             "give the path of the platform's public key file (PEM)"
         )
     try:
-        return SignatureVerifier.from_file(settings.platform_public_key)
-    except (OSError, ValueError) as error:
+        return PlatformKeyFile(settings.platform_public_key)
+    except (OSError, ValueError, UnsupportedAlgorithm) as error:
         raise SettingsError(f"HC_PLATFORM_PUBLIC_KEY: cannot load {settings.platform_public_key}: {error}") from None
+
+
+def reload_platform_keys(app: web.Application, cause: str) -> None:
+    """Read HC_PLATFORM_PUBLIC_KEY again (SIGHUP, or the file changed); a file that does not load keeps the keys."""
+    key_file = app[KEY_FILE]
+    if key_file is not None and key_file.reload(cause):
+        app[METRICS].start_key_series(key_file.verifier.fingerprints)
+
+
+async def key_file_watch(app: web.Application) -> AsyncIterator[None]:
+    """Reload the keys when their file changes: a rotation where nobody can send SIGHUP (a Kubernetes Secret)."""
+
+    async def watch(key_file: PlatformKeyFile) -> None:
+        while True:
+            await asyncio.sleep(CHECK_EVERY_SECONDS)
+            if key_file.changed():
+                reload_platform_keys(app, "the key file changed")
+
+    key_file = app[KEY_FILE]
+    watching = asyncio.create_task(watch(key_file), name="key-file-watch") if key_file is not None else None
+    yield
+    if watching is not None:
+        watching.cancel()
 
 
 async def broker_connection(app: web.Application) -> AsyncIterator[None]:
@@ -63,14 +87,18 @@ async def report_readiness(app: web.Application, every: float = 1.0) -> None:
 def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=[reply_contract], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[VERIFIER] = load_verifier(settings)
+    app[KEY_FILE] = load_key_file(settings)
+    app[VERIFIER] = app[KEY_FILE].verifier if app[KEY_FILE] is not None else None
     app[IDENTIFIERS] = identifier_key(settings)  # in every signature mode: event ids are logged and published
     app[ADDRESS_POLICY] = ClientAddressPolicy(settings.allowed_ips, settings.trusted_proxies)
     app[PUBLISHER] = Publisher(settings.amqp_urls, settings.publish_timeout, settings.delivery_limit)
     app[METRICS] = GatewayMetrics()
     app[METRICS].start_series(KNOWN_KINDS)
+    if app[VERIFIER] is not None:
+        app[METRICS].start_key_series(app[VERIFIER].fingerprints)
     app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(broker_connection)
+    app.cleanup_ctx.append(key_file_watch)
     app.on_response_prepare.append(close_while_draining)
 
     app.router.add_post(COMMON_PATH, views.event_receiver())

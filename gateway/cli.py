@@ -14,7 +14,7 @@ import structlog
 import uvloop
 from aiohttp import web
 
-from gateway.app import create_app, load_verifier
+from gateway.app import create_app, load_key_file, reload_platform_keys
 from gateway.keys import DRAINING, METRICS
 from gateway.metrics import serve_all_processes
 from gateway.replies import ContractAppRunner
@@ -31,6 +31,8 @@ async def serve(settings: GatewaySettings, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then drain: /readyz answers 503 for HC_DRAIN_SECONDS while requests are still
     served (the load balancer takes this instance out), in-flight requests finish, then the broker is closed."""
     app = create_app(settings)
+    # SIGHUP: read HC_PLATFORM_PUBLIC_KEY again (a key rotation); ignored until here, see main().
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_platform_keys, app, "SIGHUP")
     runner = ContractAppRunner(
         app,
         access_log=None,
@@ -86,6 +88,7 @@ def _run_processes(settings: GatewaySettings) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # every process reloads its keys
     for child in children:
         child.join()
     return max((child.exitcode or 0) for child in children)
@@ -100,8 +103,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(GatewaySettings, host=args.host, port=args.port, processes=args.processes)
         configure_logging(settings.log_level)
+        # A SIGHUP before the server is up would end the process (its default action): it is ignored until serve()
+        # handles it. Processes started from here inherit the ignoring, and so are never ended by a forwarded one.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if settings.processes > 1:
-            load_verifier(settings)  # refuse a bad key file or secret here, once, not in every child
+            load_key_file(settings)  # refuse a bad key file or secret here, once, not in every child
             identifier_key(settings)
             sys.exit(_run_processes(settings))
         uvloop.run(serve(settings))

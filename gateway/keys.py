@@ -8,6 +8,7 @@ from aiohttp import web
 
 from gateway.client_ip import ClientAddressPolicy
 from gateway.metrics import GatewayMetrics
+from gateway.platform_keys import PlatformKeyFile
 from gateway.publisher import Publisher
 from gateway.settings import GatewaySettings
 from gateway.signature import SignatureVerifier
@@ -16,6 +17,7 @@ from infra.identifiers import IdentifierKey
 SETTINGS = web.AppKey("settings", GatewaySettings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 VERIFIER = web.AppKey("verifier", SignatureVerifier | None)
+KEY_FILE = web.AppKey("key_file", PlatformKeyFile | None)  # where VERIFIER's keys come from, read again on SIGHUP
 ADDRESS_POLICY = web.AppKey("address_policy", ClientAddressPolicy)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 IDENTIFIERS = web.AppKey("identifiers", IdentifierKey)  # keys the event id (HC_ID_SECRET)

@@ -42,6 +42,13 @@ class GatewayMetrics:
             ["reason"],
             registry=registry,
         )
+        self.key_verifications = Counter(
+            "hypercard_gateway_signature_key_verifications",
+            "Signatures that verified, by the fingerprint of the platform key they verified with: during a key "
+            "rotation the old key may be removed once its count stops growing.",
+            ["fingerprint"],
+            registry=registry,
+        )
         self.quarantined = Counter(
             "hypercard_gateway_quarantined",
             "Signed events of a known kind that failed validation, kept in hypercard.invalid.",
@@ -81,12 +88,17 @@ class GatewayMetrics:
 
     def start_series(self, kinds: frozenset[str]) -> None:
         """The label sets known in advance at 0, so dashboards and alerts see them before the first failure."""
-        for reason in ("missing", "invalid", "ambiguous"):
+        for reason in ("missing", "malformed", "invalid", "ambiguous"):
             self.signature_failures.labels(reason)
             self.unverified.labels(reason)
         for kind in (*sorted(kinds), "other"):
             self.quarantined.labels(kind)
         self.unrouted.labels("other")
+
+    def start_key_series(self, fingerprints: list[str]) -> None:
+        """A key's count at 0 from its load on: a new key shows up before its first push."""
+        for name in fingerprints:
+            self.key_verifications.labels(name)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") else all_processes())

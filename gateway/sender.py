@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from multidict import MultiMapping
+
 from gateway.errors import BadRequest, Unauthorized
 from gateway.signature import (
     REQUIRED_HEADERS,
@@ -13,6 +15,7 @@ from gateway.signature import (
     SignatureOutcome,
     SignatureVerifier,
     ambiguity,
+    malformed_header,
     readings,
 )
 
@@ -24,6 +27,7 @@ class SignatureCheck(NamedTuple):
     outcome: SignatureOutcome
     signed_body: bytes  # the body pairs the signature covers (or would cover): the event id is derived from them
     reason: str | None = None  # why the outcome is not VALID
+    key: str | None = None  # the fingerprint of the platform key the signature verified with
 
 
 def check_header_text(headers: Mapping[str, str]) -> None:
@@ -44,10 +48,11 @@ def check_api_key(headers: Mapping[str, str], api_keys: tuple[str, ...]) -> None
 
 
 def check_signature(
-    headers: Mapping[str, str], body: Mapping[str, str], verifier: SignatureVerifier | None
+    headers: MultiMapping[str], body: Mapping[str, str], verifier: SignatureVerifier | None
 ) -> SignatureCheck:
     """The signature's outcome (UNCHECKED without a verifier: HC_SIGNATURE_MODE=off, development only). The caller
-    decides what MISSING, INVALID or AMBIGUOUS means in its mode; such an event is never handed to the workers."""
+    decides what MISSING, MALFORMED, INVALID or AMBIGUOUS means in its mode; such an event is never handed to the
+    workers."""
     signed = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
     candidates = list(readings(signed, body))  # usually one; each is built once
     primary = candidates[0]
@@ -56,9 +61,13 @@ def check_signature(
     missing = [name for name in REQUIRED_HEADERS if not headers.get(name)]
     if missing:
         return SignatureCheck(SignatureOutcome.MISSING, primary.body, f"no {', '.join(missing)} header")
-    reading = verifier.verified_reading(candidates, headers[SIGNATURE_HEADER])
-    if reading is None:
+    # One value per signed header: what is signed, logged and published is then the one value sent.
+    repeated = [name for name in (*SIGNED_HEADERS, SIGNATURE_HEADER) if len(headers.getall(name, ())) > 1]
+    if reason := (f"more than one {repeated[0]} header" if repeated else malformed_header(signed)):
+        return SignatureCheck(SignatureOutcome.MALFORMED, primary.body, reason)
+    verified = verifier.verified_reading(candidates, headers[SIGNATURE_HEADER])
+    if verified is None:
         return SignatureCheck(SignatureOutcome.INVALID, primary.body, "the signature does not verify")
     if reason := ambiguity(body):
-        return SignatureCheck(SignatureOutcome.AMBIGUOUS, reading.body, reason)
-    return SignatureCheck(SignatureOutcome.VALID, reading.body)
+        return SignatureCheck(SignatureOutcome.AMBIGUOUS, verified.reading.body, reason, verified.key)
+    return SignatureCheck(SignatureOutcome.VALID, verified.reading.body, key=verified.key)

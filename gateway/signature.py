@@ -8,10 +8,17 @@ Where the platform's documentation leaves a point open:
 - `{}` and `[]`: primary reading "empty, left out"; the other reading (entered as `{}` / `[]`) is tried only when
   the body has one. Either way the signature must come from a platform key.
 - nested objects, arrays and booleans: compact JSON text (as one public integration renders them).
-- a body field named like a signed header, or a value holding a `&name=` pair: the joined string cannot tell such
-  a body from another one (a header moved into the body, one field folded into another), so the signature does
-  not prove which body the platform sent. Such a signature is still checked, and when genuine the outcome is
-  AMBIGUOUS: the event is kept in hypercard.unverified for review, never handed to the workers.
+
+The joined string is read back into one set of pairs only when no name holds `=` or `&` and no value holds a
+`&name=`: then every `&name=` in it starts a pair, and each pair's name ends at its first `=`. So:
+- a signed header's value must match the header's documented format (HEADER_FORMATS: none admits `&` or `=`);
+  a malformed one is MALFORMED, refused in enforce mode like a missing one;
+- a body field named outside the documented names (letters, digits and `_`), named like a signed header, or
+  holding a `&name=` pair: the string cannot tell such a body from another one (a header moved into the body,
+  one field folded into another or into a name), so the signature does not prove which body the platform sent.
+  Such a signature is still checked, and when genuine the outcome is AMBIGUOUS: the event is kept in
+  hypercard.unverified for review, never handed to the workers (the platform sent it: refusing it would only
+  make the platform send it again for 43 hours).
 A signed header's value is only ever taken from the header.
 """
 
@@ -20,9 +27,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -35,7 +42,24 @@ SIGNATURE_HEADER = "signature"
 # Every platform push carries these; in enforce mode a push without one of them is refused.
 REQUIRED_HEADERS = ("api-key", "timestamp", "nonce", SIGNATURE_HEADER)
 _EMPTY_CONTAINERS = (b"{}", b"[]")
+# Every name the string to sign can hold (body names and `api-key`), after a `&`: the start of a pair.
 _PAIR_INSIDE = re.compile(r"&[A-Za-z0-9_-]+=")
+# The body names of the platform's documentation (push-events 2.2.4): `card_id`, `created_Time`, `app3ds_...`.
+BODY_NAME = re.compile(r"[A-Za-z0-9_]+")
+# The signed headers' formats (PLATFORM.md, Authentication), each with what a refusal says it should be. Where the
+# documentation shows an example rather than a rule, the format is wider than the example, so that a change at the
+# platform does not stop every push; none admits `&`, `=` or a space, so no header can hold a pair of the string.
+HEADER_FORMATS = {
+    # "Merchant identification", format undocumented: visible ASCII (the ranges ! to ~) but the two separators.
+    "api-key": (re.compile(r"[!-%'-<>-~]{1,256}"), "a token of visible ASCII characters other than & and ="),
+    # Unix seconds: 10 digits from 2001 to 2286; 9 to 13 digits tolerated (milliseconds have 13).
+    "timestamp": (re.compile(r"[0-9]{9,13}"), "Unix seconds (digits)"),
+    # "Random string, 10 characters": any 1 to 64 letters, digits, `_` and `-` (a UUID fits too).
+    "nonce": (re.compile(r"[A-Za-z0-9_-]{1,64}"), "a random string of letters and digits"),
+    "version": (re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,4}){0,3}"), "a version such as 1.0"),
+    # `en` or `zh-CN`; other language tags (`zh-Hant-TW`, `pt_BR`) are tolerated.
+    "lang": (re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3}"), "a language tag such as en or zh-CN"),
+}
 
 _PKCS1 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
@@ -47,6 +71,7 @@ class SignatureOutcome(enum.StrEnum):
     VALID = "valid"
     INVALID = "invalid"
     MISSING = "missing"
+    MALFORMED = "malformed"  # a signed header is not in its documented format
     AMBIGUOUS = "ambiguous"  # genuine, but the signed string fits more than one body
     UNCHECKED = "unchecked"
 
@@ -86,9 +111,22 @@ def join_sorted(items: Mapping[str, str]) -> bytes:
     return "&".join(f"{name}={items[name]}" for name in sorted(items)).encode()
 
 
+def malformed_header(headers: Mapping[str, str]) -> str | None:
+    """Which signed header is not in its documented format; None when all are. `headers`: the non-empty ones."""
+    for name, value in headers.items():
+        pattern, expected = HEADER_FORMATS[name]
+        if not pattern.fullmatch(value):
+            return f"the {name} header is not {expected}"
+    return None
+
+
 def ambiguity(body: Mapping[str, str]) -> str | None:
     """Why the string to sign cannot tell this body from another one; None when it can."""
     for name, value in body.items():
+        if name == SIGNATURE_HEADER:
+            continue  # not signed
+        if not BODY_NAME.fullmatch(name):
+            return f"the body field name {name[:80]!r} is not letters, digits and _ only"
         if name in SIGNED_HEADERS:
             return f"the body field {name!r} is named like a signed header"
         if "&" in value and _PAIR_INSIDE.search(value):
@@ -121,59 +159,55 @@ def string_to_sign(headers: Mapping[str, str], body: Mapping[str, str]) -> bytes
     return next(readings(headers, body)).message
 
 
+def fingerprint(key: rsa.RSAPublicKey) -> str:
+    """A key's name in logs and metrics: `sha256:` and the first 16 hex digits of the SHA-256 of its DER form."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()[:16]
+
+
+class Verified(NamedTuple):
+    reading: Reading  # the reading the signature verifies
+    key: str  # the fingerprint of the key that verified it
+
+
 class SignatureVerifier:
     """Verifies a base64 signature against any of the platform's public keys (several during a key rotation)."""
 
-    def __init__(self, keys: list[rsa.RSAPublicKey]) -> None:
+    def __init__(self, keys: Sequence[rsa.RSAPublicKey]) -> None:
+        self.replace_keys(keys)
+
+    def replace_keys(self, keys: Sequence[rsa.RSAPublicKey]) -> None:
+        """The keys from now on; one assignment, so a request is checked against the old set or the new one."""
         if not keys:
             raise ValueError("no public key to verify signatures with")
-        self.keys = keys
+        self._keys = tuple((fingerprint(key), key) for key in keys)
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> SignatureVerifier:
-        return cls(load_public_keys(Path(path).read_bytes()))
+    @property
+    def keys(self) -> list[rsa.RSAPublicKey]:
+        return [key for _, key in self._keys]
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return [name for name, _ in self._keys]
 
     def verify(self, message: bytes, signature: str) -> bool:
         return self.verified_reading([Reading(message, b"")], signature) is not None
 
-    def verified_reading(self, candidates: Iterable[Reading], signature: str) -> Reading | None:
-        """The first reading the signature verifies with any of the keys; None if it verifies none."""
+    def verified_reading(self, candidates: Iterable[Reading], signature: str) -> Verified | None:
+        """The first reading the signature verifies with any of the keys, and that key; None if it verifies none."""
         try:
             raw_signature = base64.b64decode(signature, validate=True)
         except (binascii.Error, ValueError):
             return None
+        keys = self._keys
         for reading in candidates:
-            for key in self.keys:
+            for name, key in keys:
                 try:
                     key.verify(raw_signature, reading.message, _PKCS1, _SHA256)
                 except InvalidSignature:
                     continue
-                return reading
+                return Verified(reading, name)
         return None
-
-
-def load_public_keys(data: bytes) -> list[rsa.RSAPublicKey]:
-    """Every RSA public key in a file: PEM blocks (public keys or certificates), or bare base64 DER lines as the
-    merchant platform shows them for copying."""
-    from cryptography import x509
-
-    keys: list[object] = []
-    if b"-----BEGIN" in data:
-        for block in data.split(b"-----END")[:-1]:
-            start = block.find(b"-----BEGIN")
-            kind = block[start + len(b"-----BEGIN ") :].split(b"-----", 1)[0].strip()
-            pem = block[start:] + b"-----END " + kind + b"-----\n"
-            if kind == b"CERTIFICATE":
-                keys.append(x509.load_pem_x509_certificate(pem).public_key())
-            else:
-                keys.append(serialization.load_pem_public_key(pem))
-    else:
-        for line in data.split():
-            keys.append(serialization.load_der_public_key(base64.b64decode(line)))
-    rsa_keys = [key for key in keys if isinstance(key, rsa.RSAPublicKey)]
-    if len(rsa_keys) != len(keys):
-        raise ValueError("the key file holds a key that is not an RSA public key")
-    return rsa_keys
 
 
 def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:

@@ -93,6 +93,9 @@ async def _receive(request: web.Request, line: dict[str, object], default_kind: 
     metrics = request.app[METRICS]
     check = check_signature(headers, fields, request.app[VERIFIER])
     line["signature_outcome"] = str(check.outcome)
+    if check.key is not None:
+        line["signature_key"] = check.key
+        metrics.key_verifications.labels(check.key).inc()
     trusted = check.outcome in TRUSTED_OUTCOMES
     if not trusted:
         metrics.signature_failures.labels(str(check.outcome)).inc()

@@ -6,13 +6,12 @@ import base64
 import json
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from gateway.signature import (
     FIELDS_DECODER,
     SignatureVerifier,
     ambiguity,
-    load_public_keys,
+    malformed_header,
     readings,
     rendered_fields,
     sign,
@@ -137,25 +136,32 @@ def test_refuses_garbage_signatures(verifier, garbage: str) -> None:
     assert not verifier.verify(b"anything", garbage)
 
 
-def test_key_rotation_accepts_every_key_in_the_file(platform_key, other_key) -> None:
-    pem = b"".join(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        for key in (platform_key, other_key)
-    )
-    verifier = SignatureVerifier(load_public_keys(pem))
-    assert len(verifier.keys) == 2
-    for key in (platform_key, other_key):
-        assert verifier.verify(b"m", sign(key, b"m"))
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("timestamp", "1710412477"), ("timestamp", "1710412477123"), ("nonce", "Ab3dE6gH9j"), ("version", "1.0"),
+     ("nonce", "5f0c6a3e-9d1b-4c1e-8f43-2b7d1a9e6c55"), ("version", "2"), ("lang", "en"), ("lang", "zh-CN"),
+     ("lang", "zh_CN"), ("api-key", "merchant-1"), ("api-key", "AK:4f2a/9b+c.d~e")],
+)  # fmt: skip
+def test_headers_in_the_documented_formats_are_well_formed(name: str, value: str) -> None:
+    assert malformed_header({name: value}) is None
 
 
-def test_loads_a_bare_base64_key_as_the_merchant_platform_shows_it(platform_key) -> None:
-    der = platform_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    (key,) = load_public_keys(base64.b64encode(der) + b"\n")
-    assert key.public_numbers() == platform_key.public_key().public_numbers()
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("timestamp", "17104124770000"), ("timestamp", "1710412477.5"), ("timestamp", "-1710412477"),
+     ("nonce", "Ab3 dE6gH9j"), ("nonce", "a&b=c"), ("nonce", "x" * 65), ("version", "1.0&x=1"), ("version", "v1"),
+     ("lang", "en&mc_trade_no=T9"), ("lang", "english please"), ("api-key", "m-1&x=1"), ("api-key", "a=b"),
+     ("api-key", "a b")],
+)  # fmt: skip
+def test_a_header_outside_its_format_is_malformed_and_named(name: str, value: str) -> None:
+    assert f"the {name} header" in (malformed_header({name: value}) or "")
 
 
-def test_refuses_a_key_file_without_keys() -> None:
-    with pytest.raises(ValueError):
-        SignatureVerifier(load_public_keys(b""))
+@pytest.mark.parametrize("name", ["created_Time", "app3ds_auth_transaction_id", "x1"])
+def test_documented_body_names_are_unambiguous(name: str) -> None:
+    assert ambiguity({name: "1"}) is None
+
+
+@pytest.mark.parametrize("name", ["a=1&b", "a&b", "a=b", "api-key", "card id", "", "carte_\u00e9"])
+def test_a_body_name_outside_the_documented_alphabet_is_ambiguous(name: str) -> None:
+    assert ambiguity({name: "1"}) is not None

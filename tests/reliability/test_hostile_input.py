@@ -31,6 +31,7 @@ from gateway.replies import ContractAppRunner
 from gateway.send import signed_headers
 from gateway.settings import GatewaySettings
 from infra.settings import load_settings
+from schemas import topology
 from schemas.events import KNOWN_KINDS
 from schemas.samples import sample_body, sample_names
 from tests.support.broker import AMQP_URL
@@ -196,7 +197,9 @@ def test_correctly_signed_random_bodies_never_break_the_gateway(live, platform_k
     status, answer = live.post(body, headers)
     if status == 200:
         assert answer["code"] == 1 and len(live.published) == before + 1
-        assert live.published[-1][1] == "valid"
+        routing_key, outcome = live.published[-1]
+        # A body the string to sign cannot tell from another (a name outside letters, digits and _) is kept aside.
+        assert outcome == "valid" or (outcome == "ambiguous" and routing_key == topology.UNVERIFIED_ROUTING_KEY)
     else:
         assert status in REFUSALS and len(live.published) == before
 
