@@ -45,6 +45,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
 
 clean:
 	rm -rf $(VENV) $(DEV_KEYS) *.egg-info
