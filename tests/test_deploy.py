@@ -25,6 +25,7 @@ from tests.support.database import DATABASE_URL, reset_database
 from tests.support.image import parse_dockerfile, replay
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import log_events
+from tests.support.tls import self_signed_pem
 from tests.support.waiting import eventually
 from workers.metrics import WorkerMetrics
 from workers.settings import WorkerSettings
@@ -95,11 +96,18 @@ def test_every_alert_rule_passes_its_promtool_unit_test():
     assert all(alert in readme for alert in alerts), "the README's Monitoring section explains every alert"
 
 
-def test_haproxy_config_is_valid_and_checks_readiness():
+def test_haproxy_config_is_valid_serves_https_only_and_checks_readiness(tmp_path: Path):
     config = REPO / "deploy/haproxy/haproxy.cfg"
-    result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
+    env = {**os.environ, "HC_TLS_CERT": str(self_signed_pem(tmp_path / "hypercard.pem"))}
+    result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "httpchk GET /readyz" in config.read_text()
+    text = config.read_text()
+    assert "httpchk GET /readyz" in text and "ssl-min-ver TLSv1.2" in text
+    binds = re.findall(r"^\s*bind (.*)$", text, re.M)
+    assert binds and all(' ssl crt "${HC_TLS_CERT}"' in bind for bind in binds), "every listener speaks TLS"
+    lb = SERVICES["lb"]
+    assert lb["ports"] == ["443:8443"] and lb["environment"]["HC_TLS_CERT"].startswith("/usr/local/etc/haproxy/certs/")
+    assert any(v.startswith("./deploy/haproxy/certs:/usr/local/etc/haproxy/certs") for v in lb["volumes"])
 
 
 def exported_metric_names() -> set[str]:
