@@ -34,8 +34,9 @@ KNOWN_VARIABLES = frozenset(
         # WorkerSettings
         "HC_DATABASE_URL", "HC_PREFETCH", "HC_BATCH_SIZE", "HC_BATCH_WAIT", "HC_HANDLER_TIMEOUT", "HC_RETRY_DELAYS",
         "HC_SHUTDOWN_GRACE", "HC_HANDLERS", "HC_METRICS_PORT",
-        # hypercard-status, hypercard-send, the image's HEALTHCHECK, HAProxy's certificate, the tests' own
-        "HC_MANAGEMENT_URL", "HC_SEND_URL", "HC_SEND_KEY", "HC_HEALTHCHECK_URL", "HC_TLS_CERT",
+        # the deployment secret (docker-compose), hypercard-status, hypercard-send, the image's HEALTHCHECK,
+        # HAProxy's certificate, the tests' own
+        "HC_ID_SECRET", "HC_MANAGEMENT_URL", "HC_SEND_URL", "HC_SEND_KEY", "HC_HEALTHCHECK_URL", "HC_TLS_CERT",
         "HC_TEST_FAULT", "HC_TEST_NOTIFIER_FILE",
     }
 )  # fmt: skip

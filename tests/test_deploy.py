@@ -66,6 +66,42 @@ def test_every_mounted_file_exists():
                 assert (REPO / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
+COMPOSE_SECRETS = set(re.findall(r"\$\{([A-Z_]+):\?", (REPO / "docker-compose.yml").read_text()))
+
+
+def compose_config(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`docker-compose config -q` with exactly these secrets (an empty env file: no .env beside the checkout)."""
+    (tmp_path / "empty.env").touch()
+    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
+    return subprocess.run(
+        ["docker-compose", "--env-file", str(tmp_path / "empty.env"), "-f", str(REPO / "docker-compose.yml"),
+         "config", "-q"],
+        capture_output=True, text=True, env={**clean, **env},
+    )  # fmt: skip
+
+
+def test_compose_starts_only_with_every_secret_given(tmp_path: Path):
+    expected = {"HC_API_KEY", "HC_ID_SECRET", "RABBITMQ_PASSWORD", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+    assert expected <= COMPOSE_SECRETS
+    secrets = {name: f"secret{n}" for n, name in enumerate(sorted(COMPOSE_SECRETS))}
+    given = compose_config(secrets, tmp_path)
+    assert given.returncode == 0, given.stderr
+    for missing in COMPOSE_SECRETS:
+        refused = compose_config({k: v for k, v in secrets.items() if k != missing}, tmp_path)
+        assert refused.returncode != 0 and f"set {missing}" in refused.stderr, (missing, refused.stderr)
+
+
+def test_compose_publishes_no_console_without_a_login_and_runs_a_supported_rabbitmq():
+    text = (REPO / "docker-compose.yml").read_text()
+    assert "hypercard:hypercard@" not in text and not re.search(r"PASSWORD: \w", text), "no password in the file"
+    assert re.fullmatch(r"rabbitmq:4\.\d+-management", SERVICES["rabbitmq"]["image"])
+    for name in ("rabbitmq", "prometheus"):
+        assert all(port.startswith("127.0.0.1:") for port in SERVICES[name].get("ports", [])), name
+    grafana = SERVICES["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GRAFANA_ADMIN_PASSWORD" in grafana["GF_SECURITY_ADMIN_PASSWORD"]
+
+
 def test_rabbitmq_enables_management_and_prometheus():
     plugins = (REPO / "deploy/rabbitmq/enabled_plugins").read_text()
     assert "rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins
