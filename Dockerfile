@@ -15,8 +15,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=builder /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
-    && useradd --system --uid 10001 --no-create-home hypercard
-WORKDIR /tmp
+    && groupadd --system --gid 10001 hypercard \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home hypercard
 USER 10001:10001
 
 # The defaults of HC_PORT, HC_METRICS_PORT (a worker) and HC_GATEWAY_METRICS_PORT.
