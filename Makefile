@@ -36,10 +36,11 @@ run: install $(DEV_KEYS)/platform-public.pem $(DEV_ID_SECRET)
 dashboards: install
 	@PYTHON=$(BIN)/python deploy/local/dashboards.sh
 
-# promtool and haproxy check the deployment files in the tests (Debian packages prometheus and haproxy).
+# promtool, haproxy and docker-compose check the deployment files in the tests (Debian packages prometheus, haproxy
+# and docker-compose).
 tools:
-	@command -v promtool >/dev/null && command -v haproxy >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus haproxy >/dev/null)
+	@command -v promtool >/dev/null && command -v haproxy >/dev/null && command -v docker-compose >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus haproxy docker-compose >/dev/null)
 
 test: install tools
 	$(BIN)/pytest
@@ -58,6 +59,7 @@ audit: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
 
 clean:
 	rm -rf $(VENV) $(DEV_KEYS) *.egg-info

@@ -4,6 +4,7 @@ declare the kinds' queues, whose arguments (the delivery limit) the broker compa
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,29 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 ENV_PREFIX = "HC_"
 SECRET_FIELDS = frozenset({"id_secret", "id_secret_previous"})
+
+# Every HC_* variable a process, tool or test of the project reads. docker-compose gives all services one
+# environment, so a worker accepts the gateway's variables and the other way round; a name in none of them is a
+# typo that would leave a safeguard off without a word (HC_ALLOWED_IP for HC_ALLOWED_IPS), and stops start-up.
+# Plain data rather than an import of the gateway's and the workers' settings, which never import each other:
+# tests/infra/test_settings.py checks it against their fields and every HC_ name in the repository.
+KNOWN_VARIABLES = frozenset(
+    {
+        # BrokerSettings: every process
+        "HC_AMQP_URL", "HC_DELIVERY_LIMIT", "HC_LOG_LEVEL",
+        # GatewaySettings
+        "HC_HOST", "HC_PORT", "HC_PLATFORM_PUBLIC_KEY", "HC_API_KEY", "HC_SIGNATURE_MODE", "HC_ALLOWED_IPS",
+        "HC_TRUSTED_PROXIES", "HC_MAX_BODY_BYTES", "HC_PUBLISH_TIMEOUT", "HC_READ_TIMEOUT", "HC_EXTRA_PATHS",
+        "HC_DRAIN_SECONDS", "HC_PROCESSES", "HC_GATEWAY_METRICS_PORT",
+        # WorkerSettings
+        "HC_DATABASE_URL", "HC_PREFETCH", "HC_BATCH_SIZE", "HC_BATCH_WAIT", "HC_HANDLER_TIMEOUT", "HC_RETRY_DELAYS",
+        "HC_SHUTDOWN_GRACE", "HC_HANDLERS", "HC_METRICS_PORT",
+        # the deployment secret (docker-compose), hypercard-status, hypercard-send, the image's HEALTHCHECK,
+        # HAProxy's certificate, the tests' own
+        "HC_ID_SECRET", "HC_MANAGEMENT_URL", "HC_SEND_URL", "HC_SEND_KEY", "HC_HEALTHCHECK_URL", "HC_TLS_CERT",
+        "HC_TEST_FAULT", "HC_TEST_NOTIFIER_FILE",
+    }
+)  # fmt: skip
 
 
 class SettingsError(ValueError):
@@ -60,6 +84,7 @@ def load_settings(kind: type[S], environ: Mapping[str, str] | None = None, **ove
     comma-separated list."""
     environ = os.environ if environ is None else environ
     fields = {field.name: field.type for field in msgspec.inspect.type_info(kind).fields}  # type: ignore[union-attr]
+    _refuse_unknown_variables(environ, KNOWN_VARIABLES | {env_name(field) for field in fields})
     raw: dict[str, object] = {}
     for field, field_type in fields.items():
         value = environ.get(env_name(field))
@@ -74,6 +99,20 @@ def load_settings(kind: type[S], environ: Mapping[str, str] | None = None, **ove
         return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as error:
         raise SettingsError(_name_the_variable(str(error))) from None
+
+
+def _refuse_unknown_variables(environ: Mapping[str, str], known: frozenset[str]) -> None:
+    unknown = sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+    if not unknown:
+        return
+    problems = []
+    for name in unknown:
+        nearest = difflib.get_close_matches(name, known, n=1)
+        problems.append(f"{name} (did you mean {nearest[0]}?)" if nearest else name)
+    raise SettingsError(
+        f"{', '.join(problems)}: no hypercard process reads this variable; correct or unset it (a misspelt setting "
+        "would leave its safeguard off; the README's Settings tables list every variable)"
+    )
 
 
 def _name_the_variable(message: str) -> str:

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
 import pytest
 
 from gateway.settings import GatewaySettings
-from infra.settings import BrokerSettings, SettingsError, load_settings
+from infra.settings import KNOWN_VARIABLES, BrokerSettings, SettingsError, env_name, load_settings
 from workers.settings import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults():
@@ -57,3 +66,58 @@ def test_what_both_processes_must_agree_on_is_one_setting_in_one_place():
 def test_a_bad_value_names_its_variable(kind, environ, variable):
     with pytest.raises(SettingsError, match=variable):
         load_settings(kind, environ)
+
+
+def test_a_misspelt_variable_stops_start_up_naming_the_setting_it_resembles():
+    with pytest.raises(SettingsError, match=r"HC_ALLOWED_IP\b.*HC_ALLOWED_IPS"):
+        load_settings(GatewaySettings, {"HC_ALLOWED_IP": "10.0.0.0/8"})
+    with pytest.raises(SettingsError, match=r"HC_API_KEYS.*HC_API_KEY\b"):
+        load_settings(WorkerSettings, {"HC_API_KEYS": "merchant-1"})
+
+
+def test_one_environment_serves_every_process_of_the_project():
+    """docker-compose gives every service one environment: a worker accepts the gateway's settings and the
+    variables the tools read, and the other way round."""
+    environ = {
+        "HC_ALLOWED_IPS": "10.0.0.0/8", "HC_API_KEY": "merchant-1", "HC_PROCESSES": "2",
+        "HC_DATABASE_URL": "postgresql://db/hypercard", "HC_RETRY_DELAYS": "1,2", "HC_MANAGEMENT_URL": "http://mq:15672",
+        "HC_SEND_URL": "http://127.0.0.1:8080/hc_sync/common",
+    }  # fmt: skip
+    assert load_settings(WorkerSettings, environ).retry_delays == (1.0, 2.0)
+    assert load_settings(GatewaySettings, environ).allowed_ips == ("10.0.0.0/8",)
+    assert load_settings(BrokerSettings, environ).amqp_url  # hypercard-status and hypercard-replay
+
+
+def variables_named_in_the_repository() -> set[str]:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    names: set[str] = set()
+    for name in files:
+        path = REPO / name
+        if path.is_file() and path not in {REPO / "infra/settings.py", Path(__file__)}:
+            names |= set(re.findall(r"\bHC_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="ignore")))
+    return names
+
+
+def test_every_variable_of_the_project_is_known_and_every_known_one_is_used():
+    fields = {env_name(f.name) for kind in (GatewaySettings, WorkerSettings) for f in msgspec.structs.fields(kind)}
+    assert fields <= KNOWN_VARIABLES, f"add {fields - KNOWN_VARIABLES} to infra.settings.KNOWN_VARIABLES"
+    assert variables_named_in_the_repository() == KNOWN_VARIABLES
+
+
+@pytest.mark.parametrize(
+    ("command", "typo", "meant"),
+    [
+        (["hypercard-gateway"], "HC_ALLOWED_IP", "HC_ALLOWED_IPS"),
+        (["hypercard-worker", "--all"], "HC_API_KEYS", "HC_API_KEY"),
+    ],
+)
+def test_a_process_given_a_misspelt_variable_does_not_start(command, typo, meant):
+    # Nothing to reach: a process that started anyway would only retry its connections until the timeout.
+    unreachable = {"HC_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/", "HC_DATABASE_URL": "postgresql://127.0.0.1:1/x"}
+    env = {**os.environ, **unreachable, typo: "10.0.0.0/8"}
+    script = Path(sys.executable).parent / command[0]
+    result = subprocess.run([str(script), *command[1:]], capture_output=True, text=True, timeout=20, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert typo in result.stderr and meant in result.stderr and "Traceback" not in result.stderr
