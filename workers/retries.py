@@ -66,7 +66,7 @@ class RetryPublisher:
         delay = delays[attempt - 1] if delay is None else schedule_step(delay, delays)
         queue = topology.retry_queue(kind, delay)
         if queue not in self._declared:
-            await declare.declare_kind(self.channel, kind, self.delivery_limit, (delay,))
+            await declare.declare_retry_queue(self.channel, kind, delay)
             self._declared.add(queue)
         headers = {"attempt": attempt + 1, "last_error_type": error_type, "last_error": scrub(error_message)[:500]}
         if await self._republish(message, queue, headers):
