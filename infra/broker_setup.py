@@ -73,6 +73,8 @@ async def set_up(
     async with aiohttp.ClientSession(base_url=base, headers=headers, raise_for_status=True) as api:
         async with api.get(f"/api/vhosts/{encoded}", raise_for_status=False) as found:
             missing = found.status == 404
+            if not missing:
+                found.raise_for_status()  # wrong credentials, or a user that is not an administrator
         if missing:  # an existing vhost, and the administrator's rights in it, are left as they are
             await api.put(f"/api/vhosts/{encoded}", json={})
             await api.put(
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     except (SetupError, declare.TopologyMismatch) as error:
         parser.exit(2, f"hypercard-broker-setup: {error}\n")
     except (OSError, aiohttp.ClientError, aiormq.exceptions.AMQPError) as error:
-        parser.exit(2, f"hypercard-broker-setup: broker unreachable: {type(error).__name__}: {error}\n")
+        parser.exit(2, f"hypercard-broker-setup: the broker refused, or did not answer: {error!r}\n")
     for line in done:
         print(line)
     missing = [role_url_variable(name) for name in ROLES if name not in role_urls]
