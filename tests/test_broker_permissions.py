@@ -22,14 +22,13 @@ import yaml
 from infra import declare
 from infra.broker_setup import set_up
 from infra.permissions import GATEWAY, OPERATOR, ROLES, WORKER
-from infra.settings import BrokerSettings, load_settings
+from infra.settings import load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 from tests.support.broker import AMQP_URL, TEST_VHOST, ensure_management_api, take
 from tests.support.database import DATABASE_URL, reset_database
 from tests.support.tracked_kind import TEST_DELAYS  # importing it registers TEST_TRACKED, as --handlers does
 from tests.support.waiting import eventually
-from workers import replay, status
 from workers.app import create_worker
 from workers.settings import WorkerSettings
 
@@ -40,6 +39,7 @@ ROLE_URLS = {role: f"amqp://hypercard_perm_{RUN}_{role}:{secrets.token_urlsafe(1
              for role in ROLES}  # fmt: skip
 KINDS = sorted(KNOWN_KINDS | {"TEST_TRACKED"})
 PATH = "/hc_sync/common"
+OPEN_CARD, DEAD = topology.kind_queue("OPEN_CARD"), topology.dead_queue("OPEN_CARD")
 
 
 def test_the_patterns_name_the_topology_and_nothing_more():
@@ -152,19 +152,28 @@ async def test_the_worker_user_handles_retries_and_dead_letters(broker_users, ma
         await worker.stop()
 
 
+def operator_tool(*args: str) -> subprocess.CompletedProcess:
+    """A console script as an operator runs it, with the operator user's URL."""
+    env = {**os.environ, "HC_AMQP_URL": ROLE_URLS["operator"]}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+
+
 @pytest.mark.broker
 async def test_the_operator_user_replays_and_reads_the_status(broker_users, admin):
     message = aio_pika.Message(
         b'{"notify_type":"OPEN_CARD"}', headers={"notify_type": "OPEN_CARD", "event_id": "e-1"}, delivery_mode=2
     )
-    await admin.default_exchange.publish(message, routing_key=topology.dead_queue("OPEN_CARD"))
-    found = await status.collect(BrokerSettings(amqp_url=broker_users["operator"]), [])
-    assert found.source == "management", "the operator user reads the management API"
-    assert {k.kind: k.dead.messages for k in found.kinds}["OPEN_CARD"] == 1
-    result = await replay.run([broker_users["operator"]], DEAD, replay.ReplayFilter(), dry_run=False)
-    assert result.moved == ["e-1"]
-    (replayed,) = await take(admin, topology.kind_queue("OPEN_CARD"))
-    assert replayed.headers["replayed_from"] == topology.dead_queue("OPEN_CARD")
+    await admin.default_exchange.publish(message, routing_key=DEAD)
+    status = await asyncio.to_thread(operator_tool, "hypercard-status", "--json")
+    assert status.returncode == 1, status.stderr  # 1: a dead letter waits
+    found = json.loads(status.stdout)
+    assert found["source"] == "management", "the operator user reads the management API"
+    assert {k["kind"]: k["dead"]["messages"] for k in found["kinds"]}["OPEN_CARD"] == 1
+    replay = await asyncio.to_thread(operator_tool, "hypercard-replay", "OPEN_CARD")
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stdout.split() == ["e-1"]
+    (replayed,) = await take(admin, OPEN_CARD)
+    assert replayed.headers["replayed_from"] == DEAD
 
 
 Operation = Callable[[aio_pika.abc.AbstractChannel], Awaitable[object]]
@@ -205,7 +214,6 @@ def delete_exchange(name: str) -> Operation:
     return lambda channel: channel.exchange_delete(name)
 
 
-OPEN_CARD, DEAD = topology.kind_queue("OPEN_CARD"), topology.dead_queue("OPEN_CARD")
 REFUSED = [
     # The gateway publishes to hypercard.events and does nothing else.
     ("gateway", "get from a kind's queue", get(OPEN_CARD)),
