@@ -124,11 +124,9 @@ class Publisher:
             raise BrokerUnavailable("the broker did not accept the event; send it again")
 
     async def _declare(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        await declare.declare_topology(connection, sorted(KNOWN_KINDS), self.delivery_limit)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._link.watch(channel)
-        await declare.declare_core(channel)
-        for kind in sorted(KNOWN_KINDS):
-            await declare.declare_kind(channel, kind, self.delivery_limit)
         self._channel = await channel.get_underlay_channel()
         self._watch_blocking(connection)
         self._ready.set()

@@ -1,15 +1,28 @@
-"""Declaring the topology of `schemas.topology` on a channel, idempotently, by the gateway and the workers alike."""
+"""Declaring the topology of `schemas.topology` on a channel, idempotently, by the gateway and the workers alike.
+
+With the deployment's least-privilege broker users (`infra.permissions`) neither may declare it: the broker set-up
+did, and they check that it is there."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterable
+
 import aio_pika
 import aiormq
+import structlog
 
 from schemas import topology
+
+log = structlog.get_logger("infra.declare")
 
 
 class TopologyMismatch(Exception):
     """What the broker already has differs from what the settings ask for; the message names the setting."""
+
+
+class TopologyMissing(Exception):
+    """A queue or exchange this process's broker user may not declare does not exist: the set-up has not run."""
 
 
 async def declare_core(channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.AbstractExchange:
@@ -62,3 +75,56 @@ async def declare_retry_queue(channel: aio_pika.abc.AbstractChannel, kind: str, 
     await channel.declare_queue(
         topology.retry_queue(kind, delay), durable=True, arguments=topology.retry_queue_arguments(kind, delay)
     )
+
+
+async def declare_topology(
+    connection: aio_pika.abc.AbstractConnection,
+    kinds: Iterable[str],
+    delivery_limit: int = topology.DEFAULT_DELIVERY_LIMIT,
+    retry_delays: Callable[[str], tuple[float, ...]] = lambda kind: (),
+) -> None:
+    """The core and each kind's queues, on a channel of their own. When the broker refuses (a least-privilege user,
+    README "Broker users"), check instead that the set-up declared them, and declare only the retry queues.
+
+    Raises TopologyMissing when one is not there, TopologyMismatch as `declare_kind` does."""
+    kinds = list(kinds)
+    channel = await connection.channel()
+    try:
+        await declare_core(channel)
+        for kind in kinds:
+            await declare_kind(channel, kind, delivery_limit, retry_delays(kind))
+        return
+    except aiormq.exceptions.ChannelAccessRefused:
+        pass  # the channel is closed by the refusal
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    await _check_exists(connection, kinds)
+    channel = await connection.channel()
+    try:
+        for kind in kinds:
+            for delay in retry_delays(kind):
+                await declare_retry_queue(channel, kind, delay)
+    finally:
+        await channel.close()
+    log.info("topology declared by the broker set-up, found in place")
+
+
+async def _check_exists(connection: aio_pika.abc.AbstractConnection, kinds: list[str]) -> None:
+    """Passive declares (no permission needed); a missing name closes the channel, which ends the check."""
+    queues = [topology.INVALID_QUEUE, topology.UNVERIFIED_QUEUE, topology.UNROUTED_QUEUE]
+    queues += [name for kind in kinds for name in (topology.kind_queue(kind), topology.dead_queue(kind))]
+    channel = await connection.channel()
+    name = topology.EVENTS_EXCHANGE
+    try:
+        await channel.get_exchange(name)
+        for name in queues:
+            await channel.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        raise TopologyMissing(
+            f"{name} does not exist, and this broker user may not declare it: run hypercard-broker-setup "
+            "(with --kind for a kind of your own)"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()

@@ -15,6 +15,7 @@ import structlog
 
 from infra import broker, declare
 from infra.identifiers import identifier_key
+from schemas import topology
 from workers import database, retention
 from workers.acks import ChannelAcks
 from workers.batches import Batches
@@ -121,14 +122,13 @@ class WorkerRuntime:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._link.watch(channel)
         await channel.set_qos(prefetch_count=self.settings.prefetch)
-        await declare.declare_core(channel)
+        await declare.declare_topology(connection, self.registrations, self.settings.delivery_limit, self.retry_delays)
         self._retries = RetryPublisher(channel, self.settings.delivery_limit)
         assert self._policy is not None
         self._acks = ChannelAcks(frame_failed=self._policy.frame_failed)
         self._queues = []
         for kind in self.registrations:
-            queue = await declare.declare_kind(channel, kind, self.settings.delivery_limit, self.retry_delays(kind))
-            self._queues.append((kind, queue))
+            self._queues.append((kind, await channel.get_queue(topology.kind_queue(kind))))
         if self._outage is None:  # during a database outage the outage's task starts consuming once it answers
             await self._start_consumers()
 

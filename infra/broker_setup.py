@@ -1,0 +1,135 @@
+"""`hypercard-broker-setup`: once per deployment, as the broker's administrator, create the vhost, one user per role
+with the permissions of `infra.permissions`, and the whole topology, so that the gateway, the workers and the
+operator tools run as users that may do their own job only.
+
+    HC_AMQP_URL=amqp://admin:…@rabbitmq:5672/ \\
+    HYPERCARD_GATEWAY_AMQP_URL=amqp://hypercard-gateway:…@rabbitmq:5672/ \\
+    HYPERCARD_WORKER_AMQP_URL=amqp://hypercard-worker:…@rabbitmq:5672/ \\
+    HYPERCARD_OPERATOR_AMQP_URL=amqp://hypercard-operator:…@rabbitmq:5672/ \\
+    hypercard-broker-setup [--kind CARD_STATUS_CHANGE]
+
+Each role's user and password are the ones in the URL its processes are given: nothing to keep in step, and no
+password in the repository. Users and permissions are set again on every run (a changed password takes effect), the
+topology is declared idempotently (with HC_DELIVERY_LIMIT). Users go through the management API (HC_MANAGEMENT_URL,
+by default port 15672 of the broker's host, with the administrator's credentials)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import sys
+from collections.abc import Mapping
+from urllib.parse import quote
+
+import aiohttp
+import aiormq
+from yarl import URL
+
+from infra import broker, declare
+from infra.permissions import ROLES, Role
+from infra.settings import BrokerSettings, SettingsError, load_settings
+from schemas.events import KIND_NAME, KNOWN_KINDS
+
+
+def role_url_variable(role: str) -> str:
+    """Where the set-up reads a role's broker URL (not an HC_* setting: no process of the project reads it)."""
+    return f"HYPERCARD_{role.upper()}_AMQP_URL"
+
+
+class SetupError(Exception):
+    """The set-up cannot go on; the message says what to change."""
+
+
+def vhost_of(url: URL) -> str:
+    return url.path[1:] or "/"
+
+
+async def set_up(
+    admin_url: str,
+    role_urls: Mapping[str, str],
+    *,
+    kinds: list[str],
+    delivery_limit: int,
+    management_url: str | None = None,
+) -> list[str]:
+    """Users, permissions and the topology in the admin URL's vhost. Returns what was done, one line each."""
+    admin = URL(admin_url)
+    vhost = vhost_of(admin)
+    users: list[tuple[Role, URL]] = []
+    for name, url in role_urls.items():
+        role_url = URL(url)
+        if vhost_of(role_url) != vhost:
+            raise SetupError(f"{role_url_variable(name)} names vhost {vhost_of(role_url)!r}, HC_AMQP_URL {vhost!r}")
+        if not role_url.user or not role_url.password or role_url.user == admin.user:
+            raise SetupError(f"{role_url_variable(name)} needs a user of its own and a password")
+        users.append((ROLES[name], role_url))
+    base = URL(management_url or f"http://{admin.host or '127.0.0.1'}:15672")
+    done: list[str] = []
+    credentials = base64.b64encode(f"{admin.user or 'guest'}:{admin.password or 'guest'}".encode()).decode()
+    encoded = quote(vhost, safe="")
+    headers = {"Authorization": f"Basic {credentials}"}
+    async with aiohttp.ClientSession(base_url=base, headers=headers, raise_for_status=True) as api:
+        async with api.get(f"/api/vhosts/{encoded}", raise_for_status=False) as found:
+            missing = found.status == 404
+            if not missing:
+                found.raise_for_status()  # wrong credentials, or a user that is not an administrator
+        if missing:  # an existing vhost, and the administrator's rights in it, are left as they are
+            await api.put(f"/api/vhosts/{encoded}", json={})
+            await api.put(
+                f"/api/permissions/{encoded}/{quote(admin.user or 'guest', safe='')}",
+                json={"configure": ".*", "write": ".*", "read": ".*"},
+            )
+            done.append(f"vhost {vhost} created")
+        for role, url in users:
+            user = quote(url.user or "", safe="")
+            await api.put(f"/api/users/{user}", json={"password": url.password, "tags": ",".join(role.tags)})
+            await api.put(
+                f"/api/permissions/{encoded}/{user}",
+                json={"configure": role.configure, "write": role.write, "read": role.read},
+            )
+            done.append(f"user {url.user}: the {role.name}'s permissions in vhost {vhost}")
+    connection = await broker.connect([admin_url])
+    try:
+        await declare.declare_topology(connection, kinds, delivery_limit)
+    finally:
+        await connection.close()
+    done.append(f"topology declared in vhost {vhost}: {len(kinds)} kinds")
+    return done
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="hypercard-broker-setup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kind", action="append", default=[], help="also declare this kind's queues (a user kind)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(BrokerSettings)
+    except SettingsError as error:
+        parser.exit(2, f"hypercard-broker-setup: {error}\n")
+    for kind in args.kind:
+        if not KIND_NAME.match(kind):
+            parser.exit(2, f"hypercard-broker-setup: {kind!r} is not an event kind such as OPEN_CARD\n")
+    role_urls = {name: os.environ[role_url_variable(name)] for name in ROLES if os.environ.get(role_url_variable(name))}
+    kinds = sorted(KNOWN_KINDS | {kind.upper() for kind in args.kind})
+    try:
+        done = asyncio.run(
+            set_up(
+                settings.amqp_urls[0],
+                role_urls,
+                kinds=kinds,
+                delivery_limit=settings.delivery_limit,
+                management_url=os.environ.get("HC_MANAGEMENT_URL"),
+            )
+        )
+    except (SetupError, declare.TopologyMismatch) as error:
+        parser.exit(2, f"hypercard-broker-setup: {error}\n")
+    except (OSError, aiohttp.ClientError, aiormq.exceptions.AMQPError) as error:
+        parser.exit(2, f"hypercard-broker-setup: the broker refused, or did not answer: {error!r}\n")
+    for line in done:
+        print(line)
+    missing = [role_url_variable(name) for name in ROLES if name not in role_urls]
+    if missing:
+        print(f"no user set up for: {', '.join(missing)}", file=sys.stderr)

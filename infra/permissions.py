@@ -1,0 +1,56 @@
+"""One RabbitMQ user per role, and what each may do: the configure, write and read patterns of RabbitMQ's access
+control, as plain data. `hypercard-broker-setup` applies them, the README's table shows them (a test compares), and
+the broker permission tests run each role against them.
+
+RabbitMQ checks names, not what they do, so the design keeps every role off the operations it does not need:
+- Declaring a queue with a dead-letter exchange needs `read` on the queue, and `configure` also allows deleting.
+  So no role but the set-up (the broker's administrator, once per deployment) declares the exchanges, the holding
+  queues or the kinds' queues; the gateway and the workers check that they exist (a passive declare needs no
+  permission). The workers declare only their retry queues, created as their handlers ask for them.
+- Publishing through the default exchange (`amq.default`) reaches any queue by name: the workers need it for
+  retries and dead letters, the operator tools to put a message they leave back at the tail of its holding queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NOTHING = "^$"
+# A kind's queue: hypercard.<kind in lower case>, and none of the exchange or holding queue names.
+KIND_QUEUE = r"hypercard\.(?!(?:events|invalid|unrouted|unverified)$)[a-z0-9_]+"
+RETRY_QUEUE = r"hypercard\.[a-z0-9_]+\.retry\.[0-9]+"
+DEAD_QUEUE = r"hypercard\.[a-z0-9_]+\.dead"
+HOLDING_QUEUES = r"hypercard\.(?:invalid|unrouted|unverified)"
+EVENTS = r"hypercard\.events"
+DEFAULT_EXCHANGE = r"amq\.default"
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    configure: str
+    write: str
+    read: str
+    tags: tuple[str, ...] = ()
+
+
+GATEWAY = Role(
+    "gateway",
+    configure=NOTHING,
+    write=f"^{EVENTS}$",  # publish; nothing else: it cannot read, purge, delete or declare anything
+    read=NOTHING,
+)
+WORKER = Role(
+    "worker",
+    configure=f"^{RETRY_QUEUE}$",  # declared as the schedule asks; its TTL dead-letters back to the kind's queue
+    write=f"^{DEFAULT_EXCHANGE}$",  # retries and dead letters go to their queue by name
+    read=f"^(?:{KIND_QUEUE}|{RETRY_QUEUE})$",  # consume; read on a retry queue: RabbitMQ's rule for its dead-lettering
+)
+OPERATOR = Role(
+    "operator",
+    configure=NOTHING,
+    write=f"^(?:{EVENTS}|{DEFAULT_EXCHANGE})$",  # replay through the events exchange; keep the rest in its queue
+    read=f"^(?:{DEAD_QUEUE}|{HOLDING_QUEUES})$",  # hypercard-replay takes from the dead and holding queues only
+    tags=("management",),  # hypercard-status reads the management API: its vhost's queues, no other user's
+)
+ROLES = {role.name: role for role in (GATEWAY, WORKER, OPERATOR)}
