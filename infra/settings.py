@@ -34,7 +34,9 @@ KNOWN_VARIABLES = frozenset(
         "HC_DRAIN_SECONDS", "HC_PROCESSES", "HC_GATEWAY_METRICS_PORT",
         # WorkerSettings
         "HC_DATABASE_URL", "HC_PREFETCH", "HC_BATCH_SIZE", "HC_BATCH_WAIT", "HC_HANDLER_TIMEOUT", "HC_RETRY_DELAYS",
-        "HC_SHUTDOWN_GRACE", "HC_HANDLERS", "HC_METRICS_PORT",
+        "HC_SHUTDOWN_GRACE", "HC_HANDLERS", "HC_METRICS_PORT", "HC_INBOX_RETENTION_DAYS", "HC_INBOX_PRUNE_INTERVAL",
+        # the identifier secret (BrokerSettings, infra.identifiers)
+        "HC_ID_SECRET_FILE", "HC_ID_SECRET_PREVIOUS",
         # the deployment secret (docker-compose), hypercard-status, hypercard-send, the image's HEALTHCHECK,
         # HAProxy's certificate, the tests' own
         "HC_ID_SECRET", "HC_MANAGEMENT_URL", "HC_SEND_URL", "HC_SEND_KEY", "HC_HEALTHCHECK_URL", "HC_TLS_CERT",
