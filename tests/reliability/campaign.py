@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from schemas.events import KNOWN_KINDS
 from tests.support.broker import AMQP_URL, ensure_test_vhost
 from tests.support.database import DATABASE_URL, reset_database
 from tests.support.flaky_handlers import fails_first_attempt
-from tests.support.harness import PlatformPlayer, Report, account, dead_letters, make_events
+from tests.support.harness import Event, PlatformPlayer, Report, account, dead_letters, effects, make_events
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import Process, gateway_process, worker_process
 from tests.support.services import outage, postgres_start, postgres_stop, rabbitmq_start, rabbitmq_stop
@@ -210,6 +211,17 @@ async def retried_effects() -> int:
         await connection.close()
 
 
+def findings(events: list[Event], seen: Counter) -> str:
+    """The events answered code 1 and never handled, or handled twice: where to start reading the logs."""
+    lost = [f"lost {e.kind} {e.event_id}\n" for e in events if e.accepted and e.event_id not in seen]
+    doubled = [
+        f"doubled {e.kind} {e.event_id}\n"
+        for e in events
+        if e.accepted and e.kind != "CONSUME" and seen.get(e.event_id, 0) > 1
+    ]
+    return "".join(lost + doubled)
+
+
 async def play_round(spec: Round, folder: Path, notes: list[str]) -> tuple[Report, int]:
     await reset_database()
     await empty_queues()
@@ -233,6 +245,9 @@ async def play_round(spec: Round, folder: Path, notes: list[str]) -> tuple[Repor
                 break
             await asyncio.sleep(0.5)
         report = await account(events, DATABASE_URL, player.resent, settle=0)  # what came late is counted too
+        if report.lost or report.double_effects:
+            text = findings(events, await effects(DATABASE_URL))
+            await asyncio.to_thread((folder / "findings.txt").write_text, text)
         if dead := await dead_letters():
             notes.append(f"{dead} dead letters")
         if report.never_accepted:
