@@ -18,35 +18,28 @@ import argparse
 import asyncio
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
 import asyncpg
 
-from gateway.send import generate_keys, load_private_key
 from infra import declare
 from schemas import topology
 from schemas.events import KNOWN_KINDS
-from tests.support.broker import AMQP_URL, ensure_test_vhost
+from tests.support.broker import AMQP_URL, TEST_VHOST, ensure_test_vhost
 from tests.support.database import DATABASE_URL, reset_database
+from tests.support.deployment import FAULTS, RESTORE, Deployment, fault_action
 from tests.support.flaky_handlers import fails_first_attempt
 from tests.support.harness import Event, PlatformPlayer, Report, account, dead_letters, effects, make_events
-from tests.support.network import free_port, wait_until_ready
-from tests.support.processes import Process, gateway_process, worker_process
-from tests.support.services import outage, postgres_start, postgres_stop, rabbitmq_start, rabbitmq_stop
 from tests.support.tcp_proxy import TcpProxy
 
-FAULTS = ("broker_restart", "link", "worker_kill", "gateway_term", "postgres_down")
-# The faults that stop a machine service, and how it is started again (a no-op when it is up).
-RESTORE = {"broker_restart": rabbitmq_start, "postgres_down": postgres_start}
 RETRY_DELAYS = (0.2, 0.4, 0.8)  # short, so a failed first attempt is retried well within the settle time
+BROKER_LOG = Path("/var/log/rabbitmq/rabbit@localhost.log")  # the machine's broker (Debian package)
 HEADER = (
     f"{'round':>5} {'seed':>10} {'batch':>5} {'prefetch':>8} {'fail%':>5} {'fault':<14} {'sent':>5} "
     f"{'accepted':>8} {'resent':>6} {'handled':>7} {'lost':>4} {'double':>6} {'retried':>7} {'seconds':>7}  note"
@@ -93,84 +86,6 @@ class Round:
         }
 
 
-class Deployment:
-    """Two gateways behind the player's round robin and one worker process, as processes logging into `folder`."""
-
-    def __init__(self, folder: Path, amqp_url: str, worker_env: dict[str, str]) -> None:
-        self.folder = folder
-        self.amqp_url = amqp_url
-        self.worker_env = worker_env
-        self.key = load_private_key(generate_keys(folder)[0])
-        self.gateways: list[Process] = []
-        self.ports: list[int] = []
-        self.workers: list[Process] = []
-
-    async def start(self) -> None:
-        for n in range(2):
-            port = free_port()
-            settings = {"HC_AMQP_URL": self.amqp_url, "HC_PUBLISH_TIMEOUT": "2", "HC_DRAIN_SECONDS": "1"}
-            self.gateways.append(gateway_process(self.folder, port, settings, name=f"gateway-{n}"))
-            self.ports.append(port)
-        await self.start_worker()
-        for port in self.ports:
-            await asyncio.to_thread(wait_until_ready, port, 30)
-
-    async def start_worker(self) -> Process:
-        worker = worker_process(
-            self.folder, "--all", env={**self.worker_env, "HC_AMQP_URL": self.amqp_url},
-            name=f"worker-{len(self.workers)}",
-        )  # fmt: skip
-        self.workers.append(worker)
-        deadline = time.monotonic() + 30
-        while not worker.events(event="consuming"):
-            if time.monotonic() > deadline or worker.popen.poll() is not None:
-                raise RuntimeError(f"the worker did not start consuming: {worker.log_path}")
-            await asyncio.sleep(0.1)
-        return worker
-
-    @property
-    def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}/hc_sync/common" for port in self.ports]
-
-    def stop(self) -> None:
-        for process in [*self.gateways, *self.workers]:
-            process.stop()
-
-
-def fault_action(
-    name: str, deployment: Deployment, proxy: TcpProxy | None, notes: list[str]
-) -> Callable[[], Awaitable]:
-    """The fault suite's faults (tests/reliability/test_faults.py), each restoring what it broke."""
-
-    async def broker_restart() -> None:
-        await outage(rabbitmq_stop, rabbitmq_start, 2)
-
-    async def link() -> None:
-        assert proxy is not None
-        proxy.hold_replies()  # half-open: publishes go out, confirms never come back
-        await asyncio.sleep(3)
-        proxy.reset_all()  # then the link is reset
-        proxy.release_replies()
-
-    async def worker_kill() -> None:
-        worker = deployment.workers[-1]
-        worker.signal(signal.SIGKILL)
-        await asyncio.to_thread(worker.wait)
-        await asyncio.sleep(1)
-        await deployment.start_worker()
-
-    async def gateway_term() -> None:
-        first = deployment.gateways[0]
-        first.signal(signal.SIGTERM)
-        if (code := await asyncio.to_thread(first.wait)) != 0:
-            notes.append(f"gateway exited {code}")
-
-    async def postgres_down() -> None:
-        await outage(postgres_stop, postgres_start, 5)
-
-    return {f.__name__: f for f in (broker_restart, link, worker_kill, gateway_term, postgres_down)}[name]
-
-
 async def empty_queues() -> None:
     """The topology declared, every queue of the tests' vhost a round uses purged."""
     connection = await aio_pika.connect(AMQP_URL)
@@ -211,6 +126,21 @@ async def retried_effects() -> int:
         await connection.close()
 
 
+def broker_log_size() -> int:
+    return BROKER_LOG.stat().st_size if BROKER_LOG.exists() else 0
+
+
+def channel_errors(since: int) -> int:
+    """Channels the broker closed with an error (406 PRECONDITION_FAILED for an unknown delivery tag, ...) in the
+    tests' vhost, from its log after offset `since`: a worker's ack bookkeeping gone wrong shows here first."""
+    if not BROKER_LOG.exists():
+        return 0
+    with BROKER_LOG.open("rb") as log:
+        log.seek(since)
+        text = log.read().decode(errors="replace")
+    return sum(1 for row in text.splitlines() if "Channel error" in row and f"vhost: '{TEST_VHOST}'" in row)
+
+
 def findings(events: list[Event], seen: Counter) -> str:
     """The events answered code 1 and never handled, or handled twice: where to start reading the logs."""
     lost = [f"lost {e.kind} {e.event_id}\n" for e in events if e.accepted and e.event_id not in seen]
@@ -225,6 +155,7 @@ def findings(events: list[Event], seen: Counter) -> str:
 async def play_round(spec: Round, folder: Path, notes: list[str]) -> tuple[Report, int]:
     await reset_database()
     await empty_queues()
+    log_offset = await asyncio.to_thread(broker_log_size)
     proxy = await TcpProxy().start() if spec.fault == "link" else None
     deployment = Deployment(folder, proxy.url if proxy else AMQP_URL, spec.worker_env)
     try:
@@ -253,11 +184,17 @@ async def play_round(spec: Round, folder: Path, notes: list[str]) -> tuple[Repor
         if report.never_accepted:
             notes.append(f"{report.never_accepted} never accepted")
         notes.append(f"{expected_failures} first attempts failed by design")
-        return report, await retried_effects()
+        retried = await retried_effects()
     finally:
         deployment.stop()
         if proxy is not None:
             await proxy.close()
+    # Nothing is left once every event is handled: a message here was held unacked until the worker stopped.
+    if errors := await asyncio.to_thread(channel_errors, log_offset):
+        notes.append(f"{errors} channels closed by the broker")
+    if left := await waiting_messages():
+        notes.append(f"{left} messages queued after the workers stopped")
+    return report, retried
 
 
 def line(spec: Round, report: Report | None, retried: int, seconds: float, notes: list[str]) -> str:
