@@ -14,6 +14,7 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task] = set()  # one task per proxied connection
         self.downstream_open = asyncio.Event()  # broker -> client flows only while set
         self.downstream_open.set()
         self.refuse = False
@@ -42,12 +43,29 @@ class TcpProxy:
         self._writers.clear()
 
     async def close(self) -> None:
-        self.reset_all()
+        """Stop accepting, reset every link, and wait until each connection's task has ended: a task still running
+        when its event loop closes is cancelled, and Python 3.11 then prints a CancelledError traceback."""
         if self._server is not None:
             self._server.close()
+        self.release_replies()  # a link whose replies are held would otherwise wait at the gate for ever
+        for _ in range(50):  # a link whose broker side was still opening registers after a reset: reset again
+            self.reset_all()
+            if not self._connections:
+                break
+            await asyncio.wait(self._connections, timeout=0.1)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        connection = asyncio.current_task()
+        assert connection is not None
+        self._connections.add(connection)
+        try:
+            await self._proxy(client_reader, client_writer)
+        finally:
+            self._connections.discard(connection)
+
+    async def _proxy(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         if self.refuse:
             client_writer.transport.abort()
             return
