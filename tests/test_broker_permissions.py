@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from schemas import topology
 from schemas.events import KNOWN_KINDS
 from tests.support.broker import AMQP_URL, TEST_VHOST, ensure_management_api, take
 from tests.support.database import DATABASE_URL, reset_database
+from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.tracked_kind import TEST_DELAYS  # importing it registers TEST_TRACKED, as --handlers does
 from tests.support.waiting import eventually
 from workers.app import create_worker
@@ -69,10 +71,13 @@ def test_the_readme_shows_the_patterns_that_are_applied():
 
 
 COMPOSE_PASSWORDS = {f"RABBITMQ_{role.upper()}_PASSWORD": f"{role}-secret" for role in ROLES}
+# The other secrets compose refuses to start without (tests/test_deploy.py checks each one).
+OTHER_SECRETS = {"RABBITMQ_PASSWORD": "admin0secret", "POSTGRES_PASSWORD": "pg0secret", "HC_API_KEY": "merchant-1",
+                 "HC_ID_SECRET": "0123456789abcdef" * 4, "GRAFANA_ADMIN_PASSWORD": "grafana0secret"}  # fmt: skip
 
 
 def compose_config(environ: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RABBITMQ_")} | environ
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RABBITMQ_")} | OTHER_SECRETS | environ
     return subprocess.run(["docker-compose", "config"], cwd=REPO, env=env, capture_output=True, text=True)
 
 
@@ -121,7 +126,7 @@ async def admin(broker_users, amqp) -> aio_pika.abc.AbstractChannel:
 @pytest.mark.broker
 async def test_the_gateway_user_answers_code_1_for_a_signed_push(broker_users, make_gateway, sign, sample, admin):
     gateway = await make_gateway(amqp_url=broker_users["gateway"])
-    body = sample("OPEN_CARD")
+    body = sample("open_card")
     response = await gateway.post(PATH, data=body, headers=sign(body))
     assert (await response.json())["code"] == 1
     (message,) = await take(admin, topology.kind_queue("OPEN_CARD"))
@@ -133,7 +138,8 @@ async def test_the_gateway_user_answers_code_1_for_a_signed_push(broker_users, m
 async def test_the_worker_user_handles_retries_and_dead_letters(broker_users, make_gateway, sign, admin):
     await reset_database()
     settings = load_settings(
-        WorkerSettings, {}, amqp_url=broker_users["worker"], database_url=DATABASE_URL, retry_delays=TEST_DELAYS
+        WorkerSettings, {}, amqp_url=broker_users["worker"], database_url=DATABASE_URL, retry_delays=TEST_DELAYS,
+        id_secret=TEST_ID_SECRET,
     )
     worker = create_worker(settings, ["TEST_TRACKED"])
     await worker.start()
@@ -155,7 +161,8 @@ async def test_the_worker_user_handles_retries_and_dead_letters(broker_users, ma
 def operator_tool(*args: str) -> subprocess.CompletedProcess:
     """A console script as an operator runs it, with the operator user's URL."""
     env = {**os.environ, "HC_AMQP_URL": ROLE_URLS["operator"]}
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    command = [str(Path(sys.executable).parent / args[0]), *args[1:]]  # the venv's script, activated or not
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.broker
@@ -180,18 +187,29 @@ Operation = Callable[[aio_pika.abc.AbstractChannel], Awaitable[object]]
 
 
 def get(queue: str) -> Operation:
-    return lambda channel: channel.get_queue(queue, ensure=False).get(no_ack=False, fail=False)
+    return lambda channel: _get(channel, queue)
 
 
 def consume(queue: str) -> Operation:
     async def start(channel: aio_pika.abc.AbstractChannel) -> None:
-        await channel.get_queue(queue, ensure=False).consume(lambda message: asyncio.sleep(0))
+        async def ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await asyncio.sleep(0)
+
+        await (await channel.get_queue(queue, ensure=False)).consume(ignore)
 
     return start
 
 
 def purge(queue: str) -> Operation:
-    return lambda channel: channel.get_queue(queue, ensure=False).purge()
+    return lambda channel: _purge(channel, queue)
+
+
+async def _get(channel: aio_pika.abc.AbstractChannel, queue: str) -> object:
+    return await (await channel.get_queue(queue, ensure=False)).get(no_ack=False, fail=False)
+
+
+async def _purge(channel: aio_pika.abc.AbstractChannel, queue: str) -> object:
+    return await (await channel.get_queue(queue, ensure=False)).purge()
 
 
 def delete(queue: str) -> Operation:

@@ -22,6 +22,7 @@ from infra.settings import load_settings
 from schemas.events import KNOWN_KINDS
 from tests.support.broker import AMQP_URL
 from tests.support.database import DATABASE_URL, reset_database
+from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.image import parse_dockerfile, replay
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import log_events
@@ -253,10 +254,12 @@ async def test_what_the_dockerfile_installs_starts_every_command_and_handles_a_p
     gateway = Started(venv, outside, ["hypercard-gateway"], {
         "HC_PORT": str(port), "HC_AMQP_URL": AMQP_URL, "HC_GATEWAY_METRICS_PORT": "0",
         "HC_PLATFORM_PUBLIC_KEY": str(outside / "platform-public.pem"), "HC_API_KEY": "dev-merchant",
+        "HC_ID_SECRET": TEST_ID_SECRET,
         "HC_DRAIN_SECONDS": "0.2",
     })  # fmt: skip
     worker = Started(venv, outside, ["hypercard-worker", "--all"], {
         "HC_AMQP_URL": AMQP_URL, "HC_DATABASE_URL": DATABASE_URL, "HC_METRICS_PORT": str(worker_metrics),
+        "HC_ID_SECRET": TEST_ID_SECRET,
     })  # fmt: skip
     # The image's HEALTHCHECK with the URL it has for the gateway and the one docker-compose gives the workers.
     gateway_health = image_env()["HC_HEALTHCHECK_URL"].replace(":8080/", f":{port}/")
