@@ -73,9 +73,9 @@ class Batches:
 
     def _loop_ended(self, n: int, task: asyncio.Task[None]) -> None:
         """A loop only ends when closed; one that ended otherwise is started again, and counted."""
-        if self._closing or task.cancelled():
+        if self._closing:
             return
-        error = task.exception()
+        error = None if task.cancelled() else task.exception()
         log.error("batch loop ended; starting it again", loop=n,
                   error=f"{type(error).__name__}: {error}" if error else "returned")  # fmt: skip
         self.policy.metrics.loop_restarts.inc()
@@ -116,19 +116,26 @@ class Batches:
             try:
                 try:
                     await self._handle(batch, outcomes)
-                except asyncio.CancelledError:
-                    self.policy.cut_off(d for d in batch if d.outcome is None)  # no frame sent for any of them
-                    raise
+                except asyncio.CancelledError as error:
+                    if self._closing or _cancelling():
+                        self.policy.cut_off(d for d in batch if d.outcome is None)  # no frame sent for any of them
+                        raise
+                    # Not our shutdown: a handler's or a library's (a confirm future cancelled under it). One
+                    # batch's failure like any other; re-raised, it would end the loop for good.
+                    self._contain(batch, outcomes, error)
                 except Exception as error:  # a bug, a broker or database failure outside a handler: kept to the batch
-                    reason = f"{type(error).__name__}: {error}"
-                    for delivery in batch:
-                        if delivery not in outcomes and delivery.outcome is None and delivery not in self._pending:
-                            outcomes[delivery] = self.policy.contained(delivery, "batch", reason)
+                    self._contain(batch, outcomes, error)
                 await self.policy.conclude(outcomes)
             finally:
                 self._taken -= len(batch)
                 if not self.outstanding:
                     self._idle.set()
+
+    def _contain(self, batch: list[Delivery], outcomes: dict[Delivery, Outcome], error: BaseException) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        for delivery in batch:
+            if delivery not in outcomes and delivery.outcome is None and delivery not in self._pending:
+                outcomes[delivery] = self.policy.contained(delivery, "batch", reason)
 
     async def _collect(self) -> list[Delivery]:
         while not self._pending:
@@ -226,3 +233,10 @@ def _channel_open(delivery: Delivery) -> bool:
     except ChannelInvalidStateError:
         return False
     return True
+
+
+def _cancelling() -> bool:
+    """True when this task itself was asked to stop (`task.cancel()`), not when an awaited call raised
+    CancelledError of its own."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

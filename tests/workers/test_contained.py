@@ -4,6 +4,7 @@ and the events sent afterwards are all handled."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aio_pika
@@ -223,3 +224,30 @@ async def test_a_message_that_fails_on_receipt_goes_back_to_its_queue_and_is_han
     await eventually(all_handled, timeout=20)
     assert failures == {"left": 0}
     assert contained(runtime, "receive") == 1
+
+
+async def test_a_handler_that_raises_cancelled_error_does_not_stop_the_worker(make_worker, db, amqp):
+    """A CancelledError that is not the worker's own shutdown (a handler's, or a library's future cancelled under it)
+    is one delivery's failure: the loop goes on (with the default single loop, a dead loop stops the worker) and the
+    delivery is handled again."""
+    runtime = await make_worker(KIND)
+    policy = runtime._policy  # noqa: SLF001
+    run_handler = policy.run_handler
+    raised = {"left": 1}
+
+    async def run_handler_cancelled_once(delivery, connection):
+        if b"cancelled" in delivery.message.body and raised["left"]:
+            raised["left"] -= 1
+            raise asyncio.CancelledError("not the worker's shutdown")
+        return await run_handler(delivery, connection)
+
+    policy.run_handler = run_handler_cancelled_once
+    wanted = await send_plain(amqp, "cancelled", 1)
+
+    async def handled() -> bool:
+        return await effects(db) == wanted
+
+    await eventually(handled, timeout=15)
+    wanted |= await send_plain(amqp, "after", 20)
+    await eventually(handled, timeout=20)
+    assert raised["left"] == 0 and runtime.consuming
