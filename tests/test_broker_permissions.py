@@ -171,7 +171,12 @@ async def test_the_operator_user_replays_and_reads_the_status(broker_users, admi
         b'{"notify_type":"OPEN_CARD"}', headers={"notify_type": "OPEN_CARD", "event_id": "e-1"}, delivery_mode=2
     )
     await admin.default_exchange.publish(message, routing_key=DEAD)
-    status = await asyncio.to_thread(operator_tool, "hypercard-status", "--json")
+    # The management API's figures lag the queue by a few seconds: ask until it reports the dead letter.
+    for _ in range(30):
+        status = await asyncio.to_thread(operator_tool, "hypercard-status", "--json")
+        if status.returncode == 1 and _dead_letters(status.stdout, "OPEN_CARD") == 1:
+            break
+        await asyncio.sleep(1)
     assert status.returncode == 1, status.stderr  # 1: a dead letter waits
     found = json.loads(status.stdout)
     assert found["source"] == "management", "the operator user reads the management API"
@@ -181,6 +186,10 @@ async def test_the_operator_user_replays_and_reads_the_status(broker_users, admi
     assert replay.stdout.split() == ["e-1"]
     (replayed,) = await take(admin, OPEN_CARD)
     assert replayed.headers["replayed_from"] == DEAD
+
+
+def _dead_letters(status_json: str, kind: str) -> int | None:
+    return {k["kind"]: k["dead"]["messages"] for k in json.loads(status_json)["kinds"]}.get(kind)
 
 
 Operation = Callable[[aio_pika.abc.AbstractChannel], Awaitable[object]]
