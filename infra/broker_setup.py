@@ -1,6 +1,6 @@
 """`hypercard-broker-setup`: once per deployment, as the broker's administrator, create the vhost, one user per role
-with the permissions of `infra.permissions`, and the whole topology, so that the gateway, the workers and the
-operator tools run as users that may do their own job only.
+with the permissions of `infra.permissions`, the holding queues' delivery-limit policy, and the whole topology, so
+that the gateway, the workers and the operator tools run as users that may do their own job only.
 
     HC_AMQP_URL=amqp://admin:…@rabbitmq:5672/ \\
     HYPERCARD_GATEWAY_AMQP_URL=amqp://hypercard-gateway:…@rabbitmq:5672/ \\
@@ -30,6 +30,7 @@ from yarl import URL
 from infra import broker, declare
 from infra.permissions import ROLES, Role
 from infra.settings import BrokerSettings, SettingsError, load_settings
+from schemas import topology
 from schemas.events import KIND_NAME, KNOWN_KINDS
 
 
@@ -90,6 +91,16 @@ async def set_up(
                 json={"configure": role.configure, "write": role.write, "read": role.read},
             )
             done.append(f"user {url.user}: the {role.name}'s permissions in vhost {vhost}")
+        # The holding queues' delivery limit, explicit: RabbitMQ 4.0 to 4.2 would otherwise drop a dead letter
+        # after 20 returns (README, "Holding queues never drop a message"). A policy, not a queue argument, so it
+        # also applies to queues declared before it.
+        await api.put(
+            f"/api/policies/{encoded}/{topology.HOLDING_POLICY}",
+            json={"pattern": topology.HOLDING_PATTERN, "apply-to": "queues", "priority": 10,
+                  "definition": {"delivery-limit": topology.HOLDING_DELIVERY_LIMIT}},
+        )  # fmt: skip
+        limit = topology.HOLDING_DELIVERY_LIMIT
+        done.append(f"policy {topology.HOLDING_POLICY}: delivery limit {limit} on the holding queues")
     connection = await broker.connect([admin_url])
     try:
         await declare.declare_topology(connection, kinds, delivery_limit)

@@ -29,6 +29,7 @@ from schemas.events import KNOWN_KINDS
 from tests.support.broker import AMQP_URL, TEST_VHOST, ensure_management_api, take
 from tests.support.database import DATABASE_URL, reset_database
 from tests.support.identifiers import TEST_ID_SECRET
+from tests.support.policies import effective_policies, wait_for_policy
 from tests.support.tracked_kind import TEST_DELAYS  # importing it registers TEST_TRACKED, as --handlers does
 from tests.support.waiting import eventually
 from workers.app import create_worker
@@ -121,6 +122,14 @@ async def admin(broker_users, amqp) -> aio_pika.abc.AbstractChannel:
         await amqp.queue_delete(name)
     await declare.declare_kind(amqp, "TEST_TRACKED", topology.DEFAULT_DELIVERY_LIMIT, TEST_DELAYS)
     return amqp
+
+
+@pytest.mark.broker
+def test_the_set_up_makes_the_holding_queues_delivery_limit_explicit(broker_users):
+    """RabbitMQ 4.0-4.2 drop a dead letter returned 20 times unless a limit is set: the set-up sets it by policy."""
+    holding = [topology.INVALID_QUEUE, topology.UNVERIFIED_QUEUE, topology.dead_queue("OPEN_CARD")]
+    wait_for_policy(holding, topology.HOLDING_POLICY)
+    assert effective_policies().get(topology.kind_queue("OPEN_CARD")) != topology.HOLDING_POLICY
 
 
 @pytest.mark.broker
