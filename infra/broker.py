@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import structlog
@@ -22,6 +22,17 @@ async def connect(urls: list[str], timeout: float = 10.0) -> aio_pika.abc.Abstra
         except Exception as error:  # refused, timed out, bad credentials: try the next node
             last_error = error
     raise last_error or ConnectionError("no broker URL configured (HC_AMQP_URL)")
+
+
+@contextlib.asynccontextmanager
+async def confirming_channel(urls: list[str]) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A channel with publisher confirms on a connection of its own, for a one-shot operator tool (replay,
+    inspect): every publish is confirmed and an unroutable one raises."""
+    connection = await connect(urls)
+    try:
+        yield await connection.channel(publisher_confirms=True, on_return_raises=True)
+    finally:
+        await connection.close()
 
 
 class BrokerConnection:

@@ -28,6 +28,7 @@ from infra.redaction import redact, scrub
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from workers.replay import KeepRefused, keep_in_place
+from workers.replay import source_queue as replay_source_queue
 
 # The header a holding queue's messages carry their reason in, whichever queue they are in.
 REASON_HEADERS = ("error_message", "validation_error", "unverified_reason")
@@ -100,16 +101,12 @@ def duration(text: str) -> float:
 
 
 def source_queue(source: str, kind: str | None) -> str:
-    """`dead KIND`, `invalid`, `unrouted`, `unverified`, or a queue name."""
+    """`dead KIND`, or what `hypercard-replay` takes: `invalid`, `unrouted`, `unverified`, a kind, a queue name."""
     if source == "dead":
         if not kind:
             raise ValueError("name the kind whose dead letters to inspect: hypercard-inspect dead OPEN_CARD")
         return topology.dead_queue(kind.upper())
-    if source in ("invalid", "unrouted", "unverified"):
-        return f"hypercard.{source}"
-    if source.startswith("hypercard."):
-        return source
-    return topology.dead_queue(source.upper())
+    return replay_source_queue(source)
 
 
 def _text(value: object) -> str | None:
@@ -194,12 +191,8 @@ async def inspect(
 
 
 async def run(urls: list[str], queue: str, wanted: InspectFilter, show: str | None) -> Inspection:
-    connection = await broker.connect(urls)
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    async with broker.confirming_channel(urls) as channel:
         return await inspect(channel, queue, wanted, show)
-    finally:
-        await connection.close()
 
 
 def render(result: Inspection) -> str:

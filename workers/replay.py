@@ -163,12 +163,8 @@ async def replay(
 
 
 async def run(urls: list[str], source: str, wanted: ReplayFilter, dry_run: bool) -> ReplayResult:
-    connection = await broker.connect(urls)
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    async with broker.confirming_channel(urls) as channel:
         return await replay(channel, source, wanted, dry_run)
-    finally:
-        await connection.close()
 
 
 def main(argv: list[str] | None = None) -> None:
