@@ -24,8 +24,10 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     A compressed body is refused before it is read: the platform documents no Content-Encoding, and the server never
     inflates one (`auto_decompress=False`), so no zip bomb and no broken gzip stream reaches memory or the log. A body
     the HTTP layer cannot deliver (bad chunked encoding, the client gone) is a 400, never an internal error."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding != "identity":
+    # Every Content-Encoding line counts, and each coding listed in one: `identity` then `gzip` is a gzip body.
+    codings = [c.strip().lower() for line in request.headers.getall("Content-Encoding", ()) for c in line.split(",")]
+    if any(coding != "identity" for coding in codings):
+        encoding = ", ".join(codings)
         raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not accepted: send the body uncompressed")
     try:
         return await _read(request, limit, timeout)

@@ -54,3 +54,32 @@ async def test_a_compressed_body_is_refused_415_and_never_inflated(gateway, amqp
     assert await take(amqp, topology.kind_queue("CONSUME"), timeout=0.3) == []
     identity = await gateway.post("/hc_sync/common", data=body, headers={**sign(body), "Content-Encoding": "identity"})
     assert identity.status == 200
+
+
+@pytest.mark.parametrize(
+    "encoding_lines",
+    [
+        b"Content-Encoding: identity\r\nContent-Encoding: gzip\r\n",
+        b"Content-Encoding: identity, gzip\r\n",
+        b"Content-Encoding: gzip\r\nContent-Encoding: identity\r\n",
+    ],
+    ids=["identity then gzip", "a list", "gzip then identity"],
+)
+async def test_any_content_encoding_but_identity_is_refused_however_the_headers_spell_it(
+    gateway, amqp, sign, sample, encoding_lines
+):
+    """A second Content-Encoding line, or a list in one, says the body is compressed as surely as a single gzip: it
+    is refused, not read as JSON (only the first line was read, so gzip after identity reached the decoder)."""
+    body = gzip.compress(sample("consume"))
+    signature = "".join(f"{name}: {value}\r\n" for name, value in sign(sample("consume")).items()).encode()
+    request = (
+        b"POST /hc_sync/common HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        + signature
+        + encoding_lines
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    status, reply = await raw_exchange(gateway.host, gateway.port, request)
+    assert status == 415 and reply["code"] == 415 and "Content-Encoding" in reply["msg"]
+    assert await take(amqp, topology.kind_queue("CONSUME"), timeout=0.3) == []
+    assert await take(amqp, topology.INVALID_QUEUE, timeout=0.1) == []
