@@ -8,15 +8,19 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.processes import REPO
 
 README_EXAMPLE = REPO / "examples" / "card_status_change.py"
+README_EXAMPLE_TEST = REPO / "examples" / "test_card_status_change.py"
 
 
-def test_readme_shows_the_example_file_verbatim():
+@pytest.mark.parametrize("example", [README_EXAMPLE, README_EXAMPLE_TEST], ids=lambda path: path.name)
+def test_readme_shows_the_example_files_verbatim(example):
     readme = (REPO / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    assert README_EXAMPLE.read_text() in blocks
+    assert example.read_text() in blocks
 
 
 def test_handlers_load_through_an_entry_point(tmp_path):
