@@ -11,7 +11,7 @@ import msgspec
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome
 from gateway.wire import EncodedProperties, encode_properties
 from schemas import topology
-from schemas.events import KIND_NAME, KNOWN_EVENTS, decoder_for
+from schemas.events import KIND_NAME, KNOWN_EVENTS, Event, decoder_for
 
 DECODERS = {event.kind(): decoder_for(event) for event in KNOWN_EVENTS}
 
@@ -22,6 +22,7 @@ class Verdict(msgspec.Struct, frozen=True):
     outcome: str  # accepted | unknown_kind | quarantined | unverified
     routing_key: str
     error: str | None = None  # why it was quarantined or left unverified
+    event: Event | None = None  # the body as its kind's Struct, when it is a known kind and it decodes
 
 
 def validate(kind: str, body: bytes) -> Verdict:
@@ -30,10 +31,10 @@ def validate(kind: str, body: bytes) -> Verdict:
     decoder = DECODERS.get(kind)
     if decoder is not None:
         try:
-            decoder.decode(body)
+            event = decoder.decode(body)
         except (msgspec.MsgspecError, RecursionError) as error:
             return Verdict("quarantined", topology.INVALID_ROUTING_KEY, f"{kind}: {error}")
-        return Verdict("accepted", topology.routing_key(kind))
+        return Verdict("accepted", topology.routing_key(kind), event=event)
     if not KIND_NAME.match(kind):
         # Never routed by its lower-cased name: `open_card` would reach OPEN_CARD's queue without OPEN_CARD's checks.
         reason = f"notify_type {kind[:80]!r} is not a kind name (upper-case letters, digits and _ only)"
@@ -41,10 +42,16 @@ def validate(kind: str, body: bytes) -> Verdict:
     return Verdict("unknown_kind", topology.routing_key(kind))
 
 
-def unverified(reason: str | None) -> Verdict:
+def unverified(kind: str, body: bytes, reason: str | None) -> Verdict:
     """An event whose signature does not vouch for it (monitor mode, or a genuine but ambiguous signature): kept in
-    hypercard.unverified for review, never routed to its kind's queue."""
-    return Verdict("unverified", topology.UNVERIFIED_ROUTING_KEY, reason)
+    hypercard.unverified for review, never routed to its kind's queue. It is decoded too, for its business ids only:
+    a genuine event held here is found by its trade number like any other."""
+    decoder = DECODERS.get(kind)
+    try:
+        event = decoder.decode(body) if decoder is not None else None
+    except (msgspec.MsgspecError, RecursionError):
+        event = None
+    return Verdict("unverified", topology.UNVERIFIED_ROUTING_KEY, reason, event=event)
 
 
 def properties(

@@ -107,10 +107,17 @@ async def _receive(request: web.Request, line: dict[str, object], default_kind: 
         raise BadRequest("the body has no notify_type")
     line["kind"] = kind
     # An event the signature does not vouch for is kept for review, never handed to the workers.
-    verdict = envelope.validate(kind, body) if trusted else envelope.unverified(check.reason)
+    verdict = envelope.validate(kind, body) if trusted else envelope.unverified(kind, body, check.reason)
     event_id = request.app[IDENTIFIERS].event_id(check.signed_body)
     line["event_id"] = event_id
     structlog.contextvars.bind_contextvars(event_id=event_id, notify_type=kind)
+    if verdict.event is not None:
+        # Its trade, card, ...: what a support question names. Only from a body that decoded as its kind, so each is
+        # plain text of bounded length or an integer. An unverified event's are logged too, though a forged body can
+        # put anything there: the line says `outcome: unverified`, and a genuine event held for review is found.
+        business_ids = verdict.event.business_id_values()
+        line.update(business_ids)
+        structlog.contextvars.bind_contextvars(**business_ids)
 
     properties = envelope.properties(
         kind=kind,

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import SENSITIVE_FIELDS
+from schemas.events import BUSINESS_ID_FIELDS, SENSITIVE_FIELDS
 
 REDACTED = "[redacted]"
 # Keys whose values never reach a log line, whatever the call site: OTP codes, e-mail, mobile, signatures, keys.
@@ -40,8 +40,8 @@ SECRET_KEYS = SENSITIVE_FIELDS | frozenset(
         "id_secret_previous",
     }
 )
-# Identifiers that are long digit strings but are neither secrets nor personal data.
-SAFE_KEYS = frozenset(
+# Identifiers that are long digit strings but are neither secrets nor personal data: the events' business ids, ...
+SAFE_KEYS = BUSINESS_ID_FIELDS | frozenset(
     {
         "event_id",
         "card_id",

@@ -26,6 +26,10 @@ KIND_NAME = re.compile(r"^[A-Z0-9_]{1,64}\Z")
 EARLIEST_TIME = 1_420_070_400  # 2015-01-01T00:00:00Z
 LATEST_TIME = 4_102_444_800  # 2100-01-01T00:00:00Z
 UnixSeconds = Annotated[int, msgspec.Meta(ge=EARLIEST_TIME, le=LATEST_TIME)]
+# A business id's value on a log line: text cut to this length (the platform's are 19 to 32 characters; a body the
+# signature does not vouch for is logged too and may hold anything), an integer only within 64 bits.
+MAX_BUSINESS_ID_LENGTH = 64
+_INT64 = range(-(2**63), 2**63)
 
 
 class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):
@@ -33,6 +37,9 @@ class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):
 
     # Fields whose values are secrets or personal data: never logged, never stored in plain text.
     sensitive: ClassVar[frozenset[str]] = frozenset()
+    # Fields that name what the event is about (its trade, card, operation, auth, purchase): neither secret nor
+    # personal, logged on the gateway's and the workers' canonical lines so that a support question finds the event.
+    business_ids: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def kind(cls) -> str:
@@ -46,6 +53,18 @@ class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):
         the platform may add one whose value changes between retries. The key may hold a one-time code or an
         e-mail in clear: the workers keep only its keyed digest (`infra.identifiers`), and hand only that on."""
         return notification_key(self)
+
+    def business_id_values(self) -> dict[str, str | int]:
+        """The business ids this event has, as a log line shows them: plain text (cut to MAX_BUSINESS_ID_LENGTH) or
+        an integer; a field that is absent, None or of another type is left out."""
+        values: dict[str, str | int] = {}
+        for name in self.business_ids:
+            value = getattr(self, name, None)
+            if isinstance(value, str):
+                values[name] = value[:MAX_BUSINESS_ID_LENGTH]
+            elif type(value) is int and value in _INT64:  # not a bool, nor an IntEnum
+                values[name] = value
+        return values
 
 
 def notification_key(event: Event) -> str:
@@ -91,6 +110,7 @@ class CoinStatus(enum.IntEnum):
 
 class OpenCard(Event, tag="OPEN_CARD"):
     sensitive = frozenset({"email", "mobile"})
+    business_ids = ("mc_trade_no",)
 
     card_type_id: Text
     email: Email
@@ -102,6 +122,8 @@ class OpenCard(Event, tag="OPEN_CARD"):
 
 
 class Recharge(Event, tag="RECHARGE"):
+    business_ids = ("card_id", "mc_trade_no")
+
     card_id: Text
     mc_trade_no: Text
     result: ApplicationResult
@@ -109,6 +131,8 @@ class Recharge(Event, tag="RECHARGE"):
 
 
 class Operation(Event, tag="OPERATION"):
+    business_ids = ("card_id", "request_number")
+
     card_id: Text
     request_number: Text
     operate_status: OperateStatus
@@ -116,6 +140,8 @@ class Operation(Event, tag="OPERATION"):
 
 class Consume(Event, tag="CONSUME"):
     """A new card transaction exists; the amount is fetched with the transaction record API (2.1.23)."""
+
+    business_ids = ("card_id",)
 
     card_id: Text
 
@@ -126,6 +152,8 @@ class Consume(Event, tag="CONSUME"):
 
 
 class BuyCoin(Event, tag="BUY_COIN"):
+    business_ids = ("card_id", "mc_trade_no", "tx_id")
+
     card_id: Text
     mc_trade_no: Text
     status: CoinStatus
@@ -134,11 +162,15 @@ class BuyCoin(Event, tag="BUY_COIN"):
 
 
 class CancelCard(Event, tag="CANCEL_CARD"):
+    business_ids = ("card_id",)
+
     card_id: Text
     refund_amount: Amount
 
 
 class Auth3ds(Event, tag="AUTH_3DS"):
+    business_ids = ("auth_id", "card_id")
+
     auth_id: int
     card_id: Text
     card_no: Text
@@ -159,6 +191,7 @@ class OptCode(Event, tag="OPT_CODE"):
     """A one-time code for a card: a secret, never logged or stored in plain text."""
 
     sensitive = frozenset({"code"})
+    business_ids = ("card_id",)
 
     card_id: Text
     code: Text
@@ -186,6 +219,8 @@ AnyEvent = OpenCard | Recharge | Operation | Consume | BuyCoin | CancelCard | Au
 
 # Fields that carry secrets or personal data in any kind: the log redaction processor drops them by name.
 SENSITIVE_FIELDS: frozenset[str] = frozenset().union(*(event.sensitive for event in KNOWN_EVENTS))
+# Fields that are a business id in any kind: logged as they are, never scrubbed as a run of digits.
+BUSINESS_ID_FIELDS: frozenset[str] = frozenset().union(*(event.business_ids for event in KNOWN_EVENTS))
 
 
 def decoder_for(event_type: type[Event]) -> msgspec.json.Decoder:

@@ -46,6 +46,8 @@ Result = Outcome | Exception
 MAX_ATTEMPT = 1000
 # A frame that failed for one of these failed because the channel or the connection is gone.
 CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
+# The keys of a delivery's canonical line that are the line's own, whatever a business id is called.
+FINISH_KEYS = frozenset({"event", "event_id", "notify_type", "attempt", "kind", "outcome", "latency_ms"})
 
 
 @dataclass(eq=False, slots=True)
@@ -114,12 +116,10 @@ class DeliveryPolicy:
         )
 
     def bind(self, delivery: Delivery) -> None:
-        """Log lines from here on name this delivery, and its one-time code, e-mail and mobile are scrubbed from
-        every log line and error header."""
+        """Log lines from here on name this delivery and its business ids, and its one-time code, e-mail and mobile are
+        scrubbed from every log line and error header."""
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            event_id=delivery.event_id, notify_type=delivery.kind, attempt=delivery.attempt
-        )
+        structlog.contextvars.bind_contextvars(**_named(delivery))
         clear_secrets()
         if delivery.event is not None:
             bind_secrets(getattr(delivery.event, name, None) for name in type(delivery.event).sensitive)
@@ -259,15 +259,16 @@ class DeliveryPolicy:
         latency = time.perf_counter() - delivery.arrived
         self.metrics.latency.labels(delivery.kind).observe(latency)
         self.metrics.count(delivery.kind, outcome)
-        log.info(
-            "message",
-            event_id=delivery.event_id,
-            notify_type=delivery.kind,
-            attempt=delivery.attempt,
-            kind=delivery.kind,
-            outcome=str(outcome),
-            latency_ms=round(latency * 1000, 2),
-        )
+        log.info("message", **_named(delivery), kind=delivery.kind, outcome=str(outcome),
+                 latency_ms=round(latency * 1000, 2))  # fmt: skip
+
+
+def _named(delivery: Delivery) -> dict[str, object]:
+    """What names a delivery on its log lines: its event id, kind and attempt, and the business ids of its event (its
+    trade, card, ...) once decoded. A user kind's id named like one of the line's own keys is left out."""
+    ids = delivery.event.business_id_values() if delivery.event is not None else {}
+    own = {"event_id": delivery.event_id, "notify_type": delivery.kind, "attempt": delivery.attempt}
+    return {name: value for name, value in ids.items() if name not in FINISH_KEYS} | own
 
 
 def _attempt(headers: dict) -> tuple[int, str | None]:

@@ -5,12 +5,16 @@ import json
 import msgspec
 import pytest
 
+from infra.redaction import SECRET_KEYS
 from schemas.events import (
     EVENT_DECODER,
+    KNOWN_EVENTS,
     KNOWN_KINDS,
+    MAX_BUSINESS_ID_LENGTH,
     ApplicationResult,
     Auth3ds,
     CoinStatus,
+    OpenCard,
     OperateStatus,
     Operation,
     Recharge,
@@ -131,3 +135,44 @@ def test_time_fields_out_of_the_plausible_range_are_refused_with_their_path(name
 def test_time_fields_within_the_range_are_accepted(name, field, value):
     body = json.loads(sample_body(name)) | {field: value}
     assert getattr(EVENT_DECODER.decode(json.dumps(body)), field) == int(value)
+
+
+@pytest.mark.parametrize("event_type", KNOWN_EVENTS, ids=lambda event_type: event_type.kind())
+def test_business_ids_are_fields_of_the_kind_and_never_secret(event_type):
+    ids = event_type.business_ids
+    assert len(set(ids)) == len(ids)
+    assert set(ids) <= set(event_type.__struct_fields__)
+    assert not set(ids) & (event_type.sensitive | SECRET_KEYS)
+    assert "card_no" not in ids  # a card number, even masked, is no business id
+
+
+def test_each_kind_logs_its_trade_card_operation_auth_and_purchase_ids():
+    ids = {event_type.kind(): event_type.business_ids for event_type in KNOWN_EVENTS}
+    assert ids == {
+        "OPEN_CARD": ("mc_trade_no",),
+        "RECHARGE": ("card_id", "mc_trade_no"),
+        "OPERATION": ("card_id", "request_number"),
+        "CONSUME": ("card_id",),
+        "BUY_COIN": ("card_id", "mc_trade_no", "tx_id"),
+        "CANCEL_CARD": ("card_id",),
+        "AUTH_3DS": ("auth_id", "card_id"),
+        "OPT_CODE": ("card_id",),
+        "CARD_CONFIG_CHANGE": (),
+    }
+
+
+def test_business_id_values_are_plain_bounded_and_only_those_present():
+    recharge = EVENT_DECODER.decode(sample_body("recharge"))
+    long_id = "T" * (MAX_BUSINESS_ID_LENGTH + 100)
+    values = msgspec.structs.replace(recharge, mc_trade_no=long_id).business_id_values()
+    assert values == {"card_id": "00003454323400000028888", "mc_trade_no": "T" * MAX_BUSINESS_ID_LENGTH}
+    assert all(type(value) is str for value in values.values())  # not the schemas' Text subclass
+
+    assert EVENT_DECODER.decode(sample_body("auth_3ds")).business_id_values()["auth_id"] == 283
+    body = json.loads(sample_body("auth_3ds")) | {"auth_id": 10**30}
+    assert "auth_id" not in EVENT_DECODER.decode(json.dumps(body)).business_id_values()
+
+    without_trade = json.loads(sample_body("open_card"))
+    del without_trade["mc_trade_no"]
+    event = EVENT_DECODER.decode(json.dumps(without_trade))
+    assert isinstance(event, OpenCard) and event.business_id_values() == {}
