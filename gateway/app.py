@@ -87,15 +87,16 @@ async def report_readiness(app: web.Application, every: float = 1.0) -> None:
 def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=[reply_contract], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[KEY_FILE] = load_key_file(settings)
-    app[VERIFIER] = app[KEY_FILE].verifier if app[KEY_FILE] is not None else None
+    key_file = load_key_file(settings)
+    verifier = key_file.verifier if key_file is not None else None
+    app[KEY_FILE], app[VERIFIER] = key_file, verifier
     app[IDENTIFIERS] = identifier_key(settings)  # in every signature mode: event ids are logged and published
     app[ADDRESS_POLICY] = ClientAddressPolicy(settings.allowed_ips, settings.trusted_proxies)
     app[PUBLISHER] = Publisher(settings.amqp_urls, settings.publish_timeout, settings.delivery_limit)
     app[METRICS] = GatewayMetrics()
     app[METRICS].start_series(KNOWN_KINDS)
-    if app[VERIFIER] is not None:
-        app[METRICS].start_key_series(app[VERIFIER].fingerprints)
+    if verifier is not None:
+        app[METRICS].start_key_series(verifier.fingerprints)
     app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(broker_connection)
     app.cleanup_ctx.append(key_file_watch)

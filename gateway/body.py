@@ -75,7 +75,7 @@ def body_fields(body: bytes) -> dict[str, str]:
 def _repeated_top_level_key(body: bytes) -> str | None:
     objects: list[list[tuple[str, object]]] = []
 
-    def keep_pairs(pairs: list[tuple[str, object]]) -> dict:
+    def keep_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
         objects.append(pairs)  # innermost objects first: the top-level object comes last
         return dict(pairs)
 

@@ -16,8 +16,9 @@ from infra.identifiers import IdentifierKey
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 PUBLISHER = web.AppKey("publisher", Publisher)
-VERIFIER = web.AppKey("verifier", SignatureVerifier | None)
-KEY_FILE = web.AppKey("key_file", PlatformKeyFile | None)  # where VERIFIER's keys come from, read again on SIGHUP
+VERIFIER: web.AppKey[SignatureVerifier | None] = web.AppKey("verifier")
+# Where VERIFIER's keys come from, read again on SIGHUP.
+KEY_FILE: web.AppKey[PlatformKeyFile | None] = web.AppKey("key_file")
 ADDRESS_POLICY = web.AppKey("address_policy", ClientAddressPolicy)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 IDENTIFIERS = web.AppKey("identifiers", IdentifierKey)  # keys the event id (HC_ID_SECRET)

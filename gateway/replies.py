@@ -24,7 +24,7 @@ log = structlog.get_logger("gateway")
 class Reply(msgspec.Struct):
     code: int
     msg: str
-    data: dict = {}
+    data: dict[str, object] = {}
 
 
 _encoder = msgspec.json.Encoder()

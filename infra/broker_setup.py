@@ -83,14 +83,14 @@ async def set_up(
                 json={"configure": ".*", "write": ".*", "read": ".*"},
             )
             done.append(f"vhost {vhost} created")
-        for role, url in users:
-            user = quote(url.user or "", safe="")
-            await api.put(f"/api/users/{user}", json={"password": url.password, "tags": ",".join(role.tags)})
+        for role, user_url in users:
+            user = quote(user_url.user or "", safe="")
+            await api.put(f"/api/users/{user}", json={"password": user_url.password, "tags": ",".join(role.tags)})
             await api.put(
                 f"/api/permissions/{encoded}/{user}",
                 json={"configure": role.configure, "write": role.write, "read": role.read},
             )
-            done.append(f"user {url.user}: the {role.name}'s permissions in vhost {vhost}")
+            done.append(f"user {user_url.user}: the {role.name}'s permissions in vhost {vhost}")
         # The holding queues' delivery limit, explicit: RabbitMQ 4.0 to 4.2 would otherwise drop a dead letter
         # after 20 returns (README, "Holding queues never drop a message"). A policy, not a queue argument, so it
         # also applies to queues declared before it.

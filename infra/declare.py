@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 import aio_pika
 import aiormq
 import structlog
+from pamqp.common import FieldTable
 
 from schemas import topology
 
@@ -34,11 +35,15 @@ async def declare_core(channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.Ab
         durable=True,
         arguments={"alternate-exchange": topology.UNROUTED_EXCHANGE},
     )
-    unrouted_queue = await channel.declare_queue(topology.UNROUTED_QUEUE, durable=True, arguments=topology.QUORUM)
+    unrouted_queue = await channel.declare_queue(
+        topology.UNROUTED_QUEUE, durable=True, arguments=_table(topology.QUORUM)
+    )
     await unrouted_queue.bind(unrouted, routing_key="")
-    invalid_queue = await channel.declare_queue(topology.INVALID_QUEUE, durable=True, arguments=topology.QUORUM)
+    invalid_queue = await channel.declare_queue(topology.INVALID_QUEUE, durable=True, arguments=_table(topology.QUORUM))
     await invalid_queue.bind(events, routing_key=topology.INVALID_ROUTING_KEY)
-    unverified_queue = await channel.declare_queue(topology.UNVERIFIED_QUEUE, durable=True, arguments=topology.QUORUM)
+    unverified_queue = await channel.declare_queue(
+        topology.UNVERIFIED_QUEUE, durable=True, arguments=_table(topology.QUORUM)
+    )
     await unverified_queue.bind(events, routing_key=topology.UNVERIFIED_ROUTING_KEY)
     return events
 
@@ -53,10 +58,12 @@ async def declare_kind(
 
     Raises TopologyMismatch when the kind's queue exists with another delivery limit (the gateway and the workers
     declare it alike, so they must agree on HC_DELIVERY_LIMIT)."""
-    await channel.declare_queue(topology.dead_queue(kind), durable=True, arguments=topology.QUORUM)
+    await channel.declare_queue(topology.dead_queue(kind), durable=True, arguments=_table(topology.QUORUM))
     try:
         queue = await channel.declare_queue(
-            topology.kind_queue(kind), durable=True, arguments=topology.kind_queue_arguments(kind, delivery_limit)
+            topology.kind_queue(kind),
+            durable=True,
+            arguments=_table(topology.kind_queue_arguments(kind, delivery_limit)),
         )
     except aiormq.exceptions.ChannelPreconditionFailed as error:
         raise TopologyMismatch(
@@ -73,7 +80,7 @@ async def declare_kind(
 async def declare_retry_queue(channel: aio_pika.abc.AbstractChannel, kind: str, delay: float) -> None:
     """One retry queue of a kind, alone: what a retry needs, without declaring the kind's whole topology again."""
     await channel.declare_queue(
-        topology.retry_queue(kind, delay), durable=True, arguments=topology.retry_queue_arguments(kind, delay)
+        topology.retry_queue(kind, delay), durable=True, arguments=_table(topology.retry_queue_arguments(kind, delay))
     )
 
 
@@ -128,3 +135,8 @@ async def _check_exists(connection: aio_pika.abc.AbstractConnection, kinds: list
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
+
+
+def _table(arguments: topology.QueueArguments) -> FieldTable:
+    """The arguments as aio-pika's type names them (a dict is invariant in its values: the copy is the cast)."""
+    return dict(arguments)

@@ -85,7 +85,9 @@ def load_settings(kind: type[S], environ: Mapping[str, str] | None = None, **ove
     """Decode HC_* variables (and explicit overrides, e.g. from the command line) into `kind`. A tuple field is a
     comma-separated list."""
     environ = os.environ if environ is None else environ
-    fields = {field.name: field.type for field in msgspec.inspect.type_info(kind).fields}  # type: ignore[union-attr]
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    fields = {field.name: field.type for field in info.fields}
     _refuse_unknown_variables(environ, KNOWN_VARIABLES | {env_name(field) for field in fields})
     raw: dict[str, object] = {}
     for field, field_type in fields.items():

@@ -14,8 +14,13 @@ async def stop_requested() -> signal.Signals:
     SIGTERM too) must neither cut the drain short nor turn a clean exit into death by signal."""
     received: asyncio.Future[signal.Signals] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
+
+    def stop(signum: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(signum)
+
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, lambda s=signum: received.done() or received.set_result(s))
+        loop.add_signal_handler(signum, stop, signum)
     try:
         return await received
     finally:

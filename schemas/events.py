@@ -43,7 +43,9 @@ class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):
 
     @classmethod
     def kind(cls) -> str:
-        return cls.__struct_config__.tag
+        tag = cls.__struct_config__.tag
+        assert isinstance(tag, str), f"{cls.__name__} has no string tag"
+        return tag
 
     def idempotency_key(self) -> str | None:
         """What names this one notification, for the workers' inbox; None: every delivery is handled.
@@ -223,7 +225,7 @@ SENSITIVE_FIELDS: frozenset[str] = frozenset().union(*(event.sensitive for event
 BUSINESS_ID_FIELDS: frozenset[str] = frozenset().union(*(event.business_ids for event in KNOWN_EVENTS))
 
 
-def decoder_for(event_type: type[Event]) -> msgspec.json.Decoder:
+def decoder_for(event_type: type[Event]) -> msgspec.json.Decoder[Event]:
     """A decoder for one kind. strict=False admits numbers sent as strings ("result": "1"); the dec_hook admits
     strings sent as numbers (`schemas.fields`)."""
     return msgspec.json.Decoder(event_type, strict=False, dec_hook=decode_field)

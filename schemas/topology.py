@@ -32,7 +32,9 @@ HOLDING_POLICY = "hypercard-holding"
 HOLDING_PATTERN = r"^hypercard\.(invalid|unverified|unrouted|[^.]+\.dead)$"
 HOLDING_DELIVERY_LIMIT = 100_000
 
-QUORUM = {"x-queue-type": "quorum"}
+# What a queue is declared with (x-arguments): text and whole numbers only, as AMQP field tables carry them.
+QueueArguments = dict[str, str | int]
+QUORUM: QueueArguments = {"x-queue-type": "quorum"}
 
 
 def routing_key(kind: str) -> str:
@@ -57,7 +59,7 @@ def holding_policy_definition() -> dict[str, object]:
     return {"delivery-limit": HOLDING_DELIVERY_LIMIT}
 
 
-def _dead_letter_to(queue: str) -> dict[str, object]:
+def _dead_letter_to(queue: str) -> QueueArguments:
     # At-least-once dead-lettering (RabbitMQ >= 3.10) keeps a message in its source queue until the target queue
     # confirmed it, so a dead-lettered message is never silently dropped. It requires overflow reject-publish.
     # The default exchange ("") routes by queue name: no extra exchange or binding to keep in step.
@@ -69,13 +71,13 @@ def _dead_letter_to(queue: str) -> dict[str, object]:
     }
 
 
-def kind_queue_arguments(kind: str, delivery_limit: int) -> dict[str, object]:
+def kind_queue_arguments(kind: str, delivery_limit: int) -> QueueArguments:
     # x-delivery-limit catches crash loops: a message whose handling kills the process is redelivered at most
     # this many times, then dead-lettered to hypercard.<kind>.dead.
     return {**QUORUM, "x-delivery-limit": delivery_limit, **_dead_letter_to(dead_queue(kind))}
 
 
-def retry_queue_arguments(kind: str, delay_seconds: float) -> dict[str, object]:
+def retry_queue_arguments(kind: str, delay_seconds: float) -> QueueArguments:
     # A queue per delay (not a per-message TTL): every message in it expires in order, so none waits behind a
     # longer delay at the head of the queue.
     return {**QUORUM, "x-message-ttl": round(delay_seconds * 1000), **_dead_letter_to(kind_queue(kind))}

@@ -37,7 +37,7 @@ class Registration:
     kind: str
     event_type: type[Event]
     handler: Handler
-    decoder: msgspec.json.Decoder
+    decoder: msgspec.json.Decoder[Event]
     retry_delays: tuple[float, ...] | None  # None: the HC_RETRY_DELAYS schedule
 
 
