@@ -56,8 +56,8 @@ def process_tracing(service_name: str, exporters: Sequence[str]) -> Tracing:
 
 
 def _exporter(name: str) -> SpanExporter:
-    if name == "console":
-        return ConsoleSpanExporter()
+    if name == "console":  # one JSON line per span, like the log lines it sits between on stdout
+        return ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
