@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -11,7 +12,17 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from gateway import views
 from gateway.client_ip import ClientAddressPolicy
-from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, KEY_FILE, METRICS, PUBLISHER, SETTINGS, VERIFIER
+from gateway.keys import (
+    ADDRESS_POLICY,
+    DRAINING,
+    IDENTIFIERS,
+    KEY_FILE,
+    METRICS,
+    PUBLISHER,
+    SETTINGS,
+    TRACING,
+    VERIFIER,
+)
 from gateway.metrics import GatewayMetrics
 from gateway.platform_keys import CHECK_EVERY_SECONDS, PlatformKeyFile
 from gateway.publisher import Publisher
@@ -20,6 +31,9 @@ from gateway.settings import GatewaySettings
 from infra.identifiers import identifier_key
 from infra.settings import SettingsError
 from schemas.events import KNOWN_KINDS
+
+if TYPE_CHECKING:
+    from infra.spans import Tracing
 
 COMMON_PATH = "/hc_sync/common"
 log = structlog.get_logger("gateway")
@@ -84,9 +98,11 @@ async def report_readiness(app: web.Application, every: float = 1.0) -> None:
         await asyncio.sleep(every)
 
 
-def create_app(settings: GatewaySettings) -> web.Application:
+def create_app(settings: GatewaySettings, tracing: Tracing | None = None) -> web.Application:
+    """The gateway; `tracing` (`infra.tracing.start_tracing`) gives each push a span, None (the default) none."""
     app = web.Application(middlewares=[reply_contract], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[TRACING] = tracing
     key_file = load_key_file(settings)
     verifier = key_file.verifier if key_file is not None else None
     app[KEY_FILE], app[VERIFIER] = key_file, verifier

@@ -23,6 +23,7 @@ from infra.identifiers import identifier_key
 from infra.logs import configure_logging
 from infra.settings import SettingsError, load_settings
 from infra.signals import stop_requested
+from infra.tracing import requested_exporters, start_tracing
 
 log = structlog.get_logger("gateway")
 
@@ -30,7 +31,8 @@ log = structlog.get_logger("gateway")
 async def serve(settings: GatewaySettings, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then drain: /readyz answers 503 for HC_DRAIN_SECONDS while requests are still
     served (the load balancer takes this instance out), in-flight requests finish, then the broker is closed."""
-    app = create_app(settings)
+    tracing = start_tracing("hypercard-gateway")  # None unless OTEL_* asks for it (infra.tracing)
+    app = create_app(settings, tracing)
     # SIGHUP: read HC_PLATFORM_PUBLIC_KEY again (a key rotation); ignored until here, see main().
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_platform_keys, app, "SIGHUP")
     runner = ContractAppRunner(
@@ -60,6 +62,8 @@ async def serve(settings: GatewaySettings, reuse_port: bool = False) -> None:
     log.info("draining", seconds=settings.drain_seconds)
     await asyncio.sleep(settings.drain_seconds)
     await runner.cleanup()  # stops accepting, waits for in-flight requests, then runs cleanup_ctx (broker close)
+    if tracing is not None:
+        tracing.shutdown()  # the spans still buffered are exported
     log.info("gateway stopped")
 
 
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         if settings.processes > 1:
             load_key_file(settings)  # refuse a bad key file or secret here, once, not in every child
             identifier_key(settings)
+            requested_exporters()
             sys.exit(_run_processes(settings))
         uvloop.run(serve(settings))
     except SettingsError as error:

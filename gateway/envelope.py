@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,6 +64,7 @@ def properties(
     signature_outcome: SignatureOutcome,
     request_headers: Any,
     verdict: Verdict,
+    trace_headers: Mapping[str, str] | None = None,
 ) -> EncodedProperties:
     now = datetime.now(UTC)
     # The platform's signed headers travel with the message, so the event can be verified again later.
@@ -81,6 +83,8 @@ def properties(
     if verdict.error is not None:
         name = "unverified_reason" if verdict.outcome == "unverified" else "validation_error"
         headers[name] = verdict.error[:1000]
+    if trace_headers:
+        headers.update(trace_headers)
     fields = {
         "content_type": "application/json",
         "message_id": os.urandom(16).hex(),  # unique per publish: returns are matched to publishes by message id

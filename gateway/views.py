@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -20,12 +21,15 @@ from gateway.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, VERIFIER
+from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, TRACING, VERIFIER
 from gateway.replies import ok
 from gateway.sender import check_api_key, check_header_text, check_signature
 from gateway.signature import SignatureOutcome
 from infra.redaction import SECRET_KEYS, bind_secrets, clear_secrets
 from schemas.events import KNOWN_KINDS
+
+if TYPE_CHECKING:
+    from infra.spans import Span
 
 log = structlog.get_logger("gateway")
 JSON_TYPES = {"application/json", "text/json"}
@@ -45,13 +49,15 @@ async def _answer(request: web.Request, default_kind: str | None) -> web.Respons
     """Checks, validates and durably queues one push event; code 1 only after the broker's confirm."""
     started = time.perf_counter()
     metrics = request.app[METRICS]
+    tracing = request.app[TRACING]
+    span = None if tracing is None else tracing.push_started(request.path, request.headers)
     structlog.contextvars.clear_contextvars()
     clear_secrets()
     line: dict[str, object] = {"path": request.path, "kind": "-"}
     status = 200
     metrics.in_flight.inc()
     try:
-        return await _receive(request, line, default_kind)
+        return await _receive(request, line, default_kind, span)
     except GatewayError as error:  # the reply_contract middleware turns it into the reply
         line["outcome"] = type(error).__name__
         line["reason"] = str(error)
@@ -68,9 +74,13 @@ async def _answer(request: web.Request, default_kind: str | None) -> web.Respons
         metrics.requests.labels(metric_kind, line.get("outcome", "-"), status).inc()
         log_method = log.info if status < 500 else log.warning
         log_method("request", status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2), **line)
+        if span is not None:
+            tracing.push_ended(span, status, line)
 
 
-async def _receive(request: web.Request, line: dict[str, object], default_kind: str | None) -> web.Response:
+async def _receive(
+    request: web.Request, line: dict[str, object], default_kind: str | None, span: Span | None
+) -> web.Response:
     settings = request.app[SETTINGS]
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise PayloadTooLarge(f"the body is larger than {settings.max_body_bytes} bytes")
@@ -127,6 +137,8 @@ async def _receive(request: web.Request, line: dict[str, object], default_kind: 
         signature_outcome=check.outcome,
         request_headers=headers,
         verdict=verdict,
+        # The push's trace context (`traceparent`), which the workers continue; none while tracing is off.
+        trace_headers=None if span is None else request.app[TRACING].message_headers(span),
     )
     publish_started = time.perf_counter()
     await request.app[PUBLISHER].publish_confirmed(body, verdict.routing_key, properties)

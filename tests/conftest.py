@@ -114,11 +114,11 @@ GatewayFactory = Callable[..., Awaitable[TestClient]]
 def make_gateway(aiohttp_client, public_key_file: Path) -> GatewayFactory:
     """The real app over real HTTP, connected to the real broker; settings overridden by keyword."""
 
-    async def factory(wait_ready: bool = True, **overrides: object) -> TestClient:
+    async def factory(wait_ready: bool = True, tracing: Any = None, **overrides: object) -> TestClient:
         overrides.setdefault("platform_public_key", str(public_key_file))
         overrides.setdefault("amqp_url", AMQP_URL)
         overrides.setdefault("id_secret", TEST_ID_SECRET)
-        app = create_app(load_settings(GatewaySettings, {}, **overrides))
+        app = create_app(load_settings(GatewaySettings, {}, **overrides), tracing)
         client = await aiohttp_client(ContractTestServer(app))
         if wait_ready:
             assert await app[PUBLISHER].wait_ready(10), "the gateway did not connect to RabbitMQ"

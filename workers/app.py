@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from workers.metrics import WorkerMetrics
 from workers.registry import REGISTRY, Registry
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from infra.spans import Tracing
 
 
 class UnknownKind(ValueError):
@@ -13,12 +18,17 @@ class UnknownKind(ValueError):
 
 
 def create_worker(
-    settings: WorkerSettings, kinds: list[str], registry: Registry = REGISTRY, metrics: WorkerMetrics | None = None
+    settings: WorkerSettings,
+    kinds: list[str],
+    registry: Registry = REGISTRY,
+    metrics: WorkerMetrics | None = None,
+    tracing: Tracing | None = None,
 ) -> WorkerRuntime:
-    """A worker for `kinds` (upper case), with the handlers and the schema statements of `registry`."""
+    """A worker for `kinds` (upper case), with the handlers and the schema statements of `registry`; `tracing`
+    (`infra.tracing.start_tracing`) gives each delivery a span, None (the default) none."""
     missing = [kind for kind in kinds if kind not in registry.registrations]
     if not kinds or missing:
         wanted = f"no handler for {', '.join(missing)}" if missing else "name kinds or --all"
         raise UnknownKind(f"{wanted}; kinds with a handler: {', '.join(registry.kinds)}")
     registrations = [registry.registrations[kind] for kind in kinds]
-    return WorkerRuntime(settings, registrations, metrics, schema_statements=registry.schema_statements)
+    return WorkerRuntime(settings, registrations, metrics, registry.schema_statements, tracing)

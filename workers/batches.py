@@ -158,6 +158,7 @@ class Batches:
             if not _channel_open(delivery):  # its tag cannot be acked any more: the broker redelivers it
                 outcomes[delivery] = Outcome.LEFT_FOR_REDELIVERY
                 continue
+            self.policy.trace(delivery)
             rejected = await self.policy.decode(delivery)
             if rejected is not None:
                 outcomes[delivery] = rejected
@@ -198,21 +199,29 @@ class Batches:
         """Claim every key, run each handler in its savepoint, commit; what each came to. Raises if the transaction
         as a whole failed: then nothing of it was committed."""
         results: dict[Delivery, Result] = {}
-        async with self.policy.pool.acquire() as connection, connection.transaction():
-            claimed = await database.claim_many(
-                connection,
-                [(d.kind, d.inbox_key, d.event_id, d.previous_inbox_key) for d in deliveries if d.inbox_key],
-            )
-            savepoint = FIRST_SAVEPOINT
-            for delivery in deliveries:
-                if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) not in claimed:
-                    results[delivery] = DUPLICATE
-                    continue
-                self.policy.bind(delivery)
+        # The batch's span holds its claim and commit; each delivery's span its savepoint and handler.
+        with self.policy.transaction_span(deliveries):
+            async with self.policy.pool.acquire() as connection, connection.transaction():
+                await self._each_in_its_savepoint(connection, deliveries, results)
+        return results
+
+    async def _each_in_its_savepoint(
+        self, connection: asyncpg.Connection, deliveries: list[Delivery], results: dict[Delivery, Result]
+    ) -> None:
+        claimed = await database.claim_many(
+            connection,
+            [(d.kind, d.inbox_key, d.event_id, d.previous_inbox_key) for d in deliveries if d.inbox_key],
+        )
+        savepoint = FIRST_SAVEPOINT
+        for delivery in deliveries:
+            if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) not in claimed:
+                results[delivery] = DUPLICATE
+                continue
+            self.policy.bind(delivery)
+            with self.policy.traced(delivery):
                 await connection.execute(savepoint)
                 savepoint = NEXT_SAVEPOINT
                 results[delivery] = await self._run_handler(connection, delivery)
-        return results
 
     async def _run_handler(self, connection: asyncpg.Connection, delivery: Delivery) -> Result:
         try:

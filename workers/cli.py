@@ -11,6 +11,7 @@ import uvloop
 from infra.logs import configure_logging
 from infra.settings import SettingsError, load_settings
 from infra.signals import stop_requested
+from infra.tracing import start_tracing
 from workers.app import UnknownKind, create_worker
 from workers.registry import REGISTRY, load_handler_modules
 from workers.runtime import WorkerRuntime
@@ -25,6 +26,8 @@ async def serve(runtime: WorkerRuntime, settings: WorkerSettings) -> None:
     await stop_requested()
     log.info("stopping: finishing in-flight handlers", grace_seconds=settings.shutdown_grace)
     await runtime.stop()
+    if runtime.tracing is not None:
+        runtime.tracing.shutdown()  # the spans still buffered are exported
     log.info("worker stopped")
 
 
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     kinds = REGISTRY.kinds if args.all else [kind.upper() for kind in args.kinds]
     try:
-        runtime = create_worker(settings, kinds)
+        runtime = create_worker(settings, kinds, tracing=start_tracing("hypercard-worker"))
     except (UnknownKind, SettingsError) as error:
         print(f"hypercard-worker: {error}", file=sys.stderr)
         sys.exit(2)

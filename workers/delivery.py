@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import aio_pika
 import asyncpg
@@ -25,6 +26,7 @@ from aiormq.exceptions import AMQPError
 
 from infra.identifiers import IdentifierKey
 from infra.redaction import bind_secrets, clear_secrets, scrub
+from schemas import topology
 from schemas.events import Event
 from workers import database
 from workers.acks import ChannelAcks, Fate
@@ -34,6 +36,9 @@ from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcome
 from workers.registry import Registration
 from workers.retries import RetryPublisher
+
+if TYPE_CHECKING:
+    from infra.spans import Span, Tracing
 
 log = structlog.get_logger("workers")
 # Asked after a handler failed: is PostgreSQL itself unreachable? (Then the failure is not the event's.)
@@ -48,6 +53,7 @@ MAX_ATTEMPT = 1000
 CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
 # The keys of a delivery's canonical line that are the line's own, whatever a business id is called.
 FINISH_KEYS = frozenset({"event", "event_id", "notify_type", "attempt", "kind", "outcome", "latency_ms"})
+NOT_TRACED = contextlib.nullcontext()  # what a span's context manager is while tracing is off
 
 
 @dataclass(eq=False, slots=True)
@@ -67,6 +73,7 @@ class Delivery:
     inbox_key: str | None = None
     previous_inbox_key: str | None = None
     outcome: Outcome | None = None  # set by `finish`, once
+    span: Span | None = None  # this attempt's span while tracing is on (infra.spans), from its batch to `finish`
 
     @property
     def kind(self) -> str:
@@ -82,8 +89,10 @@ class DeliveryPolicy:
         retry_delays: Callable[[str], tuple[float, ...]],
         database_unreachable: OutageCheck,
         identifiers: IdentifierKey,
+        tracing: Tracing | None = None,
     ) -> None:
         self.pool = pool
+        self.tracing = tracing
         self.identifiers = identifiers
         self.metrics = metrics
         self.handler_timeout = handler_timeout
@@ -114,6 +123,36 @@ class DeliveryPolicy:
             received_at,
             tuple(problem for problem in (attempt_problem, received_problem) if problem),
         )
+
+    def trace(self, delivery: Delivery) -> None:
+        """Start its span when its batch takes it up: the child of the push's span its headers carry."""
+        if self.tracing is None or delivery.span is not None:
+            return
+        headers = delivery.message.headers if isinstance(delivery.message.headers, dict) else {}
+        delivery.span = self.tracing.delivery_started(
+            topology.kind_queue(delivery.kind), headers, kind=delivery.kind, event_id=delivery.event_id,
+            attempt=delivery.attempt, message_id=delivery.message.message_id,
+        )  # fmt: skip
+
+    def traced(self, delivery: Delivery) -> contextlib.AbstractContextManager[object]:
+        """Its span as the current one (the parent of spans its handler starts), if it has one."""
+        if self.tracing is None or delivery.span is None:
+            return NOT_TRACED
+        return self.tracing.current(delivery.span)
+
+    def transaction_span(self, deliveries: list[Delivery]) -> contextlib.AbstractContextManager[object]:
+        """The span of the transaction these deliveries share, if they are traced."""
+        if self.tracing is None:
+            return NOT_TRACED
+        return self.tracing.transaction([d.span for d in deliveries if d.span is not None])
+
+    def _carried(self, delivery: Delivery, error_type: str) -> dict[str, str]:
+        """Its attempt failed: marked so on its span, and the header its retry or dead-letter copy carries to link
+        the next attempt's span to this one."""
+        if self.tracing is None or delivery.span is None:
+            return {}
+        self.tracing.failed(delivery.span, error_type)
+        return self.tracing.carried(delivery.span)
 
     def bind(self, delivery: Delivery) -> None:
         """Log lines from here on name this delivery and its business ids, and its one-time code, e-mail and mobile are
@@ -149,7 +188,7 @@ class DeliveryPolicy:
 
     async def _dead_letter(self, delivery: Delivery, error_type: str, reason: str) -> Outcome:
         stored = await delivery.retries.dead_letter(delivery.message, delivery.kind, error_type, reason,
-                                                    delivery.attempt)  # fmt: skip
+                                                    delivery.attempt, self._carried(delivery, error_type))  # fmt: skip
         return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
 
     async def run_handler(self, delivery: Delivery, connection: asyncpg.Connection) -> None:
@@ -163,20 +202,23 @@ class DeliveryPolicy:
         """A decoded delivery in a transaction of its own; what became of it."""
         self.bind(delivery)
         try:
-            async with self.pool.acquire() as connection, connection.transaction():
-                if delivery.inbox_key is not None and not await database.claim(
-                    connection, delivery.kind, delivery.inbox_key, delivery.event_id, delivery.previous_inbox_key
-                ):
-                    result: Result = DUPLICATE
-                else:
-                    await self.run_handler(delivery, connection)
-                    result = HANDLED
+            with self.transaction_span([delivery]):
+                result = await self._transaction_alone(delivery)
         except Exception as error:  # Retry, a timeout, a bug: all retryable; a database outage is not the event's
             if not isinstance(error, Skip | GiveUp) and await self.database_unreachable(error):
                 stored = await delivery.retries.return_to_queue(delivery.message, delivery.kind)
                 return Outcome.RETURNED if stored else Outcome.LEFT_FOR_REDELIVERY
             result = error
         return await self.settle(delivery, result)
+
+    async def _transaction_alone(self, delivery: Delivery) -> Result:
+        async with self.pool.acquire() as connection, connection.transaction():
+            if delivery.inbox_key is not None and not await database.claim(
+                connection, delivery.kind, delivery.inbox_key, delivery.event_id, delivery.previous_inbox_key
+            ):
+                return DUPLICATE
+            await self.run_handler(delivery, connection)
+            return HANDLED
 
     async def settle(self, delivery: Delivery, result: Result) -> Outcome:
         """Once the transaction its handler ran in has ended: what becomes of it. A failed delivery's retry or
@@ -200,8 +242,9 @@ class DeliveryPolicy:
         error_type = "HandlerTimeout" if isinstance(result, TimeoutError) else type(result).__name__
         log.warning("handler failed", error_type=error_type, error=scrub(str(result))[:500])
         return await delivery.retries.retry_or_dead_letter(
-            message, kind, self.retry_delays(kind), delivery.attempt, error_type, str(result), delay
-        )
+            message, kind, self.retry_delays(kind), delivery.attempt, error_type, str(result), delay,
+            trace_headers=self._carried(delivery, error_type),
+        )  # fmt: skip
 
     def contained(self, delivery: Delivery, stage: str, reason: str) -> Outcome:
         """A failure kept to this delivery: logged once with its event id, counted by stage. LEFT_FOR_REDELIVERY, for
@@ -259,6 +302,8 @@ class DeliveryPolicy:
         latency = time.perf_counter() - delivery.arrived
         self.metrics.latency.labels(delivery.kind).observe(latency)
         self.metrics.count(delivery.kind, outcome)
+        if self.tracing is not None and delivery.span is not None:
+            self.tracing.delivery_ended(delivery.span, str(outcome))
         log.info("message", **_named(delivery), kind=delivery.kind, outcome=str(outcome),
                  latency_ms=round(latency * 1000, 2))  # fmt: skip
 

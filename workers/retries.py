@@ -6,6 +6,7 @@ or requeue is `workers.acks`' to send."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import aio_pika
@@ -53,11 +54,13 @@ class RetryPublisher:
         error_type: str,
         error_message: str,
         delay: float | None = None,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> Outcome:
         """Store a copy for attempt `attempt + 1`, past the schedule's end a dead letter: RETRIED or DEAD_LETTERED,
-        or LEFT_FOR_REDELIVERY when no copy could be stored."""
+        or LEFT_FOR_REDELIVERY when no copy could be stored. `trace_headers`: the failed attempt's span context
+        (infra.spans), added to the copy's headers, whose own `traceparent` (the push's) is kept."""
         if attempt > len(delays):
-            stored = await self.dead_letter(message, kind, error_type, error_message, attempt)
+            stored = await self.dead_letter(message, kind, error_type, error_message, attempt, trace_headers)
             return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
         delay = delays[attempt - 1] if delay is None else schedule_step(delay, delays)
         queue = topology.retry_queue(kind, delay)
@@ -68,7 +71,8 @@ class RetryPublisher:
                 log.warning("could not declare the retry queue", queue=queue, error=type(error).__name__)
                 return Outcome.LEFT_FOR_REDELIVERY
             self._declared.add(queue)
-        headers = {"attempt": attempt + 1, "last_error_type": error_type, "last_error": scrub(error_message)[:500]}
+        headers = {"attempt": attempt + 1, "last_error_type": error_type, "last_error": scrub(error_message)[:500],
+                   **(trace_headers or {})}  # fmt: skip
         if not await self._republish(message, queue, headers):
             return Outcome.LEFT_FOR_REDELIVERY
         log.info("retry scheduled", next_attempt=attempt + 1, delay_seconds=delay)
@@ -81,6 +85,7 @@ class RetryPublisher:
         error_type: str,
         error_message: str,
         attempts: int,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> bool:
         """Store a copy in hypercard.<kind>.dead with the reason in its headers; True once the broker confirmed it."""
         headers = {
@@ -88,6 +93,7 @@ class RetryPublisher:
             "error_message": scrub(error_message)[:1000],
             "attempts": attempts,
             "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            **(trace_headers or {}),
         }
         if not await self._republish(message, topology.dead_queue(kind), headers):
             return False

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aio_pika
 import asyncpg
@@ -25,6 +26,9 @@ from workers.metrics import WorkerMetrics
 from workers.registry import Registration
 from workers.retries import RetryPublisher
 from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from infra.spans import Tracing
 
 log = structlog.get_logger("workers")
 DATABASE_PROBE_TIMEOUT = 2.0
@@ -45,8 +49,10 @@ class WorkerRuntime:
         registrations: list[Registration],
         metrics: WorkerMetrics | None = None,
         schema_statements: list[str] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing  # a span per delivery when tracing is on (infra.tracing)
         self.identifiers = identifier_key(settings)  # raises SettingsError without HC_ID_SECRET
         self.schema_statements = schema_statements or []
         self.registrations = {registration.kind: registration for registration in registrations}
@@ -85,7 +91,7 @@ class WorkerRuntime:
             await self.pool.execute(statement)
         self._policy = DeliveryPolicy(
             self.pool, self.metrics, self.settings.handler_timeout, self.retry_delays, self._database_unreachable,
-            self.identifiers,
+            self.identifiers, self.tracing,
         )  # fmt: skip
         self._batches = Batches(
             self._policy, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -45,14 +46,14 @@ WorkerFactory = Callable[..., Awaitable[WorkerRuntime]]
 async def make_worker(db) -> AsyncIterator[WorkerFactory]:
     runtimes: list[WorkerRuntime] = []
 
-    async def factory(*kinds: str, **overrides: object) -> WorkerRuntime:
+    async def factory(*kinds: str, tracing: Any = None, **overrides: object) -> WorkerRuntime:
         overrides.setdefault("database_url", DATABASE_URL)
         overrides.setdefault("amqp_url", AMQP_URL)
         overrides.setdefault("retry_delays", TEST_DELAYS)
         overrides.setdefault("shutdown_grace", 5)
         overrides.setdefault("id_secret", TEST_ID_SECRET)
         settings = load_settings(WorkerSettings, {}, **overrides)
-        runtime = create_worker(settings, list(kinds))
+        runtime = create_worker(settings, list(kinds), tracing=tracing)
         await runtime.start()
         assert runtime.consuming, "the worker did not start consuming"
         runtimes.append(runtime)
