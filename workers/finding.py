@@ -14,7 +14,9 @@ queue, its retry queues (its schedule, else HC_RETRY_DELAYS) and its dead queue;
 .unverified and .unrouted. Each message waiting at the start is taken once and put back at the tail
 (`workers.replay.keep_in_place`: a confirmed copy, then the ack; never a requeue, so no delivery is counted): after a
 pass the queue holds the same messages in the same order. A queue holding more than --limit messages is not looked
-in at all, and the output says so: a partial pass would move its head to its tail.
+in at all, and the output says so: a partial pass would move its head to its tail. A queue the broker user may not
+read is named and left alone: the deployment's operator user reads the dead and holding queues, the workers' user
+the kinds' and retry queues (README "Broker users").
 
 A retry queue's TTL counts from when a message entered it, so a copy put back plainly would wait its whole step
 again. It goes back with a TTL of its own, the time left until its `retry_due_at` header (`workers.retries`). Not
@@ -36,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import aio_pika
+import aiormq
 import asyncpg
 import structlog
 
@@ -82,6 +85,7 @@ class Finding:
     places: list[Place] = field(default_factory=list)
     looked_in: list[str] = field(default_factory=list)
     not_looked_in: dict[str, int] = field(default_factory=dict)  # queue -> its messages, more than the limit
+    refused: list[str] = field(default_factory=list)  # queues this broker user may not read (README "Broker users")
     stopped: list[str] = field(default_factory=list)  # passes that ended early, and why
 
     @property
@@ -141,9 +145,12 @@ async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, f
         if waiting > limit:
             finding.not_looked_in[target.queue] = waiting
             return
-        finding.looked_in.append(target.queue)
         for position in range(1, waiting + 1):
-            message = await queue.get(no_ack=False, fail=False)
+            try:
+                message = await queue.get(no_ack=False, fail=False)
+            except aiormq.exceptions.ChannelAccessRefused:
+                finding.refused.append(target.queue)  # nothing taken: the queue is as it was; the channel is closed
+                return
             if message is None:
                 break
             held = read(message, target.queue, position, datetime.now(UTC))
@@ -159,6 +166,7 @@ async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, f
                     f"{target.queue}: {error}; stopped after {position - 1} message(s), which are now at the tail"
                 )
                 break
+        finding.looked_in.append(target.queue)
     finally:
         if not channel.is_closed:
             await channel.close()
@@ -205,30 +213,41 @@ async def find(
     return finding
 
 
+def _in(due_at: str | None) -> str:
+    """`in 9m43s` until an ISO moment, or `overdue`."""
+    if due_at is None:
+        return "unknown: no retry_due_at"
+    seconds = int((datetime.fromisoformat(due_at) - datetime.now(UTC)).total_seconds())
+    return "overdue" if seconds < 0 else f"in {seconds // 60}m{seconds % 60:02d}s"
+
+
 def render(finding: Finding, retention_days: float) -> str:
     lines = [f"event {finding.event_id}"]
     for p in finding.places:
         if p.state == "handled":
             lines.append(f"  handled   {p.kind} at {p.at} (inbox)")
             continue
-        line = f"  {p.state:<9} {p.where}, {p.position} of {p.of}: {p.kind}, received {p.at or '?'}"
+        line = f"  {p.state:<9} {p.where}, {p.position} of {p.of}: {p.kind} received {p.at or '?'}"
         if p.state == "retrying":
-            line += f", attempt {p.attempt} due {p.due_at or '? (no retry_due_at)'} (step {p.step_seconds:g} s)"
+            line += f"; attempt {p.attempt} due {p.due_at or '?'} ({_in(p.due_at)}, step {p.step_seconds:g} s)"
             line += f"; last error {p.error_type or '?'}: {p.reason or '-'}"
         elif p.state == "held":
-            tries = f" after {p.attempt} attempt(s)" if p.attempt is not None else ""
-            line += f"; why: {p.error_type + ': ' if p.error_type else ''}{p.reason or '-'}{tries}"
+            tries = f"{p.attempt} attempt(s), " if p.attempt is not None else ""
+            line += f"; {tries}why: {p.error_type + ': ' if p.error_type else ''}{p.reason or '-'}"
         elif p.attempt is not None:
-            line += f", attempt {p.attempt}"
+            line += f"; attempt {p.attempt}"
         lines.append(line)
     if not finding.found:
         lines.append(
             f"  not seen: not in the inbox (handled events are kept {retention_days:g} days) nor in the "
             f"{len(finding.looked_in)} queue(s) looked in; a worker may be handling it at this moment"
         )
-    lines.append(f"looked in {len(finding.looked_in)} queue(s): {', '.join(finding.looked_in) or '-'}")
+    lines.append(f"looked in {len(finding.looked_in)} queue(s) (--json lists them)")
     for queue, messages in finding.not_looked_in.items():
         lines.append(f"not looked in: {queue}, {messages} messages (more than --limit); raise --limit to look")
+    if finding.refused:
+        shown = ", ".join(finding.refused[:3]) + (", ..." if len(finding.refused) > 3 else "")
+        lines.append(f"not looked in, this broker user may not read them: {len(finding.refused)} queue(s) ({shown})")
     lines += [f"stopped early: {why}" for why in finding.stopped]
     return "\n".join(lines)
 

@@ -12,15 +12,18 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from secrets import token_hex
 
 import aio_pika
 import pytest
 
+from infra.permissions import OPERATOR
 from infra.settings import load_settings
 from schemas import topology
-from tests.support.broker import AMQP_URL, take
+from tests.support.broker import AMQP_URL, TEST_VHOST, take
 from tests.support.database import DATABASE_URL
 from tests.support.identifiers import TEST_ID_SECRET
+from tests.support.policies import rabbitmqctl
 from tests.support.tracked_kind import ATTEMPT_TIMES, Tracked, record
 from tests.support.waiting import eventually
 from workers import database
@@ -245,3 +248,32 @@ async def test_the_command_says_where_and_exits_1_when_not_seen(inbox, amqp):
     assert "not seen: not in the inbox" in missing.stdout
     assert ids(await take(amqp, QUEUE)) == [waiting]
     assert ids(await take(amqp, topology.UNVERIFIED_QUEUE)) == [held]
+
+
+@pytest.fixture
+def operator_url() -> str:
+    """A broker user of this run with the operator role's permissions (`infra.permissions`), deleted afterwards."""
+    user, password = f"hypercard_find_{token_hex(4)}", token_hex(12)
+    rabbitmqctl("add_user", user, password)
+    try:
+        rabbitmqctl("set_permissions", "-p", TEST_VHOST, user, OPERATOR.configure, OPERATOR.write, OPERATOR.read)
+        yield f"amqp://{user}:{password}@127.0.0.1:5672/{TEST_VHOST}"
+    finally:
+        rabbitmqctl("delete_user", user)
+
+
+async def test_with_the_operator_user_the_queues_it_may_not_read_are_named_and_left_alone(inbox, amqp, operator_url):
+    waiting, dead = new_id(), new_id()
+    await send(amqp, waiting)
+    await amqp.default_exchange.publish(
+        aio_pika.Message(b"{}", headers={"event_id": dead, "notify_type": KIND, "error_type": "GiveUp"}),
+        routing_key=DEAD,
+    )
+    settings = load_settings(WorkerSettings, {}, amqp_url=operator_url, database_url=DATABASE_URL)
+    held = await find(settings, dead, kinds=[KIND])
+    assert [(p.state, p.where) for p in held.places] == [("held", DEAD)]
+    assert QUEUE in held.refused and QUEUE not in held.looked_in
+    assert DEAD in held.looked_in and topology.INVALID_QUEUE in held.looked_in
+    assert not (await find(settings, waiting, kinds=[KIND])).found
+    left = await take(amqp, QUEUE)
+    assert ids(left) == [waiting] and counts(left) == [0]
