@@ -126,6 +126,8 @@ def place(target: Target, message: aio_pika.abc.AbstractIncomingMessage, held: H
         found.step_seconds = target.step_seconds
         found.due_at = due.isoformat(timespec="milliseconds") if due else None
         last_error = (message.headers or {}).get("last_error")
+        if isinstance(last_error, bytes):
+            last_error = last_error.decode(errors="replace")
         found.reason = scrub(str(last_error))[:500] if last_error else None
     elif target.state == "held":
         found.reason = held.reason or (UNROUTED_REASON if target.queue == topology.UNROUTED_QUEUE else None)
