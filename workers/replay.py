@@ -29,7 +29,9 @@ from schemas.events import KIND_NAME
 from workers.retries import copy_for_republish
 
 # Headers of a failed attempt: a replayed message starts again at attempt 1.
-FAILURE_HEADERS = {"attempt", "error_type", "error_message", "attempts", "failed_at", "last_error", "last_error_type"}
+FAILURE_HEADERS = {
+    "attempt", "error_type", "error_message", "attempts", "failed_at", "last_error", "last_error_type", "retry_due_at"
+}  # fmt: skip
 # The broker's own counts of a delivered message's deliveries: a copy is a new message, counted from zero.
 BROKER_COUNTERS = {"x-delivery-count", "x-acquired-count"}
 PUBLISH_TIMEOUT = 10.0
@@ -66,8 +68,9 @@ def replay_copy(message: aio_pika.abc.AbstractIncomingMessage, source: str) -> a
     return copy_for_republish(message, headers)
 
 
-def kept_copy(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Message:
-    """The message as it was, every header and property, for the tail of its own queue."""
+def kept_copy(message: aio_pika.abc.AbstractIncomingMessage, expires_in: float | None = None) -> aio_pika.Message:
+    """The message as it was, every header and property, for the tail of its own queue; `expires_in` (seconds) sets
+    a per-message TTL in place of the message's own."""
     return aio_pika.Message(
         message.body,
         headers={key: value for key, value in (message.headers or {}).items() if key not in BROKER_COUNTERS},
@@ -77,7 +80,7 @@ def kept_copy(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Message
         priority=message.priority,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
-        expiration=message.expiration,
+        expiration=message.expiration if expires_in is None else expires_in,
         message_id=message.message_id,
         timestamp=message.timestamp,
         type=message.type,
@@ -98,16 +101,20 @@ class KeepRefused(Exception):
 
 
 async def keep_in_place(
-    channel: aio_pika.abc.AbstractChannel, message: aio_pika.abc.AbstractIncomingMessage, queue: str
+    channel: aio_pika.abc.AbstractChannel,
+    message: aio_pika.abc.AbstractIncomingMessage,
+    queue: str,
+    expires_in: float | None = None,
 ) -> None:
-    """Publish the message again to the tail of `queue` (default exchange, confirmed), then ack the original.
+    """Publish the message again to the tail of `queue` (default exchange, confirmed), then ack the original;
+    `expires_in` gives the copy a TTL of its own (a retry copy keeps its due time: `workers.finding`).
 
     Never a requeue: that would count a delivery, and from RabbitMQ 4.0 a quorum queue drops (or dead-letters) a
     message delivered more than its delivery limit, 20 unless set. A crash between the confirm and the ack leaves
     the message twice in `queue`: a duplicate, which a replay moves twice and the workers' inbox absorbs."""
     try:
         await channel.default_exchange.publish(
-            kept_copy(message), routing_key=queue, mandatory=True, timeout=PUBLISH_TIMEOUT
+            kept_copy(message, expires_in), routing_key=queue, mandatory=True, timeout=PUBLISH_TIMEOUT
         )
     except NOT_TAKEN as error:
         await message.nack(requeue=True)  # once, for a publish the broker refused: at its place, not lost

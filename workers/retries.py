@@ -7,7 +7,7 @@ or requeue is `workers.acks`' to send."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import structlog
@@ -71,8 +71,16 @@ class RetryPublisher:
                 log.warning("could not declare the retry queue", queue=queue, error=type(error).__name__)
                 return Outcome.LEFT_FOR_REDELIVERY
             self._declared.add(queue)
-        headers = {"attempt": attempt + 1, "last_error_type": error_type, "last_error": scrub(error_message)[:500],
-                   **(trace_headers or {})}  # fmt: skip
+        # When the copy is due back in the kind's queue: what `hypercard-find` reports, and the time it keeps when it
+        # puts the copy back (the queue's TTL alone would start the delay again).
+        due = datetime.now(UTC) + timedelta(seconds=delay)
+        headers = {
+            "attempt": attempt + 1,
+            "last_error_type": error_type,
+            "last_error": scrub(error_message)[:500],
+            "retry_due_at": due.isoformat(timespec="milliseconds"),
+            **(trace_headers or {}),
+        }
         if not await self._republish(message, queue, headers):
             return Outcome.LEFT_FOR_REDELIVERY
         log.info("retry scheduled", next_attempt=attempt + 1, delay_seconds=delay)
