@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome
-from gateway.wire import EncodedProperties, encode_properties
+from gateway.wire import EncodedProperties, PublishFields, encode_properties
 from schemas import topology
 from schemas.events import KIND_NAME, KNOWN_EVENTS, Event, decoder_for
 
@@ -85,7 +85,7 @@ def properties(
         headers[name] = verdict.error[:1000]
     if trace_headers:
         headers.update(trace_headers)
-    fields = {
+    fields: PublishFields = {
         "content_type": "application/json",
         "message_id": os.urandom(16).hex(),  # unique per publish: returns are matched to publishes by message id
         "timestamp": now,

@@ -41,7 +41,7 @@ class Publisher:
     ) -> None:
         self.publish_timeout = publish_timeout
         self.delivery_limit = delivery_limit
-        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._channel: aiormq.Channel | None = None  # the underlay: its confirmations are read when blocked
         self._ready = asyncio.Event()
         self._blocked: str | None = None
         self._link = broker.BrokerConnection(
@@ -127,10 +127,12 @@ class Publisher:
         await declare.declare_topology(connection, sorted(KNOWN_KINDS), self.delivery_limit)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._link.watch(channel)
-        self._channel = await channel.get_underlay_channel()
+        underlay = await channel.get_underlay_channel()
+        assert isinstance(underlay, aiormq.Channel)
+        self._channel = underlay
         self._watch_blocking(connection)
         self._ready.set()
-        log.info("broker connected, topology declared", node=str(connection.url.with_user(None)))
+        log.info("broker connected, topology declared", node=str(broker.connection_url(connection).with_user(None)))
 
     def _not_ready(self) -> None:
         self._ready.clear()
@@ -163,5 +165,6 @@ class Publisher:
             self._blocked = None
             log.info("the broker unblocked publishing")
 
+        # Ignored: aiormq's name-mangled handlers are private, no attribute its types declare (see the docstring).
         underlay._Connection__handle_connection_blocked = blocked  # type: ignore[union-attr]
         underlay._Connection__handle_connection_unblocked = unblocked  # type: ignore[union-attr]

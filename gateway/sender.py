@@ -30,10 +30,10 @@ class SignatureCheck(NamedTuple):
     key: str | None = None  # the fingerprint of the platform key the signature verified with
 
 
-def check_header_text(headers: Mapping[str, str]) -> None:
+def check_header_text(headers: MultiMapping[str]) -> None:
     """A header that is not UTF-8 text (aiohttp keeps such bytes as surrogates) is the client's mistake: 400."""
     for name in READ_HEADERS:
-        for value in headers.getall(name, ()):  # type: ignore[attr-defined]
+        for value in headers.getall(name, ()):
             if not value.isascii():
                 try:
                     value.encode()

@@ -29,7 +29,7 @@ from infra.redaction import SECRET_KEYS, bind_secrets, clear_secrets
 from schemas.events import KNOWN_KINDS
 
 if TYPE_CHECKING:
-    from infra.spans import Span
+    from infra.spans import Span, Tracing
 
 log = structlog.get_logger("gateway")
 JSON_TYPES = {"application/json", "text/json"}
@@ -74,7 +74,7 @@ async def _answer(request: web.Request, default_kind: str | None) -> web.Respons
         metrics.requests.labels(metric_kind, line.get("outcome", "-"), status).inc()
         log_method = log.info if status < 500 else log.warning
         log_method("request", status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2), **line)
-        if span is not None:
+        if tracing is not None and span is not None:
             tracing.push_ended(span, status, line)
 
 
@@ -138,7 +138,7 @@ async def _receive(
         request_headers=headers,
         verdict=verdict,
         # The push's trace context (`traceparent`), which the workers continue; none while tracing is off.
-        trace_headers=None if span is None else request.app[TRACING].message_headers(span),
+        trace_headers=None if span is None else _tracing(request).message_headers(span),
     )
     publish_started = time.perf_counter()
     await request.app[PUBLISHER].publish_confirmed(body, verdict.routing_key, properties)
@@ -173,3 +173,10 @@ async def readyz(request: web.Request) -> web.Response:
     if publisher.blocked is not None:
         raise BrokerUnavailable(f"the message broker blocks publishing: {publisher.blocked}")
     return ok()
+
+
+def _tracing(request: web.Request) -> Tracing:
+    """The app's tracing, for a push that has a span (which only tracing gives it)."""
+    tracing = request.app[TRACING]
+    assert tracing is not None
+    return tracing

@@ -10,6 +10,7 @@ import functools
 import struct
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any, TypedDict
 
 from aiormq import spec
 
@@ -44,6 +45,16 @@ def _table(values: Mapping[str, HeaderValue]) -> bytes:
     return _u32.pack(len(body)) + body
 
 
+class PublishFields(TypedDict):
+    """The properties the gateway sets besides the headers and the delivery mode."""
+
+    content_type: str
+    message_id: str
+    timestamp: datetime
+    message_type: str
+    app_id: str
+
+
 def encode_properties(
     *,
     content_type: str,
@@ -74,7 +85,7 @@ class EncodedProperties(spec.Basic.Properties):
 
     __slots__ = ("_encoded",)
 
-    def __init__(self, encoded: bytes, **properties: object) -> None:
+    def __init__(self, encoded: bytes, **properties: Any) -> None:  # Basic.Properties' own keywords, as they are
         super().__init__(**properties)
         self._encoded = encoded
 

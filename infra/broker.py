@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import structlog
+from yarl import URL
 
 log = structlog.get_logger("broker")
 
@@ -22,6 +23,12 @@ async def connect(urls: list[str], timeout: float = 10.0) -> aio_pika.abc.Abstra
         except Exception as error:  # refused, timed out, bad credentials: try the next node
             last_error = error
     raise last_error or ConnectionError("no broker URL configured (HC_AMQP_URL)")
+
+
+def connection_url(connection: aio_pika.abc.AbstractConnection) -> URL:
+    """The URL of the node a connection reached (aio-pika's connections keep it; their abstract type does not)."""
+    assert isinstance(connection, aio_pika.Connection)
+    return connection.url
 
 
 @contextlib.asynccontextmanager

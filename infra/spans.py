@@ -18,7 +18,8 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span as Span  # re-exported: the type the gateway and the workers hold
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 # W3C trace context only, whatever OTEL_PROPAGATORS says: these header names are part of the message's format.

@@ -119,7 +119,9 @@ class ChannelAcks:
 
 
 def _tag(message: aio_pika.abc.AbstractIncomingMessage) -> int:
-    return message.delivery_tag  # type: ignore[return-value]
+    tag = message.delivery_tag
+    assert tag is not None  # a message received from a queue always has one (only basic.get's empty answer lacks it)
+    return tag
 
 
 def _log_failed_frame(kind: str, message: aio_pika.abc.AbstractIncomingMessage, error: Exception) -> None:

@@ -206,7 +206,7 @@ class Batches:
         return results
 
     async def _each_in_its_savepoint(
-        self, connection: asyncpg.Connection, deliveries: list[Delivery], results: dict[Delivery, Result]
+        self, connection: database.Transaction, deliveries: list[Delivery], results: dict[Delivery, Result]
     ) -> None:
         claimed = await database.claim_many(
             connection,
@@ -223,7 +223,7 @@ class Batches:
                 savepoint = NEXT_SAVEPOINT
                 results[delivery] = await self._run_handler(connection, delivery)
 
-    async def _run_handler(self, connection: asyncpg.Connection, delivery: Delivery) -> Result:
+    async def _run_handler(self, connection: database.Transaction, delivery: Delivery) -> Result:
         try:
             await self.policy.run_handler(delivery, connection)
         except CONTENTION:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-import asyncpg
 import structlog
+
+if TYPE_CHECKING:
+    from workers.database import Transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,4 +22,4 @@ class HandlerContext:
     received_at: datetime  # when the gateway received the event
     log: structlog.stdlib.BoundLogger
     # The open transaction the handler runs in: its writes commit together with the inbox row, or not at all.
-    tx: asyncpg.Connection
+    tx: Transaction

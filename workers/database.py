@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import TypeAlias
 
 import asyncpg
 import structlog
@@ -11,6 +12,8 @@ log = structlog.get_logger("workers.database")
 MIGRATIONS = resources.files("workers") / "migrations"
 # One worker migrates at a time; the others wait on this lock and then find nothing left to do.
 MIGRATION_LOCK = 0x4859504552  # "HYPER"
+# A connection as handlers and claims get it: asyncpg's own, or the proxy its pool hands out (the same methods).
+Transaction: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 # What a delivery claims: (kind, inbox key, event id, inbox key under HC_ID_SECRET_PREVIOUS or None).
 Claim = tuple[str, str, str, str | None]
 
@@ -66,13 +69,13 @@ async def migrate(pool: asyncpg.Pool) -> list[int]:
     return applied_now
 
 
-async def claim(tx: asyncpg.Connection, kind: str, key: str, event_id: str, previous: str | None = None) -> bool:
+async def claim(tx: Transaction, kind: str, key: str, event_id: str, previous: str | None = None) -> bool:
     """Record that the inbox key `key` is being handled, inside the handler's transaction. False: handled before
     (or being handled by a concurrent delivery that then committed), so this delivery is a duplicate."""
     return bool(await claim_many(tx, [(kind, key, event_id, previous)]))
 
 
-async def claim_many(tx: asyncpg.Connection, claims: list[Claim]) -> set[tuple[str, str]]:
+async def claim_many(tx: Transaction, claims: list[Claim]) -> set[tuple[str, str]]:
     """Claim (kind, inbox key, event id, inbox key under HC_ID_SECRET_PREVIOUS or None) rows in one statement; the
     (kind, key) pairs claimed now. During a rotation both keys are claimed, and a delivery is a duplicate if either
     was taken: by a worker still on the old secret too, which is why the old key is inserted, not just looked up.
@@ -99,7 +102,7 @@ async def claim_many(tx: asyncpg.Connection, claims: list[Claim]) -> set[tuple[s
     }
 
 
-async def release_claim(tx: asyncpg.Connection, kind: str, key: str, previous: str | None = None) -> None:
+async def release_claim(tx: Transaction, kind: str, key: str, previous: str | None = None) -> None:
     """Undo a claim whose handler failed (its savepoint rolled back), so that the retry is not a duplicate."""
     await tx.execute(
         "DELETE FROM hypercard_inbox WHERE kind = $1 AND idempotency_key = ANY($2::text[])",

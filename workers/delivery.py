@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -191,7 +191,7 @@ class DeliveryPolicy:
                                                     delivery.attempt, self._carried(delivery, error_type))  # fmt: skip
         return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
 
-    async def run_handler(self, delivery: Delivery, connection: asyncpg.Connection) -> None:
+    async def run_handler(self, delivery: Delivery, connection: database.Transaction) -> None:
         context = HandlerContext(
             delivery.event_id, delivery.inbox_key, delivery.attempt, delivery.received_at, log.bind(), connection
         )
@@ -316,7 +316,7 @@ def _named(delivery: Delivery) -> dict[str, object]:
     return {name: value for name, value in ids.items() if name not in FINISH_KEYS} | own
 
 
-def _attempt(headers: dict) -> tuple[int, str | None]:
+def _attempt(headers: Mapping[str, object]) -> tuple[int, str | None]:
     """The attempt number, and what was wrong with the header if it cannot be believed (then 1)."""
     value = headers.get("attempt", 1)
     if type(value) is int and 1 <= value <= MAX_ATTEMPT:  # not bool, not a float, not a string of digits
@@ -324,7 +324,7 @@ def _attempt(headers: dict) -> tuple[int, str | None]:
     return 1, f"attempt header {scrub(repr(value))[:50]} is not an integer from 1 to {MAX_ATTEMPT}"
 
 
-def _received_at(headers: dict) -> tuple[datetime, str | None]:
+def _received_at(headers: Mapping[str, object]) -> tuple[datetime, str | None]:
     """When the gateway received the event; the time of delivery (and a note) when the header says nothing usable."""
     text = headers.get("received_at")
     if text is None:

@@ -34,6 +34,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -46,6 +47,7 @@ from infra import broker
 from infra.redaction import scrub
 from infra.settings import SettingsError, load_settings
 from schemas import topology
+from workers import database
 from workers.inspection import HeldMessage, read
 from workers.registry import REGISTRY, Registry, load_handler_modules
 from workers.replay import KeepRefused, keep_in_place
@@ -104,7 +106,7 @@ def targets(schedules: dict[str, tuple[float, ...]]) -> list[Target]:
     return found + [Target(queue, "held") for queue in holding]
 
 
-def due_at(headers: dict) -> datetime | None:
+def due_at(headers: Mapping[str, object]) -> datetime | None:
     """A retry copy's `retry_due_at` header, if it has a readable one (headers are input: never trusted)."""
     value = headers.get("retry_due_at")
     if isinstance(value, bytes):
@@ -174,7 +176,7 @@ async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, f
             await channel.close()
 
 
-async def handled(database: asyncpg.Connection, event_id: str) -> list[Place]:
+async def handled(database: database.Transaction, event_id: str) -> list[Place]:
     """The inbox's rows of `event_id` (two per event during a secret rotation: one place per kind)."""
     rows = await database.fetch(
         "SELECT kind, min(handled_at) AS handled_at FROM hypercard_inbox WHERE event_id = $1 GROUP BY kind ORDER BY 2",

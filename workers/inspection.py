@@ -18,6 +18,7 @@ import asyncio
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -124,7 +125,7 @@ def _int(value: object) -> int | None:
         return None
 
 
-def _received_at(headers: dict, message: aio_pika.abc.AbstractIncomingMessage) -> datetime | None:
+def _received_at(headers: Mapping[str, object], message: aio_pika.abc.AbstractIncomingMessage) -> datetime | None:
     text = _text(headers.get("received_at"))
     if text:
         try:

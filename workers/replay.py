@@ -130,7 +130,7 @@ async def replay(
     One pass takes each message waiting at its start once (basic.get is FIFO: the copies kept at the tail, and
     messages arriving meanwhile, come after them), so the messages kept are in their order when it ends."""
     queue = await channel.declare_queue(source, passive=True)
-    waiting = queue.declaration_result.message_count
+    waiting = queue.declaration_result.message_count or 0  # a passive declare always answers a count
     events = await channel.get_exchange(topology.EVENTS_EXCHANGE)
     result = ReplayResult()
     kept = 0

@@ -59,9 +59,7 @@ class InboxPruner:
                 return None
             started = time.monotonic()
             # One cutoff for the whole round, so it ends even while new keys keep coming.
-            cutoff = await connection.fetchval(
-                "SELECT now() - make_interval(secs => $1)", self.retention_days * 86400
-            )
+            cutoff = await connection.fetchval("SELECT now() - make_interval(secs => $1)", self.retention_days * 86400)
             deleted = batches = 0
             while True:
                 count = int((await connection.execute(DELETE_BATCH, cutoff, self.batch_rows)).split()[-1])

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import structlog
+from aio_pika.abc import HeadersType
 
 from infra import declare
 from infra.redaction import scrub
@@ -20,7 +21,7 @@ from workers.outcomes import Outcome
 log = structlog.get_logger("workers.retries")
 
 
-def copy_for_republish(message: aio_pika.abc.AbstractIncomingMessage, headers: dict) -> aio_pika.Message:
+def copy_for_republish(message: aio_pika.abc.AbstractIncomingMessage, headers: HeadersType) -> aio_pika.Message:
     """A persistent copy of a delivered message, with `headers`: what retries, dead-lettering and replay publish."""
     return aio_pika.Message(
         message.body,
@@ -74,7 +75,7 @@ class RetryPublisher:
         # When the copy is due back in the kind's queue: what `hypercard-find` reports, and the time it keeps when it
         # puts the copy back (the queue's TTL alone would start the delay again).
         due = datetime.now(UTC) + timedelta(seconds=delay)
-        headers = {
+        headers: HeadersType = {
             "attempt": attempt + 1,
             "last_error_type": error_type,
             "last_error": scrub(error_message)[:500],
@@ -96,7 +97,7 @@ class RetryPublisher:
         trace_headers: Mapping[str, str] | None = None,
     ) -> bool:
         """Store a copy in hypercard.<kind>.dead with the reason in its headers; True once the broker confirmed it."""
-        headers = {
+        headers: HeadersType = {
             "error_type": error_type,
             "error_message": scrub(error_message)[:1000],
             "attempts": attempts,
@@ -115,7 +116,7 @@ class RetryPublisher:
         a delivery count of 0 on every version."""
         return await self._republish(message, topology.kind_queue(kind), {})
 
-    async def _republish(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str, extra: dict) -> bool:
+    async def _republish(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str, extra: HeadersType) -> bool:
         copy = copy_for_republish(message, {**(message.headers or {}), **extra})
         try:
             await self.channel.default_exchange.publish(copy, routing_key=queue, mandatory=True, timeout=10)

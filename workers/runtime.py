@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -157,7 +158,7 @@ class WorkerRuntime:
         self._consuming.clear()
         self._consumers = []
 
-    def _handler_for(self, kind: str):
+    def _handler_for(self, kind: str) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
         registration = self.registrations[kind]
         assert self._policy is not None and self._batches is not None
         assert self._retries is not None and self._acks is not None

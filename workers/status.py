@@ -125,7 +125,7 @@ async def collect(settings: BrokerSettings, extra_kinds: list[str]) -> Status:
     connection = await broker.connect(settings.amqp_urls)
     try:
         try:
-            return await from_management(str(connection.url))
+            return await from_management(str(broker.connection_url(connection)))
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError):
             return await from_amqp(connection, sorted(KNOWN_KINDS | set(extra_kinds)))
     finally:

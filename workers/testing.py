@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgspec
 import structlog
 from structlog.testing import LogCapture
@@ -53,7 +52,7 @@ class Run:
     attempt: int
     received_at: datetime
     event_id: str
-    logs: list[dict[str, Any]] = field(default_factory=list)  # what the handler logged through ctx.log
+    logs: list[MutableMapping[str, Any]] = field(default_factory=list)  # what the handler logged through ctx.log
 
 
 class HandlerKit:
@@ -62,7 +61,7 @@ class HandlerKit:
     def __init__(
         self,
         registration: Registration,
-        tx: asyncpg.Connection,
+        tx: database.Transaction,
         *,
         retry_delays: tuple[float, ...] = DEFAULTS.retry_delays,
         handler_timeout: float = DEFAULTS.handler_timeout,
