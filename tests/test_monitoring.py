@@ -48,6 +48,14 @@ def query(port: int, expr: str, path: str = "query") -> list:
         return json.load(reply)["data"]["result" if path == "query" else "activeTargets"]
 
 
+def alert_states(port: int) -> tuple[set[tuple[str, str]], list[str]]:
+    """(name, state) of the alerts pending or firing, and the errors of the rules that failed to evaluate."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as reply:
+        rules = [rule for group in json.load(reply)["data"]["groups"] for rule in group["rules"]]
+    active = {(rule["name"], alert["state"]) for rule in rules for alert in rule.get("alerts", [])}
+    return active, [f"{rule['name']}: {rule.get('lastError')}" for rule in rules if rule["health"] == "err"]
+
+
 def above_zero(port: int, expr: str) -> bool:
     """One of the query's series is above 0 (NaN, a quantile of no observation, is not)."""
     return any(float(series["value"][1]) > 0 for series in query(port, expr))
@@ -114,6 +122,21 @@ async def test_every_dashboard_query_returns_series_from_a_running_system(tmp_pa
             await eventually(every_query_shows_its_data, timeout=45, interval=1)
         assert not empty, f"dashboard queries without series: {empty}"
         assert not still, f"dashboard queries still at 0 (or NaN) after their event: {still}"
+
+        # The alert rules, on the same data: the contained failure fires (no `for`), the key file's is pending (5 m).
+        expected = {("HypercardWorkerFailuresContained", "firing"), ("HypercardPlatformKeyFileNotLoading", "pending")}
+        active: set[tuple[str, str]] = set()
+        errors: list[str] = []
+
+        async def alerts_follow() -> bool:
+            nonlocal active, errors
+            active, errors = await asyncio.to_thread(alert_states, prometheus_port)
+            return expected <= active or bool(errors)
+
+        with contextlib.suppress(AssertionError):
+            await eventually(alerts_follow, timeout=45, interval=1)
+        assert not errors, f"alert rules that fail on real data: {errors}"
+        assert expected <= active, f"alerts pending or firing: {active}"
     finally:
         if (state / "prometheus.pid").exists():
             os.kill(int((state / "prometheus.pid").read_text()), signal.SIGTERM)
