@@ -57,7 +57,11 @@ def load_key_file(settings: GatewaySettings) -> PlatformKeyFile | None:
 def reload_platform_keys(app: web.Application, cause: str) -> None:
     """Read HC_PLATFORM_PUBLIC_KEY again (SIGHUP, or the file changed); a file that does not load keeps the keys."""
     key_file = app[KEY_FILE]
-    if key_file is not None and key_file.reload(cause):
+    if key_file is None:
+        return
+    loaded = key_file.reload(cause)
+    app[METRICS].key_reload_failed.set(0 if loaded else 1)
+    if loaded:
         app[METRICS].start_key_series(key_file.verifier.fingerprints)
 
 

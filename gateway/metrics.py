@@ -79,6 +79,13 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.key_reload_failed = Gauge(
+            "hypercard_gateway_key_reload_failed",
+            "1 while HC_PLATFORM_PUBLIC_KEY, read again (SIGHUP or a change of the file), does not load: the keys "
+            "loaded before are still in use, and a gateway started now would refuse that file.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.in_flight = Gauge(
             "hypercard_gateway_in_flight",
             "Requests being handled now.",

@@ -1,5 +1,6 @@
 """The monitoring proven on data: `make dashboards`' script and Prometheus against a real gateway, worker and
-broker; every PromQL expression of the Grafana dashboard returns series."""
+broker; every PromQL expression of the Grafana dashboard returns series, and those this test makes happen (a failure
+contained, a batch rolled back on a lock, inbox keys pruned, a key file that does not load) show it."""
 
 from __future__ import annotations
 
@@ -13,18 +14,32 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import aio_pika
 import aiohttp
+import asyncpg
 import pytest
 
 from gateway.send import generate_keys, load_private_key, signed_headers
+from schemas import topology
 from schemas.samples import sample_body, sample_names
-from tests.support.database import reset_database
+from tests.support.database import DATABASE_URL, reset_database
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import REPO, gateway_process, worker_process
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
 DASHBOARD = REPO / "deploy/grafana/dashboards/hypercard-pipeline.json"
+# (panel title, refId) of the queries that must show a value above 0 once the test has made their event happen.
+MOVED = {
+    ("Failures contained to one delivery, and restarted loops", "A"),
+    ("Gateways: ready, blocked by a broker alarm, key file not loading", "A"),
+    ("Gateways: ready, blocked by a broker alarm, key file not loading", "C"),
+    ("Deliveries by outcome", "A"),
+    ("Batch size", "A"),
+    ("Batches rolled back, handled one delivery per transaction", "A"),
+    ("Inbox pruning", "A"),
+    ("Signature verifications by platform key", "A"),
+}
 
 
 def query(port: int, expr: str, path: str = "query") -> list:
@@ -33,14 +48,31 @@ def query(port: int, expr: str, path: str = "query") -> list:
         return json.load(reply)["data"]["result" if path == "query" else "activeTargets"]
 
 
+def alert_states(port: int) -> tuple[set[tuple[str, str]], list[str]]:
+    """(name, state) of the alerts pending or firing, and the errors of the rules that failed to evaluate."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as reply:
+        rules = [rule for group in json.load(reply)["data"]["groups"] for rule in group["rules"]]
+    active = {(rule["name"], alert["state"]) for rule in rules for alert in rule.get("alerts", [])}
+    return active, [f"{rule['name']}: {rule.get('lastError')}" for rule in rules if rule["health"] == "err"]
+
+
+def above_zero(port: int, expr: str) -> bool:
+    """One of the query's series is above 0 (NaN, a quantile of no observation, is not)."""
+    return any(float(series["value"][1]) > 0 for series in query(port, expr))
+
+
 async def test_every_dashboard_query_returns_series_from_a_running_system(tmp_path: Path, amqp):
     await reset_database()
+    db = await asyncpg.connect(DATABASE_URL)
+    await db.execute("DROP TABLE IF EXISTS test_hot")
+    await db.execute("CREATE TABLE test_hot (touched integer NOT NULL); INSERT INTO test_hot VALUES (0)")
     key = load_private_key(generate_keys(tmp_path)[0])
     port, gateway_metrics, worker_metrics, prometheus_port = (free_port() for _ in range(4))
     gateway = gateway_process(tmp_path, port, {"HC_GATEWAY_METRICS_PORT": str(gateway_metrics)})
     worker = worker_process(
-        tmp_path, "--all", "--handlers", "tests.support.tracked_kind", env={"HC_METRICS_PORT": str(worker_metrics)}
-    )
+        tmp_path, "--all", "--handlers", "tests.support.tracked_kind",
+        env={"HC_METRICS_PORT": str(worker_metrics), "HC_INBOX_PRUNE_INTERVAL": "1", "HC_BATCH_WAIT": "0.3"},
+    )  # fmt: skip
     state = tmp_path / "prometheus"
     script = await asyncio.to_thread(
         subprocess.run, [str(REPO / "deploy/local/dashboards.sh")], capture_output=True, text=True, timeout=180,
@@ -56,31 +88,66 @@ async def test_every_dashboard_query_returns_series_from_a_running_system(tmp_pa
             targets = await asyncio.to_thread(query, prometheus_port, "", "targets")
             return len(targets) == 3 and all(target["health"] == "up" for target in targets)
 
-        await eventually(all_targets_up, timeout=60, interval=1)
+        await eventually(all_targets_up, timeout=60, interval=1)  # every counter scraped at 0 before the events
         await send_traffic(port, key)
+        await amqp.default_exchange.publish(  # straight to the kind's queue, as no gateway would: does not decode
+            aio_pika.Message(b'{"notify_type":"TEST_TRACKED"}', headers={"event_id": "undecodable"}),
+            routing_key=topology.kind_queue("TEST_TRACKED"),
+        )
+        async with db.transaction():  # a row the batch updates, held past its lock timeout: rolled back
+            await db.execute("SELECT * FROM test_hot FOR UPDATE")
+            await send_traffic(port, key, [f'{{"notify_type":"TEST_TRACKED","token":"hot-{n}","touch_hot":true}}'
+                                           .encode() for n in range(8)])  # fmt: skip
+            await asyncio.sleep(1.5)
+        await db.execute(  # past HC_INBOX_RETENTION_DAYS (30): the next round, within a second, prunes them
+            "INSERT INTO hypercard_inbox (kind, idempotency_key, event_id, handled_at) "
+            "SELECT 'TEST_TRACKED', 'old-' || n, 'old-' || n, now() - interval '40 days' FROM generate_series(1, 3) n"
+        )
+        (tmp_path / "platform-public.pem").write_bytes(b"-----BEGIN PUBLIC KEY-----\nhalf writ")
 
         dashboard = json.loads(DASHBOARD.read_text())
-        expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-        empty: list[str] = expressions
+        targets = {(panel["title"], target["refId"]): target["expr"]
+                   for panel in dashboard["panels"] for target in panel["targets"]}  # fmt: skip
+        assert MOVED <= targets.keys(), f"no such panel query: {MOVED - targets.keys()}"
+        empty, still = list(targets.values()), [targets[name] for name in MOVED]
 
-        async def every_query_has_series() -> bool:
-            nonlocal empty
+        async def every_query_shows_its_data() -> bool:
+            nonlocal empty, still
             empty = [expr for expr in empty if not await asyncio.to_thread(query, prometheus_port, expr)]
-            return not empty
+            still = [expr for expr in still if not await asyncio.to_thread(above_zero, prometheus_port, expr)]
+            return not empty and not still
 
         # rate() needs two scrapes (5 s apart) after the traffic: give it a few.
         with contextlib.suppress(AssertionError):
-            await eventually(every_query_has_series, timeout=45, interval=1)
+            await eventually(every_query_shows_its_data, timeout=45, interval=1)
         assert not empty, f"dashboard queries without series: {empty}"
+        assert not still, f"dashboard queries still at 0 (or NaN) after their event: {still}"
+
+        # The alert rules, on the same data: the contained failure fires (no `for`), the key file's is pending (5 m).
+        expected = {("HypercardWorkerFailuresContained", "firing"), ("HypercardPlatformKeyFileNotLoading", "pending")}
+        active: set[tuple[str, str]] = set()
+        errors: list[str] = []
+
+        async def alerts_follow() -> bool:
+            nonlocal active, errors
+            active, errors = await asyncio.to_thread(alert_states, prometheus_port)
+            return expected <= active or bool(errors)
+
+        with contextlib.suppress(AssertionError):
+            await eventually(alerts_follow, timeout=45, interval=1)
+        assert not errors, f"alert rules that fail on real data: {errors}"
+        assert expected <= active, f"alerts pending or firing: {active}"
     finally:
         if (state / "prometheus.pid").exists():
             os.kill(int((state / "prometheus.pid").read_text()), signal.SIGTERM)
         gateway.stop()
         worker.stop()
+        await db.close()
 
 
-async def send_traffic(port: int, key) -> None:
-    """Every sample, a duplicate, a forged push, an invalid and an unknown kind, a retried and a given-up event."""
+async def send_traffic(port: int, key, together: list[bytes] | None = None) -> None:
+    """Every sample, a duplicate, a forged push, an invalid and an unknown kind, a retried and a given-up event; or
+    the `together` bodies, all at once so that they arrive in one batch."""
     url = f"http://127.0.0.1:{port}/hc_sync/common"
     bodies = [sample_body(name) for name in sample_names()] + [sample_body("recharge")]
     bodies += [
@@ -90,10 +157,17 @@ async def send_traffic(port: int, key) -> None:
         b'{"notify_type":"TEST_TRACKED","token":"dead","outcome":"give_up"}',
     ]
     async with aiohttp.ClientSession() as session:
-        for body in bodies:
+
+        async def push(body: bytes, forged: bool = False) -> int:
             headers = {**signed_headers(key, body, "merchant-1"), "Content-Type": "application/json"}
+            if forged:
+                headers["signature"] = "Zm9yZ2Vk"
             async with session.post(url, data=body, headers=headers) as reply:
-                assert reply.status == 200
-        forged = {**headers, "signature": "Zm9yZ2Vk"}
-        async with session.post(url, data=bodies[0], headers=forged) as reply:
-            assert reply.status == 401
+                return reply.status
+
+        if together is not None:
+            assert await asyncio.gather(*(push(body) for body in together)) == [200] * len(together)
+            return
+        for body in bodies:
+            assert await push(body) == 200
+        assert await push(bodies[0], forged=True) == 401

@@ -119,3 +119,25 @@ async def test_a_changed_key_file_is_read_again_without_a_signal(make_gateway, a
     old, new = fingerprint(platform_key.public_key()), fingerprint(other_key.public_key())
     assert after[old] == before[old] >= 1 and after[new] == before[new] + 1
     assert len(await take(amqp, topology.kind_queue("CONSUME"))) == after[old] + after[new]
+
+
+@pytest.mark.broker
+async def test_a_key_file_that_does_not_load_is_flagged_until_it_loads(make_gateway, amqp, tmp_path, platform_key):
+    """hypercard_gateway_key_reload_failed (alert HypercardPlatformKeyFileNotLoading) is 1 while the file on disk does
+    not load, the keys in use still verifying pushes, and back to 0 once a good file is read."""
+    path = write_public_keys(tmp_path / "rotating.pem", platform_key)
+    client = await make_gateway(platform_public_key=str(path))
+    metrics = client.server.app[METRICS]
+    body = b'{"notify_type":"CONSUME","card_id":"1"}'
+    headers = {**signed_headers(platform_key, body, "merchant-1"), "Content-Type": "application/json"}
+
+    async def flagged(value: float) -> bool:
+        return metrics.registry.get_sample_value("hypercard_gateway_key_reload_failed") == value
+
+    assert await flagged(0)
+    path.write_bytes(b"-----BEGIN PUBLIC KEY-----\nhalf writ")
+    await eventually(lambda: flagged(1))
+    assert (await client.post(PATH, data=body, headers=headers)).status == 200
+    write_public_keys(path, platform_key)
+    await eventually(lambda: flagged(0))
+    assert len(await take(amqp, topology.kind_queue("CONSUME"))) == 1
