@@ -199,11 +199,13 @@ async def run(urls: list[str], queue: str, wanted: InspectFilter, show: str | No
 def render(result: Inspection) -> str:
     lines = [f"{result.queue}: {result.waiting} message(s), {len(result.messages)} shown"]
     if result.messages:
-        lines.append(f"{'#':>4}  {'kind':<20} {'event id':<34} {'age':>7} {'tries':>5}  {'error':<18} reason")
+        # The error column as wide as its longest type (UndefinedTableError, ...), within bounds: never cut short.
+        width = min(40, max(len("error"), *(len(held.error_type or "-") for held in result.messages)))
+        lines.append(f"{'#':>4}  {'kind':<20} {'event id':<34} {'age':>7} {'tries':>5}  {'error':<{width}} reason")
         for held in result.messages:
             lines.append(
                 f"{held.position:>4}  {held.kind[:20]:<20} {held.event_id[:34]:<34} {held.age():>7} "
-                f"{held.attempts if held.attempts is not None else '-':>5}  {(held.error_type or '-')[:18]:<18} "
+                f"{held.attempts if held.attempts is not None else '-':>5}  {(held.error_type or '-')[:40]:<{width}} "
                 f"{(held.reason or '-')[:200]}"
             )
     for held in result.messages:

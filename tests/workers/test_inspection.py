@@ -15,7 +15,7 @@ import pytest
 from schemas import topology
 from tests.support.broker import AMQP_URL, take
 from tests.support.policies import policy
-from workers.inspection import InspectFilter, inspect
+from workers.inspection import HeldMessage, InspectFilter, Inspection, inspect, render
 
 pytestmark = pytest.mark.broker
 DEAD = topology.dead_queue("OPEN_CARD")
@@ -96,3 +96,14 @@ async def test_the_command_prints_each_reason(amqp, tmp_path: Path):
     as_json = await asyncio.to_thread(run, "--json")
     assert [json.loads(line)["error_type"] for line in as_json.stdout.splitlines()] == [r[0] for r in REASONS]
     assert len(await take(amqp, DEAD)) == 3
+
+
+def test_a_long_error_type_is_shown_whole_and_the_columns_stay_aligned():
+    """`UndefinedTableError` was cut to `UndefinedTableErro` by a fixed 18-character column."""
+    held = [
+        HeldMessage("hypercard.open_card.dead", 1, "OPEN_CARD", "e9d3", None, None, 3, "UndefinedTableError", "gone"),
+        HeldMessage("hypercard.open_card.dead", 2, "OPEN_CARD", "0c1d", None, None, 1, "DecodeError", "not text"),
+    ]
+    lines = render(Inspection("hypercard.open_card.dead", 2, held)).splitlines()
+    assert "UndefinedTableError gone" in lines[2]
+    assert lines[1].index("reason") == lines[2].index("gone") == lines[3].index("not text")
