@@ -10,8 +10,8 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
+from gateway.app_keys import DRAINING
 from gateway.errors import GatewayError
-from gateway.keys import DRAINING
 
 OK_BODY = b'{"code":1,"msg":"ok","data":{}}'
 # What one request may cost before any check: the platform sends about a dozen short headers; proxies add a few.

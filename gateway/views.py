@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from gateway import envelope
+from gateway.app_keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, TRACING, VERIFIER
 from gateway.body import body_fields, read_body
 from gateway.errors import (
     BadRequest,
@@ -21,9 +22,8 @@ from gateway.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, TRACING, VERIFIER
 from gateway.replies import ok
-from gateway.sender import check_api_key, check_header_text, check_signature
+from gateway.sender_checks import check_api_key, check_header_text, check_signature
 from gateway.signature import SignatureOutcome
 from infra.redaction import SECRET_KEYS, bind_secrets, clear_secrets
 from schemas.events import KNOWN_KINDS
