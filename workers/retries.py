@@ -52,6 +52,7 @@ class RetryPublisher:
         kind: str,
         delays: tuple[float, ...],
         attempt: int,
+        *,
         error_type: str,
         error_message: str,
         delay: float | None = None,
@@ -61,7 +62,10 @@ class RetryPublisher:
         or LEFT_FOR_REDELIVERY when no copy could be stored. `trace_headers`: the failed attempt's span context
         (infra.spans), added to the copy's headers, whose own `traceparent` (the push's) is kept."""
         if attempt > len(delays):
-            stored = await self.dead_letter(message, kind, error_type, error_message, attempt, trace_headers)
+            stored = await self.dead_letter(
+                message, kind, error_type=error_type, error_message=error_message, attempts=attempt,
+                trace_headers=trace_headers,
+            )
             return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
         delay = delays[attempt - 1] if delay is None else schedule_step(delay, delays)
         queue = topology.retry_queue(kind, delay)
@@ -91,6 +95,7 @@ class RetryPublisher:
         self,
         message: aio_pika.abc.AbstractIncomingMessage,
         kind: str,
+        *,
         error_type: str,
         error_message: str,
         attempts: int,

@@ -1,6 +1,6 @@
 """A worker's lifecycle: the database pool, the broker connection and its consumers, pausing while PostgreSQL is
 unreachable, and the drain on stop. Deliveries are handled in batches (`workers.batches`), each by the rules of
-`workers.delivery.DeliveryPolicy`."""
+`workers.delivery.DeliveryRunner`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from schemas import topology
 from workers import database, retention
 from workers.acks import ChannelAcks
 from workers.batches import Batches
-from workers.delivery import DeliveryPolicy
+from workers.delivery import DeliveryRunner
 from workers.errors import HandlerError
 from workers.metrics import WorkerMetrics
 from workers.registry import Registration
@@ -60,7 +60,7 @@ class WorkerRuntime:
         self.metrics = metrics or WorkerMetrics()
         self.metrics.start_series(sorted(self.registrations))
         self.pool: asyncpg.Pool | None = None
-        self._policy: DeliveryPolicy | None = None
+        self._runner: DeliveryRunner | None = None
         self._batches: Batches | None = None
         self._consuming = asyncio.Event()
         self._stopping = False
@@ -90,12 +90,12 @@ class WorkerRuntime:
         await database.migrate(self.pool)
         for statement in self.schema_statements:
             await self.pool.execute(statement)
-        self._policy = DeliveryPolicy(
+        self._runner = DeliveryRunner(
             self.pool, self.metrics, self.settings.handler_timeout, self.retry_delays, self._database_unreachable,
             self.identifiers, self.tracing,
         )  # fmt: skip
         self._batches = Batches(
-            self._policy, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
+            self._runner, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
         )
         self._batches.start()
         self._pruning = retention.start_pruning(self.settings, self.metrics)
@@ -131,8 +131,8 @@ class WorkerRuntime:
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         await declare.declare_topology(connection, self.registrations, self.settings.delivery_limit, self.retry_delays)
         self._retries = RetryPublisher(channel, self.settings.delivery_limit)
-        assert self._policy is not None
-        self._acks = ChannelAcks(frame_failed=self._policy.frame_failed)
+        assert self._runner is not None
+        self._acks = ChannelAcks(frame_failed=self._runner.frame_failed)
         self._queues = []
         for kind in self.registrations:
             self._queues.append((kind, await channel.get_queue(topology.kind_queue(kind))))
@@ -160,17 +160,17 @@ class WorkerRuntime:
 
     def _handler_for(self, kind: str) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
         registration = self.registrations[kind]
-        assert self._policy is not None and self._batches is not None
+        assert self._runner is not None and self._batches is not None
         assert self._retries is not None and self._acks is not None
-        policy, batches, retries, acks = self._policy, self._batches, self._retries, self._acks
+        runner, batches, retries, acks = self._runner, self._batches, self._retries, self._acks
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             """Queued for the next batch; the batch settles it. Never raises: aio-pika would only log it, and the
             message would stay unacked until the channel closes."""
             try:
-                delivery = policy.receive(registration, message, retries, acks)
+                delivery = runner.receive(registration, message, retries, acks)
             except Exception as error:
-                await policy.refuse(registration.kind, message, acks, error)
+                await runner.refuse(registration.kind, message, acks, error)
                 return
             batches.submit(delivery)
 
