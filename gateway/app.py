@@ -26,7 +26,8 @@ from gateway.client_ip import ClientAddressPolicy
 from gateway.metrics import GatewayMetrics
 from gateway.platform_keys import CHECK_EVERY_SECONDS, PlatformKeyFile
 from gateway.publisher import Publisher
-from gateway.replies import close_while_draining, reply_contract
+from gateway.replies import reply_contract
+from gateway.server import close_while_draining
 from gateway.settings import GatewaySettings
 from infra.identifiers import identifier_key
 from infra.settings import SettingsError
