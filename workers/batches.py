@@ -17,7 +17,6 @@ No delivery ends a loop: whatever escapes a batch leaves its unsettled deliverie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections import deque
 
@@ -25,6 +24,7 @@ import asyncpg
 import structlog
 from aio_pika.exceptions import ChannelInvalidStateError
 
+from infra.waiting import wait_for_event
 from workers import database
 from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryRunner, Result
 from workers.outcomes import Outcome
@@ -95,9 +95,7 @@ class Batches:
 
     async def drained(self, timeout: float) -> bool:
         """Wait until every delivery received has been settled; False if `timeout` ran out first."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        return self._idle.is_set()
+        return await wait_for_event(self._idle, timeout)
 
     async def close(self) -> None:
         """Stop; a batch still running is rolled back and its messages, unacked, are redelivered."""
@@ -143,8 +141,7 @@ class Batches:
             await self._arrived.wait()
         if len(self._pending) < self.size and self.wait > 0:
             self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.wait)
+            await wait_for_event(self._full, self.wait)
         batch = [self._pending.popleft() for _ in range(min(self.size, len(self._pending)))]
         self._taken += len(batch)
         self._full.clear()
