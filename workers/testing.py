@@ -36,6 +36,7 @@ from workers.context import HandlerContext
 from workers.errors import GiveUp, Skip
 from workers.outcomes import Outcome
 from workers.registry import REGISTRY, Registration, Registry, load_handler_modules
+from workers.retries import next_retry_delay
 from workers.settings import WorkerSettings
 
 DEFAULTS = WorkerSettings()
@@ -113,7 +114,7 @@ class HandlerKit:
         except Skip as error:
             return replace(run, outcome=Outcome.SKIPPED, error=error)
         except Exception as error:
-            out_of_steps = isinstance(error, GiveUp) or attempt > len(self.retry_delays)
+            out_of_steps = isinstance(error, GiveUp) or next_retry_delay(attempt, self.retry_delays) is None
             return replace(run, outcome=Outcome.DEAD_LETTERED if out_of_steps else Outcome.RETRIED, error=error)
         return replace(run, outcome=Outcome.HANDLED)
 
