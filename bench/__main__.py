@@ -40,7 +40,7 @@ from bench.system import (
     running,
     wait_ready_post,
 )
-from gateway.send import generate_keys, load_private_key
+from gateway.send_cli import generate_keys, load_private_key
 
 DATABASE_URL = os.environ.get("HC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BIN = Path(sys.executable).parent

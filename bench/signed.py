@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.send import signed_headers
+from gateway.send_cli import signed_headers
 from schemas.samples import distinct_bodies, sample_body, sample_names
 
 Request = tuple[bytes, dict[str, str]]

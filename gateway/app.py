@@ -11,8 +11,7 @@ from aiohttp import web
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from gateway import views
-from gateway.client_ip import ClientAddressPolicy
-from gateway.keys import (
+from gateway.app_keys import (
     ADDRESS_POLICY,
     DRAINING,
     IDENTIFIERS,
@@ -23,10 +22,12 @@ from gateway.keys import (
     TRACING,
     VERIFIER,
 )
+from gateway.client_ip import ClientAddressPolicy
 from gateway.metrics import GatewayMetrics
 from gateway.platform_keys import CHECK_EVERY_SECONDS, PlatformKeyFile
 from gateway.publisher import Publisher
-from gateway.replies import close_while_draining, reply_contract
+from gateway.replies import reply_contract
+from gateway.server import close_while_draining
 from gateway.settings import GatewaySettings
 from infra.identifiers import identifier_key
 from infra.settings import SettingsError

@@ -15,9 +15,9 @@ import uvloop
 from aiohttp import web
 
 from gateway.app import create_app, load_key_file, reload_platform_keys
-from gateway.keys import DRAINING, METRICS
+from gateway.app_keys import DRAINING, METRICS
 from gateway.metrics import serve_all_processes
-from gateway.replies import ContractAppRunner
+from gateway.server import ContractAppRunner
 from gateway.settings import GatewaySettings
 from infra.identifiers import identifier_key
 from infra.logs import configure_logging

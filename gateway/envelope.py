@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -17,10 +18,19 @@ from schemas.events import KIND_NAME, KNOWN_EVENTS, Event, decoder_for
 DECODERS = {event.kind(): decoder_for(event) for event in KNOWN_EVENTS}
 
 
+class VerdictOutcome(enum.StrEnum):
+    """Where validation sends an event; the `outcome` of its canonical log line."""
+
+    ACCEPTED = "accepted"  # a known kind, valid: its kind's queue
+    UNKNOWN_KIND = "unknown_kind"  # a kind the gateway does not know: a user's worker's queue, or hypercard.unrouted
+    QUARANTINED = "quarantined"  # its Struct refused it, or its kind is no kind name: hypercard.invalid
+    UNVERIFIED = "unverified"  # its signature does not vouch for it: hypercard.unverified
+
+
 class Verdict(msgspec.Struct, frozen=True):
     """The validation outcome: where the event is published and, for a quarantined one, why."""
 
-    outcome: str  # accepted | unknown_kind | quarantined | unverified
+    outcome: VerdictOutcome
     routing_key: str
     error: str | None = None  # why it was quarantined or left unverified
     event: Event | None = None  # the body as its kind's Struct, when it is a known kind and it decodes
@@ -34,13 +44,13 @@ def validate(kind: str, body: bytes) -> Verdict:
         try:
             event = decoder.decode(body)
         except (msgspec.MsgspecError, RecursionError) as error:
-            return Verdict("quarantined", topology.INVALID_ROUTING_KEY, f"{kind}: {error}")
-        return Verdict("accepted", topology.routing_key(kind), event=event)
+            return Verdict(VerdictOutcome.QUARANTINED, topology.INVALID_ROUTING_KEY, f"{kind}: {error}")
+        return Verdict(VerdictOutcome.ACCEPTED, topology.routing_key(kind), event=event)
     if not KIND_NAME.match(kind):
         # Never routed by its lower-cased name: `open_card` would reach OPEN_CARD's queue without OPEN_CARD's checks.
         reason = f"notify_type {kind[:80]!r} is not a kind name (upper-case letters, digits and _ only)"
-        return Verdict("quarantined", topology.INVALID_ROUTING_KEY, reason)
-    return Verdict("unknown_kind", topology.routing_key(kind))
+        return Verdict(VerdictOutcome.QUARANTINED, topology.INVALID_ROUTING_KEY, reason)
+    return Verdict(VerdictOutcome.UNKNOWN_KIND, topology.routing_key(kind))
 
 
 def unverified(kind: str, body: bytes, reason: str | None) -> Verdict:
@@ -52,7 +62,7 @@ def unverified(kind: str, body: bytes, reason: str | None) -> Verdict:
         event = decoder.decode(body) if decoder is not None else None
     except (msgspec.MsgspecError, RecursionError):
         event = None
-    return Verdict("unverified", topology.UNVERIFIED_ROUTING_KEY, reason, event=event)
+    return Verdict(VerdictOutcome.UNVERIFIED, topology.UNVERIFIED_ROUTING_KEY, reason, event=event)
 
 
 def properties(
@@ -81,7 +91,7 @@ def properties(
         "platform_headers": platform_headers,
     }
     if verdict.error is not None:
-        name = "unverified_reason" if verdict.outcome == "unverified" else "validation_error"
+        name = "unverified_reason" if verdict.outcome == VerdictOutcome.UNVERIFIED else "validation_error"
         headers[name] = verdict.error[:1000]
     if trace_headers:
         headers.update(trace_headers)

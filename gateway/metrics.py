@@ -61,7 +61,7 @@ class GatewayMetrics:
             ["reason"],
             registry=registry,
         )
-        self.unrouted = Counter(
+        self.unknown_kind = Counter(
             "hypercard_gateway_unknown_kind",
             "Events of a kind the gateway does not know, published for hypercard.unrouted or a user's worker.",
             ["kind"],
@@ -100,7 +100,7 @@ class GatewayMetrics:
             self.unverified.labels(reason)
         for kind in (*sorted(kinds), "other"):
             self.quarantined.labels(kind)
-        self.unrouted.labels("other")
+        self.unknown_kind.labels("other")
 
     def start_key_series(self, fingerprints: list[str]) -> None:
         """A key's count at 0 from its load on: a new key shows up before its first push."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import aio_pika
 import aiormq
@@ -13,6 +12,7 @@ from aiormq.abc import ConfirmationFrameType
 
 from gateway.errors import BrokerUnavailable
 from infra import broker, declare
+from infra.waiting import wait_for_event
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 
@@ -68,13 +68,10 @@ class Publisher:
         """Start connecting in the background; optionally wait up to `wait` seconds for the first connection."""
         self._link.start()
         if wait:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), wait)
+            await wait_for_event(self._ready, wait)
 
     async def wait_ready(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        return self.ready
+        return await wait_for_event(self._ready, timeout)
 
     async def close(self) -> None:
         await self._link.close()

@@ -10,7 +10,9 @@ import structlog
 from aiohttp import web
 
 from gateway import envelope
+from gateway.app_keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, TRACING, VERIFIER
 from gateway.body import body_fields, read_body
+from gateway.envelope import VerdictOutcome
 from gateway.errors import (
     BadRequest,
     BrokerUnavailable,
@@ -21,9 +23,8 @@ from gateway.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from gateway.keys import ADDRESS_POLICY, DRAINING, IDENTIFIERS, METRICS, PUBLISHER, SETTINGS, TRACING, VERIFIER
 from gateway.replies import ok
-from gateway.sender import check_api_key, check_header_text, check_signature
+from gateway.sender_checks import check_api_key, check_header_text, check_signature
 from gateway.signature import SignatureOutcome
 from infra.redaction import SECRET_KEYS, bind_secrets, clear_secrets
 from schemas.events import KNOWN_KINDS
@@ -146,15 +147,15 @@ async def _receive(
     metrics.confirm_seconds.observe(confirm_seconds)
     line["confirm_ms"] = round(confirm_seconds * 1000, 2)  # the broker's share of latency_ms
 
-    line["outcome"] = verdict.outcome
-    if verdict.outcome == "quarantined":
+    line["outcome"] = str(verdict.outcome)
+    if verdict.outcome == VerdictOutcome.QUARANTINED:
         metrics.quarantined.labels(kind if kind in KNOWN_KINDS else "other").inc()
         log.warning("event failed validation; kept in hypercard.invalid", validation_error=verdict.error)
-    elif verdict.outcome == "unverified":
+    elif verdict.outcome == VerdictOutcome.UNVERIFIED:
         metrics.unverified.labels(str(check.outcome)).inc()
         log.warning("signature not verified; event kept in hypercard.unverified", reason=check.reason)
-    elif verdict.outcome == "unknown_kind":
-        metrics.unrouted.labels(kind if check.outcome is SignatureOutcome.VALID else "other").inc()
+    elif verdict.outcome == VerdictOutcome.UNKNOWN_KIND:
+        metrics.unknown_kind.labels(kind if check.outcome is SignatureOutcome.VALID else "other").inc()
     return ok()
 
 

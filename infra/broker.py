@@ -11,6 +11,8 @@ import aio_pika
 import structlog
 from yarl import URL
 
+from infra.backoff import Backoff
+
 log = structlog.get_logger("broker")
 
 
@@ -67,8 +69,7 @@ class BrokerConnection:
         self._setup = setup
         self._on_lost = on_lost
         self._timeout = timeout
-        self._first_delay = first_delay
-        self._max_delay = max_delay
+        self._backoff = Backoff(first_delay, max_delay)
         self._stopping = stopping
         self._name = name
         self._lost = asyncio.Event()
@@ -100,7 +101,6 @@ class BrokerConnection:
         """Connect and set up, wait for a loss, drop what is left, and start over; failed set-ups back off
         exponentially. Runs until cancelled, or until `stopping()` says so after a loss: a shutting-down worker must
         not start consuming again."""
-        delay = self._first_delay
         while not self._stopping():
             self._lost.clear()
             try:
@@ -108,12 +108,12 @@ class BrokerConnection:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure to connect or declare: try again later, the first node first
-                log.warning("broker connection failed", error=f"{type(error).__name__}: {error}", retry_in=delay)
+                log.warning("broker connection failed", error=f"{type(error).__name__}: {error}",
+                            retry_in=self._backoff.delay)  # fmt: skip
                 await self._drop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_delay)
+                await self._backoff.wait()
                 continue
-            delay = self._first_delay
+            self._backoff.reset()
             await self._lost.wait()
             log.warning("broker connection lost; reconnecting")
             await self._drop()

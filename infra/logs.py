@@ -1,5 +1,5 @@
 """structlog set-up shared by the gateway and the workers, with redaction of secrets and personal data
-(`schemas.redaction`).
+(`infra.redaction`).
 
 The project's own log calls go through structlog's fast path (level filtered at the call, JSON encoded by msgspec,
 bytes written straight to stdout); stdlib logs (aiohttp, aio-pika) are rendered by the same processors."""

@@ -14,9 +14,9 @@ from aiohttp.web_runner import BaseRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import create_app
-from gateway.keys import PUBLISHER
-from gateway.replies import ContractAppRunner
-from gateway.send import signed_headers
+from gateway.app_keys import PUBLISHER
+from gateway.send_cli import signed_headers
+from gateway.server import ContractAppRunner
 from gateway.settings import GatewaySettings
 from infra import declare
 from infra.settings import load_settings

@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from gateway.send import generate_keys, load_private_key, signed_headers
+from gateway.send_cli import generate_keys, load_private_key, signed_headers
 from schemas import topology
 from schemas.samples import sample_body, sample_names
 from tests.support.database import DATABASE_URL, reset_database

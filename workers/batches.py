@@ -17,7 +17,6 @@ No delivery ends a loop: whatever escapes a batch leaves its unsettled deliverie
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections import deque
 
@@ -25,8 +24,9 @@ import asyncpg
 import structlog
 from aio_pika.exceptions import ChannelInvalidStateError
 
+from infra.waiting import wait_for_event
 from workers import database
-from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryPolicy, Result
+from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryRunner, Result
 from workers.outcomes import Outcome
 
 log = structlog.get_logger("workers")
@@ -47,8 +47,8 @@ ROLLBACK_SAVEPOINT = "ROLLBACK TO SAVEPOINT delivery"
 class Batches:
     """Collects deliveries and runs `concurrency` batches at a time, each in a transaction of its own."""
 
-    def __init__(self, policy: DeliveryPolicy, size: int, wait: float, concurrency: int) -> None:
-        self.policy = policy
+    def __init__(self, runner: DeliveryRunner, size: int, wait: float, concurrency: int) -> None:
+        self.runner = runner
         self.size = size
         self.wait = wait
         self.concurrency = concurrency
@@ -78,7 +78,7 @@ class Batches:
         error = None if task.cancelled() else task.exception()
         log.error("batch loop ended; starting it again", loop=n,
                   error=f"{type(error).__name__}: {error}" if error else "returned")  # fmt: skip
-        self.policy.metrics.loop_restarts.inc()
+        self.runner.metrics.loop_restarts.inc()
         self._loops[n] = self._start_loop(n, LOOP_RESTART_DELAY)
 
     def submit(self, delivery: Delivery) -> None:
@@ -95,9 +95,7 @@ class Batches:
 
     async def drained(self, timeout: float) -> bool:
         """Wait until every delivery received has been settled; False if `timeout` ran out first."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        return self._idle.is_set()
+        return await wait_for_event(self._idle, timeout)
 
     async def close(self) -> None:
         """Stop; a batch still running is rolled back and its messages, unacked, are redelivered."""
@@ -118,14 +116,14 @@ class Batches:
                     await self._handle(batch, outcomes)
                 except asyncio.CancelledError as error:
                     if self._closing or _cancelling():
-                        self.policy.cut_off(d for d in batch if d.outcome is None)  # no frame sent for any of them
+                        self.runner.cut_off(d for d in batch if d.outcome is None)  # no frame sent for any of them
                         raise
                     # Not our shutdown: a handler's or a library's (a confirm future cancelled under it). One
                     # batch's failure like any other; re-raised, it would end the loop for good.
                     self._contain(batch, outcomes, error)
                 except Exception as error:  # a bug, a broker or database failure outside a handler: kept to the batch
                     self._contain(batch, outcomes, error)
-                await self.policy.conclude(outcomes)
+                await self.runner.conclude(outcomes)
             finally:
                 self._taken -= len(batch)
                 if not self.outstanding:
@@ -135,7 +133,7 @@ class Batches:
         reason = f"{type(error).__name__}: {error}"
         for delivery in batch:
             if delivery not in outcomes and delivery.outcome is None and delivery not in self._pending:
-                outcomes[delivery] = self.policy.contained(delivery, "batch", reason)
+                outcomes[delivery] = self.runner.contained(delivery, "batch", reason)
 
     async def _collect(self) -> list[Delivery]:
         while not self._pending:
@@ -143,8 +141,7 @@ class Batches:
             await self._arrived.wait()
         if len(self._pending) < self.size and self.wait > 0:
             self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.wait)
+            await wait_for_event(self._full, self.wait)
         batch = [self._pending.popleft() for _ in range(min(self.size, len(self._pending)))]
         self._taken += len(batch)
         self._full.clear()
@@ -158,8 +155,8 @@ class Batches:
             if not _channel_open(delivery):  # its tag cannot be acked any more: the broker redelivers it
                 outcomes[delivery] = Outcome.LEFT_FOR_REDELIVERY
                 continue
-            self.policy.trace(delivery)
-            rejected = await self.policy.decode(delivery)
+            self.runner.trace(delivery)
+            rejected = await self.runner.decode(delivery)
             if rejected is not None:
                 outcomes[delivery] = rejected
                 continue
@@ -170,11 +167,11 @@ class Batches:
                 keys.add((delivery.kind, delivery.inbox_key))
             deliveries.append(delivery)
         if len(deliveries) == 1:
-            outcomes[deliveries[0]] = await self.policy.process_alone(deliveries[0])
+            outcomes[deliveries[0]] = await self.runner.process_alone(deliveries[0])
             return
         if not deliveries:
             return
-        self.policy.metrics.batch_size.observe(len(deliveries))
+        self.runner.metrics.batch_size.observe(len(deliveries))
         try:
             results = await self._transaction(deliveries)
         except asyncio.CancelledError:
@@ -182,26 +179,26 @@ class Batches:
         except Exception as error:
             structlog.contextvars.clear_contextvars()
             contention = isinstance(error, CONTENTION)
-            self.policy.metrics.batch_rollbacks.labels("lock" if contention else "failure").inc()
+            self.runner.metrics.batch_rollbacks.labels("lock" if contention else "failure").inc()
             report = log.info if contention else log.warning
             report("batch rolled back; handling its deliveries one per transaction", error=type(error).__name__,
                    size=len(deliveries))  # fmt: skip
             for delivery in deliveries:
-                outcomes[delivery] = await self.policy.process_alone(delivery)
+                outcomes[delivery] = await self.runner.process_alone(delivery)
             return
         for delivery in deliveries:
             result = results[delivery]
             if result is not HANDLED and result is not DUPLICATE:
-                self.policy.bind(delivery)  # settling it logs: a skip's reason, a failure
-            outcomes[delivery] = await self.policy.settle(delivery, result)
+                self.runner.bind(delivery)  # settling it logs: a skip's reason, a failure
+            outcomes[delivery] = await self.runner.settle(delivery, result)
 
     async def _transaction(self, deliveries: list[Delivery]) -> dict[Delivery, Result]:
         """Claim every key, run each handler in its savepoint, commit; what each came to. Raises if the transaction
         as a whole failed: then nothing of it was committed."""
         results: dict[Delivery, Result] = {}
         # The batch's span holds its claim and commit; each delivery's span its savepoint and handler.
-        with self.policy.transaction_span(deliveries):
-            async with self.policy.pool.acquire() as connection, connection.transaction():
+        with self.runner.transaction_span(deliveries):
+            async with self.runner.pool.acquire() as connection, connection.transaction():
                 await self._each_in_its_savepoint(connection, deliveries, results)
         return results
 
@@ -217,15 +214,15 @@ class Batches:
             if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) not in claimed:
                 results[delivery] = DUPLICATE
                 continue
-            self.policy.bind(delivery)
-            with self.policy.traced(delivery):
+            self.runner.bind(delivery)
+            with self.runner.traced(delivery):
                 await connection.execute(savepoint)
                 savepoint = NEXT_SAVEPOINT
                 results[delivery] = await self._run_handler(connection, delivery)
 
     async def _run_handler(self, connection: database.Transaction, delivery: Delivery) -> Result:
         try:
-            await self.policy.run_handler(delivery, connection)
+            await self.runner.run_handler(delivery, connection)
         except CONTENTION:
             raise  # not the event's fault: the whole batch again, one delivery per transaction
         except Exception as error:  # its own effects undone, and its claim, so that its retry is not a duplicate

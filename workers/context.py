@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from workers.database import Transaction
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HandlerContext:
     event_id: str
     # The inbox row's key: a keyed digest (HC_ID_SECRET) of the event's notification key, safe to log and store; the

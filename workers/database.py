@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from typing import TypeAlias
 
@@ -10,6 +11,7 @@ import structlog
 
 log = structlog.get_logger("workers.database")
 MIGRATIONS = resources.files("workers") / "migrations"
+PROBE_TIMEOUT = 2.0  # seconds a `SELECT 1` may take before PostgreSQL counts as not answering
 # One worker migrates at a time; the others wait on this lock and then find nothing left to do.
 MIGRATION_LOCK = 0x4859504552  # "HYPER"
 # A connection as handlers and claims get it: asyncpg's own, or the proxy its pool hands out (the same methods).
@@ -23,6 +25,11 @@ async def _no_session_reset(connection: asyncpg.Connection) -> None:
     default reset (RESET ALL, UNLISTEN *, unlocking advisory locks) costs a round trip per message, about a tenth
     of a worker's CPU and more of PostgreSQL's in the benchmark's profile. Handlers use SET LOCAL and
     pg_advisory_xact_lock, which end with their transaction."""
+
+
+async def probe(pool: asyncpg.Pool, timeout: float = PROBE_TIMEOUT) -> None:
+    """Does PostgreSQL answer? Raises what the pool raised, or TimeoutError after `timeout` seconds."""
+    await asyncio.wait_for(pool.fetchval("SELECT 1"), timeout)
 
 
 async def create_pool(url: str, size: int) -> asyncpg.Pool:

@@ -56,11 +56,11 @@ FINISH_KEYS = frozenset({"event", "event_id", "notify_type", "attempt", "kind", 
 NOT_TRACED = contextlib.nullcontext()  # what a span's context manager is while tracing is off
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, kw_only=True)
 class Delivery:
     registration: Registration
     message: aio_pika.abc.AbstractIncomingMessage
-    retries: RetryPublisher  # publishes on the channel the message came on: its delivery tag belongs there
+    retry_publisher: RetryPublisher  # publishes on the channel the message came on: its delivery tag belongs there
     acks: ChannelAcks  # that channel's acks
     arrived: float  # perf_counter when it was delivered
     event_id: str
@@ -80,7 +80,10 @@ class Delivery:
         return self.registration.kind
 
 
-class DeliveryPolicy:
+class DeliveryRunner:
+    """Runs each delivery through its stages (`receive`, `decode`, the handler, `settle`, `conclude`, `finish`): the
+    rules every delivery follows, whichever batch it is in."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -113,15 +116,15 @@ class DeliveryPolicy:
         received_at, received_problem = _received_at(headers)
         event_id = headers.get("event_id") or message.message_id or ""
         return Delivery(
-            registration,
-            message,
-            retries,
-            acks,
-            time.perf_counter(),
-            event_id if isinstance(event_id, str) else repr(event_id)[:100],
-            attempt,
-            received_at,
-            tuple(problem for problem in (attempt_problem, received_problem) if problem),
+            registration=registration,
+            message=message,
+            retry_publisher=retries,
+            acks=acks,
+            arrived=time.perf_counter(),
+            event_id=event_id if isinstance(event_id, str) else repr(event_id)[:100],
+            attempt=attempt,
+            received_at=received_at,
+            bad_headers=tuple(problem for problem in (attempt_problem, received_problem) if problem),
         )
 
     def trace(self, delivery: Delivery) -> None:
@@ -187,14 +190,17 @@ class DeliveryPolicy:
         return None
 
     async def _dead_letter(self, delivery: Delivery, error_type: str, reason: str) -> Outcome:
-        stored = await delivery.retries.dead_letter(delivery.message, delivery.kind, error_type, reason,
-                                                    delivery.attempt, self._carried(delivery, error_type))  # fmt: skip
+        stored = await delivery.retry_publisher.dead_letter(
+            delivery.message, delivery.kind, error_type=error_type, error_message=reason, attempts=delivery.attempt,
+            trace_headers=self._carried(delivery, error_type),
+        )  # fmt: skip
         return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
 
     async def run_handler(self, delivery: Delivery, connection: database.Transaction) -> None:
         context = HandlerContext(
-            delivery.event_id, delivery.inbox_key, delivery.attempt, delivery.received_at, log.bind(), connection
-        )
+            event_id=delivery.event_id, idempotency_key=delivery.inbox_key, attempt=delivery.attempt,
+            received_at=delivery.received_at, log=log.bind(), tx=connection,
+        )  # fmt: skip
         async with asyncio.timeout(self.handler_timeout):
             await delivery.registration.handler(delivery.event, context)
 
@@ -206,7 +212,7 @@ class DeliveryPolicy:
                 result = await self._transaction_alone(delivery)
         except Exception as error:  # Retry, a timeout, a bug: all retryable; a database outage is not the event's
             if not isinstance(error, Skip | GiveUp) and await self.database_unreachable(error):
-                stored = await delivery.retries.return_to_queue(delivery.message, delivery.kind)
+                stored = await delivery.retry_publisher.return_to_queue(delivery.message, delivery.kind)
                 return Outcome.RETURNED if stored else Outcome.LEFT_FOR_REDELIVERY
             result = error
         return await self.settle(delivery, result)
@@ -241,9 +247,9 @@ class DeliveryPolicy:
         delay = result.delay if isinstance(result, Retry) else None
         error_type = "HandlerTimeout" if isinstance(result, TimeoutError) else type(result).__name__
         log.warning("handler failed", error_type=error_type, error=scrub(str(result))[:500])
-        return await delivery.retries.retry_or_dead_letter(
-            message, kind, self.retry_delays(kind), delivery.attempt, error_type, str(result), delay,
-            trace_headers=self._carried(delivery, error_type),
+        return await delivery.retry_publisher.retry_or_dead_letter(
+            message, kind, self.retry_delays(kind), delivery.attempt, error_type=error_type, error_message=str(result),
+            delay=delay, trace_headers=self._carried(delivery, error_type),
         )  # fmt: skip
 
     def contained(self, delivery: Delivery, stage: str, reason: str) -> Outcome:

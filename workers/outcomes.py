@@ -9,7 +9,7 @@ from workers.acks import Fate
 
 
 class Outcome(StrEnum):
-    """How a delivery ended, named in its canonical log line and counted once, by `DeliveryPolicy.finish`."""
+    """How a delivery ended, named in its canonical log line and counted once, by `DeliveryRunner.finish`."""
 
     HANDLED = "handled"
     """Its handler ran and committed, together with its inbox row: acked."""

@@ -40,6 +40,20 @@ def schedule_step(delay: float, delays: tuple[float, ...]) -> float:
     return min((step for step in delays if step >= delay), default=max(delays))
 
 
+def next_retry_delay(attempt: int, delays: tuple[float, ...], requested: float | None = None) -> float | None:
+    """How long before attempt `attempt + 1`, after attempt `attempt` failed: the schedule's step for it, or the
+    handler's `Retry(delay=requested)` rounded to a step. None past the schedule's end: a dead letter."""
+    if attempt > len(delays):
+        return None
+    return delays[attempt - 1] if requested is None else schedule_step(requested, delays)
+
+
+def retry_due_at(delay: float, now: datetime) -> str:
+    """The `retry_due_at` header: when a copy sent at `now` is due back in its kind's queue. What `hypercard-find`
+    reports, and the time it keeps when it puts the copy back (the queue's TTL alone would start the delay again)."""
+    return (now + timedelta(seconds=delay)).isoformat(timespec="milliseconds")
+
+
 class RetryPublisher:
     def __init__(self, channel: aio_pika.abc.AbstractChannel, delivery_limit: int) -> None:
         self.channel = channel
@@ -52,6 +66,7 @@ class RetryPublisher:
         kind: str,
         delays: tuple[float, ...],
         attempt: int,
+        *,
         error_type: str,
         error_message: str,
         delay: float | None = None,
@@ -60,10 +75,13 @@ class RetryPublisher:
         """Store a copy for attempt `attempt + 1`, past the schedule's end a dead letter: RETRIED or DEAD_LETTERED,
         or LEFT_FOR_REDELIVERY when no copy could be stored. `trace_headers`: the failed attempt's span context
         (infra.spans), added to the copy's headers, whose own `traceparent` (the push's) is kept."""
-        if attempt > len(delays):
-            stored = await self.dead_letter(message, kind, error_type, error_message, attempt, trace_headers)
+        delay = next_retry_delay(attempt, delays, requested=delay)
+        if delay is None:
+            stored = await self.dead_letter(
+                message, kind, error_type=error_type, error_message=error_message, attempts=attempt,
+                trace_headers=trace_headers,
+            )
             return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
-        delay = delays[attempt - 1] if delay is None else schedule_step(delay, delays)
         queue = topology.retry_queue(kind, delay)
         if queue not in self._declared:
             try:  # only this retry queue, in case an operator deleted it; the kind's topology is declared on connect
@@ -72,14 +90,11 @@ class RetryPublisher:
                 log.warning("could not declare the retry queue", queue=queue, error=type(error).__name__)
                 return Outcome.LEFT_FOR_REDELIVERY
             self._declared.add(queue)
-        # When the copy is due back in the kind's queue: what `hypercard-find` reports, and the time it keeps when it
-        # puts the copy back (the queue's TTL alone would start the delay again).
-        due = datetime.now(UTC) + timedelta(seconds=delay)
         headers: HeadersType = {
             "attempt": attempt + 1,
             "last_error_type": error_type,
             "last_error": scrub(error_message)[:500],
-            "retry_due_at": due.isoformat(timespec="milliseconds"),
+            "retry_due_at": retry_due_at(delay, datetime.now(UTC)),
             **(trace_headers or {}),
         }
         if not await self._republish(message, queue, headers):
@@ -91,6 +106,7 @@ class RetryPublisher:
         self,
         message: aio_pika.abc.AbstractIncomingMessage,
         kind: str,
+        *,
         error_type: str,
         error_message: str,
         attempts: int,

@@ -1,6 +1,6 @@
-"""A worker's lifecycle: the database pool, the broker connection and its consumers, pausing while PostgreSQL is
-unreachable, and the drain on stop. Deliveries are handled in batches (`workers.batches`), each by the rules of
-`workers.delivery.DeliveryPolicy`."""
+"""A worker's lifecycle: the database pool, the broker connection and its consumers, paused while PostgreSQL is
+unreachable (`workers.outage`), and the drain on stop. Deliveries are handled in batches (`workers.batches`), each
+run by `workers.delivery.DeliveryRunner`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -17,13 +16,14 @@ import structlog
 
 from infra import broker, declare
 from infra.identifiers import identifier_key
+from infra.waiting import wait_for_event
 from schemas import topology
 from workers import database, retention
 from workers.acks import ChannelAcks
 from workers.batches import Batches
-from workers.delivery import DeliveryPolicy
-from workers.errors import HandlerError
+from workers.delivery import DeliveryRunner
 from workers.metrics import WorkerMetrics
+from workers.outage import DatabaseOutage
 from workers.registry import Registration
 from workers.retries import RetryPublisher
 from workers.settings import WorkerSettings
@@ -32,13 +32,6 @@ if TYPE_CHECKING:
     from infra.spans import Tracing
 
 log = structlog.get_logger("workers")
-DATABASE_PROBE_TIMEOUT = 2.0
-MAX_PROBE_DELAY = 10.0
-
-
-@dataclass
-class DatabaseOutage:
-    task: asyncio.Task[None]  # probes until PostgreSQL answers, then consumes again
 
 
 class WorkerRuntime:
@@ -60,7 +53,7 @@ class WorkerRuntime:
         self.metrics = metrics or WorkerMetrics()
         self.metrics.start_series(sorted(self.registrations))
         self.pool: asyncpg.Pool | None = None
-        self._policy: DeliveryPolicy | None = None
+        self._runner: DeliveryRunner | None = None
         self._batches: Batches | None = None
         self._consuming = asyncio.Event()
         self._stopping = False
@@ -69,7 +62,7 @@ class WorkerRuntime:
         self._retries: RetryPublisher | None = None
         self._acks: ChannelAcks | None = None
         self._pruning: asyncio.Task[None] | None = None  # inbox retention (workers.retention)
-        self._outage: DatabaseOutage | None = None  # set while PostgreSQL does not answer: consumption paused
+        self._outage: DatabaseOutage | None = None  # set once the pool is
         self._link = broker.BrokerConnection(
             settings.amqp_urls, self._consume, on_lost=self._not_consuming, stopping=lambda: self._stopping,
             name="worker-connection",
@@ -90,18 +83,21 @@ class WorkerRuntime:
         await database.migrate(self.pool)
         for statement in self.schema_statements:
             await self.pool.execute(statement)
-        self._policy = DeliveryPolicy(
-            self.pool, self.metrics, self.settings.handler_timeout, self.retry_delays, self._database_unreachable,
+        self._outage = DatabaseOutage(
+            self.pool, self.metrics, pause=self._cancel_consumers, resume=self._resume_after_outage,
+            stopping=lambda: self._stopping,
+        )  # fmt: skip
+        self._runner = DeliveryRunner(
+            self.pool, self.metrics, self.settings.handler_timeout, self.retry_delays, self._outage.unreachable,
             self.identifiers, self.tracing,
         )  # fmt: skip
         self._batches = Batches(
-            self._policy, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
+            self._runner, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
         )
         self._batches.start()
         self._pruning = retention.start_pruning(self.settings, self.metrics)
         self._link.start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._consuming.wait(), wait)
+        await wait_for_event(self._consuming, wait)
 
     @property
     def consuming(self) -> bool:
@@ -113,7 +109,7 @@ class WorkerRuntime:
         self._stopping = True
         await retention.stop_pruning(self._pruning)
         if self._outage is not None:
-            self._outage.task.cancel()
+            self._outage.cancel()
         await self._cancel_consumers()
         if self._batches is not None:
             if not await self._batches.drained(self.settings.shutdown_grace):
@@ -131,12 +127,12 @@ class WorkerRuntime:
         await channel.set_qos(prefetch_count=self.settings.prefetch)
         await declare.declare_topology(connection, self.registrations, self.settings.delivery_limit, self.retry_delays)
         self._retries = RetryPublisher(channel, self.settings.delivery_limit)
-        assert self._policy is not None
-        self._acks = ChannelAcks(frame_failed=self._policy.frame_failed)
+        assert self._runner is not None
+        self._acks = ChannelAcks(frame_failed=self._runner.frame_failed)
         self._queues = []
         for kind in self.registrations:
             self._queues.append((kind, await channel.get_queue(topology.kind_queue(kind))))
-        if self._outage is None:  # during a database outage the outage's task starts consuming once it answers
+        if self._outage is None or not self._outage.ongoing:  # during an outage, consuming starts once it ends
             await self._start_consumers()
 
     async def _start_consumers(self) -> None:
@@ -160,58 +156,23 @@ class WorkerRuntime:
 
     def _handler_for(self, kind: str) -> Callable[[aio_pika.abc.AbstractIncomingMessage], Awaitable[None]]:
         registration = self.registrations[kind]
-        assert self._policy is not None and self._batches is not None
+        assert self._runner is not None and self._batches is not None
         assert self._retries is not None and self._acks is not None
-        policy, batches, retries, acks = self._policy, self._batches, self._retries, self._acks
+        runner, batches, retries, acks = self._runner, self._batches, self._retries, self._acks
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             """Queued for the next batch; the batch settles it. Never raises: aio-pika would only log it, and the
             message would stay unacked until the channel closes."""
             try:
-                delivery = policy.receive(registration, message, retries, acks)
+                delivery = runner.receive(registration, message, retries, acks)
             except Exception as error:
-                await policy.refuse(registration.kind, message, acks, error)
+                await runner.refuse(registration.kind, message, acks, error)
                 return
             batches.submit(delivery)
 
         return on_message
 
-    async def _database_unreachable(self, error: Exception) -> bool:
-        """True when PostgreSQL itself does not answer: consumption pauses until it answers again."""
-        if self._outage is not None:
-            return True
-        if isinstance(error, HandlerError):
-            return False
-        assert self.pool is not None
-        try:
-            await asyncio.wait_for(self.pool.fetchval("SELECT 1"), DATABASE_PROBE_TIMEOUT)
-        except Exception as probe_error:
-            if self._outage is None and not self._stopping:
-                self._outage = DatabaseOutage(asyncio.create_task(self._wait_for_database(), name="database-outage"))
-                self.metrics.paused.set(1)
-                log.warning(
-                    "database unreachable: consumption paused, deliveries returned without counting an attempt",
-                    error=type(probe_error).__name__,
-                )
-                await self._cancel_consumers()
-            return True
-        return False
-
-    async def _wait_for_database(self) -> None:
-        """Probe PostgreSQL with backoff; when it answers, consume again."""
-        assert self.pool is not None
-        delay = 0.5
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await asyncio.wait_for(self.pool.fetchval("SELECT 1"), DATABASE_PROBE_TIMEOUT)
-            except Exception:
-                delay = min(delay * 2, MAX_PROBE_DELAY)
-                continue
-            break
-        self._outage = None
-        self.metrics.paused.set(0)
-        log.info("database answers again: consuming")
+    async def _resume_after_outage(self) -> None:
         if self._link.connection is not None and not self._stopping:
             try:
                 await self._start_consumers()

@@ -36,6 +36,7 @@ from workers.context import HandlerContext
 from workers.errors import GiveUp, Skip
 from workers.outcomes import Outcome
 from workers.registry import REGISTRY, Registration, Registry, load_handler_modules
+from workers.retries import next_retry_delay
 from workers.settings import WorkerSettings
 
 DEFAULTS = WorkerSettings()
@@ -100,7 +101,8 @@ class HandlerKit:
         capture = LogCapture()
         logger = structlog.wrap_logger(None, processors=[capture], wrapper_class=structlog.stdlib.BoundLogger)
         context = HandlerContext(
-            event_id, inbox_key, attempt, received_at, logger.bind(event_id=event_id, notify_type=kind), self.tx
+            event_id=event_id, idempotency_key=inbox_key, attempt=attempt, received_at=received_at,
+            log=logger.bind(event_id=event_id, notify_type=kind), tx=self.tx,
         )
         run = replace(run, event=event, logs=capture.entries)
         try:
@@ -112,7 +114,7 @@ class HandlerKit:
         except Skip as error:
             return replace(run, outcome=Outcome.SKIPPED, error=error)
         except Exception as error:
-            out_of_steps = isinstance(error, GiveUp) or attempt > len(self.retry_delays)
+            out_of_steps = isinstance(error, GiveUp) or next_retry_delay(attempt, self.retry_delays) is None
             return replace(run, outcome=Outcome.DEAD_LETTERED if out_of_steps else Outcome.RETRIED, error=error)
         return replace(run, outcome=Outcome.HANDLED)
 

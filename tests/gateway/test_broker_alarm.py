@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from gateway.keys import METRICS
+from gateway.app_keys import METRICS
 from tests.support.private_node import PrivateNode
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

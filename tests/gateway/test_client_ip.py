@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.client_ip import ClientAddressPolicy
-from gateway.send import generate_keys
+from gateway.send_cli import generate_keys
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from multidict import CIMultiDict
 
-from gateway.send import generate_keys, signed_headers
+from gateway.send_cli import generate_keys, signed_headers
 from gateway.signature import FIELDS_DECODER, readings, rendered_fields, sign
 from infra.identifiers import IdentifierKey
 from schemas import topology

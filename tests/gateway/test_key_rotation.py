@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.send import signed_headers
+from gateway.send_cli import signed_headers
 from gateway.signature import fingerprint
 from schemas.samples import sample_body
 from tests.support.keys import new_key, write_public_keys

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.send import generate_keys, load_private_key, signed_headers
+from gateway.send_cli import generate_keys, load_private_key, signed_headers
 from schemas import topology
 from schemas.samples import sample_body
 from tests.support.broker import take

@@ -11,9 +11,9 @@ import pytest
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from gateway.keys import METRICS
+from gateway.app_keys import METRICS
 from gateway.platform_keys import PlatformKeyFile, load_public_keys
-from gateway.send import signed_headers
+from gateway.send_cli import signed_headers
 from gateway.signature import Reading, SignatureVerifier, fingerprint, sign
 from schemas import topology
 from tests.support.broker import take

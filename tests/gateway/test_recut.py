@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.body import body_fields
-from gateway.sender import check_signature
+from gateway.sender_checks import check_signature
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, SignatureVerifier, string_to_sign
 from gateway.signature import sign as sign_message
 from schemas import topology

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from gateway.replies import MAX_FIELD_SIZE, MAX_HEADERS
+from gateway.server import MAX_FIELD_SIZE, MAX_HEADERS
 from schemas import topology
 from tests.support.broker import take
 

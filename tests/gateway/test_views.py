@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.keys import METRICS
+from gateway.app_keys import METRICS
 from schemas import topology
 from schemas.samples import sample_names
 from tests.support.broker import take

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.send import generate_keys, load_private_key, signed_headers
+from gateway.send_cli import generate_keys, load_private_key, signed_headers
 from infra.logs import render_json
 from infra.redaction import REDACTED, bind_secrets, clear_secrets, redact_secrets, scrub
 from schemas import topology

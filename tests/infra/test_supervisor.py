@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.send import generate_keys
+from gateway.send_cli import generate_keys
 from tests.support.broker import AMQP_URL
 from tests.support.database import DATABASE_URL
 from tests.support.identifiers import TEST_ID_SECRET

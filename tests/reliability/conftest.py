@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.send import generate_keys, load_private_key
+from gateway.send_cli import generate_keys, load_private_key
 from tests.support.broker import AMQP_URL
 from tests.support.database import DATABASE_URL, reset_database
 from tests.support.harness import PlatformPlayer, Report, account, make_events

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from bench.system import AMQP_URL, peak_rss_mb, process_tree, purge, queue_depth
-from gateway.send import generate_keys, load_private_key
+from gateway.send_cli import generate_keys, load_private_key
 from tests.support.database import DATABASE_URL, reset_database
 from tests.support.harness import PlatformPlayer, account, make_events
 from tests.support.network import free_port, wait_until_ready

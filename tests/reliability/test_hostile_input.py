@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app
-from gateway.keys import PUBLISHER
-from gateway.replies import ContractAppRunner
-from gateway.send import signed_headers
+from gateway.app_keys import PUBLISHER
+from gateway.send_cli import signed_headers
+from gateway.server import ContractAppRunner
 from gateway.settings import GatewaySettings
 from infra.settings import load_settings
 from schemas import topology

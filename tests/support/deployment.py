@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from gateway.send import generate_keys, load_private_key
+from gateway.send_cli import generate_keys, load_private_key
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import Process, gateway_process, worker_process
 from tests.support.services import outage, postgres_start, postgres_stop, rabbitmq_start, rabbitmq_stop

@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.send import signed_headers
+from gateway.send_cli import signed_headers
 from gateway.signature import FIELDS_DECODER, readings, rendered_fields
 from infra.identifiers import IdentifierKey
 from schemas import topology

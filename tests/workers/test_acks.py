@@ -176,3 +176,45 @@ async def test_a_frame_on_a_closed_channel_is_reported_and_never_covered_later()
     decide(channel, acks, messages[2], Fate.ACK)
     await acks.flush()
     assert channel.settled == {2: ["ack(2)"], 3: ["ack(3)"]}
+
+
+async def test_a_run_of_acks_at_the_front_is_one_multiple_frame_and_a_gap_stops_it():
+    """Tags 1-3 and 5 acked, 4 still being handled: one ack(3, multiple) for the front run, 5 alone; 4 later alone."""
+    channel, acks = RecordingChannel(), ChannelAcks()
+    messages = channel.deliver(5)
+    received(acks, messages)
+    for n in (1, 2, 3, 5):
+        decide(channel, acks, messages[n - 1], Fate.ACK)
+    await acks.flush()
+    assert channel.settled == {1: ["ack(3, multiple)"], 2: ["ack(3, multiple)"], 3: ["ack(3, multiple)"], 5: ["ack(5)"]}
+    decide(channel, acks, messages[3], Fate.ACK)
+    await acks.flush()
+    assert channel.settled[4] == ["ack(4)"]
+    channel.each_settled_once(range(1, 6))
+
+
+async def test_a_requeue_is_a_frame_of_its_own_and_the_acks_after_it_still_run_together():
+    channel, acks = RecordingChannel(), ChannelAcks()
+    messages = channel.deliver(4)
+    received(acks, messages)
+    decide(channel, acks, messages[0], Fate.REQUEUE)
+    for n in (2, 3):
+        decide(channel, acks, messages[n - 1], Fate.ACK)
+    await acks.flush()
+    assert channel.settled == {1: ["nack(1)"], 2: ["ack(3, multiple)"], 3: ["ack(3, multiple)"]}
+    assert acks.outstanding == 1
+
+
+async def test_acks_behind_an_undecided_front_are_sent_one_by_one():
+    """Tag 1 still being handled: nothing above it may be covered by a multiple ack, so each gets its own frame."""
+    channel, acks = RecordingChannel(), ChannelAcks()
+    messages = channel.deliver(3)
+    received(acks, messages)
+    for n in (2, 3):
+        decide(channel, acks, messages[n - 1], Fate.ACK)
+    await acks.flush()
+    assert channel.settled == {2: ["ack(2)"], 3: ["ack(3)"]}
+    decide(channel, acks, messages[0], Fate.ACK)
+    await acks.flush()
+    channel.each_settled_once(range(1, 4))
+    assert channel.settled[1] == ["ack(1)"]

@@ -83,7 +83,7 @@ async def test_tampered_messages_are_dead_lettered_with_the_reason_and_later_eve
 
 async def test_a_failure_while_settling_or_around_a_batch_stays_with_its_delivery(make_worker, db, amqp):
     runtime = await make_worker(KIND)
-    policy = runtime._policy  # noqa: SLF001
+    policy = runtime._runner  # noqa: SLF001
     schedule, decode = policy.retry_delays, policy.decode
     failures = {"settle": 1, "batch": 1}
 
@@ -150,7 +150,7 @@ async def test_a_delivery_returned_during_a_database_outage_does_not_count_towar
     """The outage pause returns a copy to the queue's tail and acks the original: the broker's delivery count (what
     HC_DELIVERY_LIMIT is checked against) stays 0, and no attempt is counted."""
     runtime = await make_worker(KIND)
-    policy = runtime._policy  # noqa: SLF001
+    policy = runtime._runner  # noqa: SLF001
     receive, run_handler, unreachable = policy.receive, policy.run_handler, policy.database_unreachable
     delivery_counts: list[object] = []
     outage = {"left": 2}
@@ -193,7 +193,9 @@ async def test_a_retry_whose_channel_closed_meanwhile_leaves_the_delivery_for_re
         message = await (await channel.get_queue(topology.kind_queue(KIND))).get(timeout=5)
         retries = RetryPublisher(channel, topology.DEFAULT_DELIVERY_LIMIT)
         await channel.close()
-        outcome = await retries.retry_or_dead_letter(message, KIND, TEST_DELAYS, 1, "RuntimeError", "failed")
+        outcome = await retries.retry_or_dead_letter(
+            message, KIND, TEST_DELAYS, 1, error_type="RuntimeError", error_message="failed"
+        )
     finally:
         await connection.close()
     assert outcome is Outcome.LEFT_FOR_REDELIVERY
@@ -204,7 +206,7 @@ async def test_a_retry_whose_channel_closed_meanwhile_leaves_the_delivery_for_re
 
 async def test_a_message_that_fails_on_receipt_goes_back_to_its_queue_and_is_handled(make_worker, db, amqp):
     runtime = await make_worker(KIND)
-    policy = runtime._policy  # noqa: SLF001
+    policy = runtime._runner  # noqa: SLF001
     receive = policy.receive
     failures = {"left": 1}
 
@@ -231,7 +233,7 @@ async def test_a_handler_that_raises_cancelled_error_does_not_stop_the_worker(ma
     is one delivery's failure: the loop goes on (with the default single loop, a dead loop stops the worker) and the
     delivery is handled again."""
     runtime = await make_worker(KIND)
-    policy = runtime._policy  # noqa: SLF001
+    policy = runtime._runner  # noqa: SLF001
     run_handler = policy.run_handler
     raised = {"left": 1}
 

@@ -1,0 +1,99 @@
+"""The HTTP server under the app: the limits on a request's head, malformed HTTP answered in the reply contract's
+shape (aiohttp offers no hook for it, so its server and runner are subclassed here), and connections closed while
+draining."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+
+from gateway.app_keys import DRAINING
+from gateway.replies import failure
+
+# What one request may cost before any check: the platform sends about a dozen short headers; proxies add a few.
+MAX_HEADERS = 64  # header lines
+MAX_FIELD_SIZE = 8190  # bytes of one header line (aiohttp's own default, stated here)
+MAX_LINE_SIZE = 8190  # bytes of the request line
+log = structlog.get_logger("gateway")
+
+
+class ContractRequestHandler(web.RequestHandler):
+    """Requests that are not even valid HTTP (a bad header line, a bad method) are answered in the contract's
+    shape too, where aiohttp would answer plain text."""
+
+    def close_when_idle(self) -> None:
+        """Draining: close the connection now if it is waiting for a request, otherwise after the reply."""
+        # aiohttp's own idle test (RequestHandler._process_keepalive): a pending waiter means no request is being
+        # read or handled. Private attribute, read only; pinned by tests/gateway/test_drain.py.
+        if self._waiter is not None and not self._waiter.done():
+            self.force_close()
+        else:
+            self.close()
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        log.info("malformed HTTP request", status=status, error=type(exc).__name__ if exc else None)
+        if status >= 500:
+            response = failure(503, "internal error; the event was not stored, send it again")
+        elif _headers_too_large(exc):
+            response = failure(
+                431,
+                f"request header fields too large: at most {MAX_HEADERS} header lines of {MAX_FIELD_SIZE} bytes",
+            )
+        else:
+            response = failure(status, f"malformed HTTP request: {type(exc).__name__ if exc else 'bad request'}")
+        response.force_close()
+        return response
+
+
+def _headers_too_large(exc: BaseException | None) -> bool:
+    # aiohttp's parsers raise LineTooLong for a long line and a plain BadHttpMessage for too many header lines.
+    return isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message)
+
+
+class ContractServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        # Private attributes of web.Server (its loop and handler keyword arguments), as its own __call__ uses them.
+        return ContractRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def close_idle_connections(self) -> None:
+        for connection in self.connections:
+            if isinstance(connection, ContractRequestHandler):
+                connection.close_when_idle()
+
+
+class ContractAppRunner(web.AppRunner):
+    """An AppRunner whose protocol-level errors keep the reply contract (aiohttp offers no hook for them), with the
+    limits on header size stated, and request bodies never decompressed (a push with a Content-Encoding is refused:
+    `gateway.body.read_body`)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("max_headers", MAX_HEADERS)
+        kwargs.setdefault("max_field_size", MAX_FIELD_SIZE)
+        kwargs.setdefault("max_line_size", MAX_LINE_SIZE)
+        kwargs.setdefault("auto_decompress", False)
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        # aiohttp builds its Server in this private method and offers no factory argument: the instance it built is
+        # re-classed to ContractServer (same state; one overridden factory method, one added method).
+        server = await super()._make_server()
+        server.__class__ = ContractServer
+        return server
+
+    def close_idle_connections(self) -> None:
+        if isinstance(self.server, ContractServer):
+            self.server.close_idle_connections()
+
+
+async def close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: while draining, every reply carries `Connection: close`, so no client keeps a
+    connection to an instance that is about to close it."""
+    if request.app[DRAINING].is_set():
+        response.force_close()
+        # The hook runs after aiohttp wrote its Connection header into the response's headers: say it here too.
+        response.headers["Connection"] = "close"
