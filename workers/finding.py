@@ -161,8 +161,11 @@ async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, f
             if held.event_id == finding.event_id:
                 finding.places.append(place(target, message, held, waiting))
             expires_in = None
-            if target.state == "retrying" and (due := due_at(message.headers or {})) is not None:
-                expires_in = max(0.0, (due - datetime.now(UTC)).total_seconds())
+            if target.step_seconds is not None and (due := due_at(message.headers or {})) is not None:  # retrying
+                # Within its step: the queue's TTL ends it there anyway, and a forged time years away would be an
+                # expiration the broker refuses by closing the channel.
+                left = (due - datetime.now(UTC)).total_seconds()
+                expires_in = min(max(0.0, left), target.step_seconds)
             try:
                 await keep_in_place(channel, message, target.queue, expires_in)
             except KeepRefused as error:
