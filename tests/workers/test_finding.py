@@ -301,3 +301,28 @@ async def test_a_forged_retry_due_at_years_away_neither_stops_the_search_nor_par
     assert ids(left) == [forged, sought] and counts(left) == [0, 0]
     # Never longer than its queue's step: the queue's TTL would cut it there anyway.
     assert all(m.expiration is not None and m.expiration <= 30 for m in left)
+
+
+async def test_a_retry_copy_is_found_though_the_operators_retry_delays_differ_from_the_workers(db, amqp):
+    # The workers run with HC_RETRY_DELAYS=45 and the operator's shell has no HC_RETRY_DELAYS: the retry queue the
+    # copy waits in is not one the default schedule names. "Not seen" would send the operator hunting a lost event.
+    step = topology.retry_queue(KIND, 45)
+    await amqp.queue_delete(step)
+    await declare.declare_retry_queue(amqp, KIND, 45)
+    token = new_id()
+    workers_settings = load_settings(WorkerSettings, {}, amqp_url=AMQP_URL, database_url=DATABASE_URL,
+                                     shutdown_grace=5, id_secret=TEST_ID_SECRET, retry_delays=(45,))  # fmt: skip
+    registry = Registry()
+    registry.handles(Tracked)(record)  # no schedule of its own: HC_RETRY_DELAYS decides
+    runtime = create_worker(workers_settings, [KIND], registry)
+    await runtime.start()
+    try:
+        await send(amqp, token, fail_until=2)
+        await eventually(lambda: holds(amqp, step, 1))
+    finally:
+        await runtime.stop()
+    try:
+        finding = await look(token, registry=registry)  # SETTINGS: the default schedule, no HC_RETRY_DELAYS
+        assert [(p.state, p.where) for p in finding.places] == [("retrying", step)] or step in finding.not_looked_in
+    finally:
+        await amqp.queue_delete(step)
