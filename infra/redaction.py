@@ -121,7 +121,19 @@ def redact(value: Any) -> Any:
 def _redact_item(key: str, value: Any) -> Any:
     if key.lower() in SECRET_KEYS:
         return REDACTED
-    return value if key in SAFE_KEYS and isinstance(value, (str, int)) else redact(value)
+    return _identifier(value) if key in SAFE_KEYS and isinstance(value, (str, int)) else redact(value)
+
+
+def _identifier(value: str | int) -> str | int:
+    """A safe key's value as it is (its digit runs are trade numbers and card ids, not phone numbers), unless it holds
+    an e-mail address, key material, or a secret bound for the event: a mobile sent as the trade number. A short
+    secret (a 4-digit code) only when it is the whole value: inside a card id it is a coincidence."""
+    text = str(value)
+    shown = _SECRET_TEXT.sub(REDACTED, text)
+    for secret in _secrets.get():
+        if secret == text or (len(secret) >= _MIN_SECRET_DIGITS and secret in shown):
+            shown = shown.replace(secret, REDACTED)
+    return value if shown == text else shown
 
 
 def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

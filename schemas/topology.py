@@ -13,6 +13,8 @@ arguments fails (PRECONDITION_FAILED), so nothing else may spell out queue argum
 
 from __future__ import annotations
 
+import re
+
 EVENTS_EXCHANGE = "hypercard.events"
 UNROUTED_EXCHANGE = "hypercard.unrouted"
 UNROUTED_QUEUE = "hypercard.unrouted"
@@ -37,6 +39,9 @@ QueueArguments = dict[str, str | int]
 QUORUM: QueueArguments = {"x-queue-type": "quorum"}
 
 
+RETRY_QUEUE_NAME = re.compile(r"hypercard\.[a-z0-9_]+\.retry\.([0-9]+)")
+
+
 def routing_key(kind: str) -> str:
     """`OPEN_CARD` -> `hypercard.open_card`: the routing key and the name of the kind's queue."""
     return f"hypercard.{kind.lower()}"
@@ -52,6 +57,12 @@ def dead_queue(kind: str) -> str:
 
 def retry_queue(kind: str, delay_seconds: float) -> str:
     return f"{kind_queue(kind)}.retry.{round(delay_seconds * 1000)}"
+
+
+def retry_step(queue: str) -> float | None:
+    """A retry queue's delay in seconds, from its name (`retry_queue`); None for any other queue."""
+    found = RETRY_QUEUE_NAME.fullmatch(queue)
+    return int(found.group(1)) / 1000 if found else None
 
 
 def holding_policy_definition() -> dict[str, object]:

@@ -162,9 +162,7 @@ class DeliveryRunner:
         scrubbed from every log line and error header."""
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(**_named(delivery))
-        clear_secrets()
-        if delivery.event is not None:
-            bind_secrets(getattr(delivery.event, name, None) for name in type(delivery.event).sensitive)
+        _bind_secrets(delivery)
 
     async def decode(self, delivery: Delivery) -> Outcome | None:
         """Check its headers, decode its body, compute its keys: None when it is ready for its handler, else what
@@ -310,8 +308,16 @@ class DeliveryRunner:
         self.metrics.count(delivery.kind, outcome)
         if self.tracing is not None and delivery.span is not None:
             self.tracing.delivery_ended(delivery.span, str(outcome))
+        _bind_secrets(delivery)  # its business ids are on the line: a mobile sent as its trade number is scrubbed
         log.info("message", **_named(delivery), kind=delivery.kind, outcome=str(outcome),
                  latency_ms=round(latency * 1000, 2))  # fmt: skip
+
+
+def _bind_secrets(delivery: Delivery) -> None:
+    """Its one-time code, e-mail and mobile, and no other delivery's, scrubbed from the log lines written from here."""
+    clear_secrets()
+    if delivery.event is not None:
+        bind_secrets(getattr(delivery.event, name, None) for name in type(delivery.event).sensitive)
 
 
 def _named(delivery: Delivery) -> dict[str, object]:

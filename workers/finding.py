@@ -34,7 +34,6 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -51,6 +50,7 @@ from workers import database
 from workers.inspection import HeldMessage, read
 from workers.registry import REGISTRY, Registry, load_handler_modules
 from workers.replay import KeepRefused, keep_in_place
+from workers.retries import due_at, time_left
 from workers.settings import WorkerSettings
 
 DEFAULT_LIMIT = 10_000
@@ -106,20 +106,6 @@ def targets(schedules: dict[str, tuple[float, ...]]) -> list[Target]:
     return found + [Target(queue, "held") for queue in holding]
 
 
-def due_at(headers: Mapping[str, object]) -> datetime | None:
-    """A retry copy's `retry_due_at` header, if it has a readable one (headers are input: never trusted)."""
-    value = headers.get("retry_due_at")
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def place(target: Target, message: aio_pika.abc.AbstractIncomingMessage, held: HeldMessage, of: int) -> Place:
     found = Place(target.state, target.queue, held.kind, held.received_at, held.position, of, held.attempts)
     found.error_type = held.error_type
@@ -160,9 +146,8 @@ async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, f
             held = read(message, target.queue, position, datetime.now(UTC))
             if held.event_id == finding.event_id:
                 finding.places.append(place(target, message, held, waiting))
-            expires_in = None
-            if target.state == "retrying" and (due := due_at(message.headers or {})) is not None:
-                expires_in = max(0.0, (due - datetime.now(UTC)).total_seconds())
+            step = target.step_seconds  # a retry queue's: its copy keeps its due time
+            expires_in = time_left(message.headers or {}, step) if step is not None else None
             try:
                 await keep_in_place(channel, message, target.queue, expires_in)
             except KeepRefused as error:

@@ -9,7 +9,9 @@
 Each message waiting at the start is looked at once and put back at the tail of its queue (published again with a
 confirm, then acked: `workers.replay.keep_in_place`), so after a pass the queue holds the same messages in the same
 order, and no delivery of any of them has been counted (from RabbitMQ 4.0 a quorum queue drops a message delivered
-more often than its limit). Filters: --kind, --event-id, --error-type, --older-than/--newer-than (s, m, h or d)."""
+more often than its limit); a retry queue's copy with the time it has left until due, not its queue's whole TTL
+again (`workers.retries.time_left`). Filters: --kind, --event-id, --error-type, --older-than/--newer-than (s, m, h
+or d)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from workers.replay import KeepRefused, keep_in_place
 from workers.replay import source_queue as replay_source_queue
+from workers.retries import time_left
 
 # The header a holding queue's messages carry their reason in, whichever queue they are in.
 REASON_HEADERS = ("error_message", "validation_error", "unverified_reason")
@@ -174,6 +177,7 @@ async def inspect(
     waiting = queue.declaration_result.message_count or 0
     result = Inspection(queue_name, waiting)
     now = datetime.now(UTC)
+    step = topology.retry_step(queue_name)  # a retry queue's copies are put back with the time they have left
     for position in range(1, waiting + 1):
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
@@ -184,7 +188,8 @@ async def inspect(
                 held.body = redacted_body(message.body)
             result.messages.append(held)
         try:
-            await keep_in_place(channel, message, queue_name)
+            expires_in = time_left(message.headers or {}, step) if step is not None else None
+            await keep_in_place(channel, message, queue_name, expires_in)
         except KeepRefused as error:
             result.stopped = f"{error}; stopped after {position - 1} message(s), which are now at the tail"
             break

@@ -34,6 +34,31 @@ def copy_for_republish(message: aio_pika.abc.AbstractIncomingMessage, headers: H
     )
 
 
+def due_at(headers: Mapping[str, object]) -> datetime | None:
+    """A retry copy's `retry_due_at` header, if it has a readable one (headers are input: never trusted)."""
+    value = headers.get("retry_due_at")
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def time_left(headers: Mapping[str, object], step_seconds: float) -> float | None:
+    """Seconds until a copy in a retry queue of `step_seconds` is due back, what an operator tool that puts it back
+    gives it as its TTL (the queue's would start the whole step again); None when it has no readable
+    `retry_due_at`. Never more than the step: the queue's TTL ends it there anyway, and a forged time years away
+    would be an expiration the broker refuses by closing the channel."""
+    due = due_at(headers)
+    if due is None:
+        return None
+    return min(max(0.0, (due - datetime.now(UTC)).total_seconds()), step_seconds)
+
+
 def schedule_step(delay: float, delays: tuple[float, ...]) -> float:
     """A handler's `Retry(delay=x)` rounded up to a step of the kind's schedule (the longest step at most): each
     delay has a queue of its own, so the number of retry queues stays bounded by the schedule."""

@@ -112,3 +112,28 @@ async def test_an_unverified_events_ids_are_logged_with_its_outcome_and_an_unkno
 
 async def _requests(gateway, count: int) -> bool:
     return len(gateway.events(event="request")) == count
+
+
+async def test_an_e_mail_or_a_mobile_sent_as_a_business_id_reaches_no_log_line(db, amqp, sign, platform_key, tmp_path):
+    # A merchant that numbers its orders by the customer's mobile, or a body that puts an e-mail where the trade
+    # number goes: a business id is logged as it is, but personal data never, whatever field it came in.
+    write_public_keys(tmp_path / "platform-public.pem", platform_key)
+    port = free_port()
+    gateway = gateway_process(tmp_path, port)
+    worker = worker_process(tmp_path, "OPEN_CARD", "RECHARGE")
+    open_card = json.loads(sample_body("open_card"))
+    by_mobile = json.dumps(open_card | {"mc_trade_no": open_card["mobile"]}).encode()
+    by_email = json.dumps(json.loads(sample_body("recharge")) | {"mc_trade_no": "alice.smith@example.org"}).encode()
+    try:
+        await asyncio.to_thread(wait_until_ready, port)
+        for body in (by_mobile, by_email):
+            await post(f"http://127.0.0.1:{port}{PATH}", body, sign(body))
+        for kind in ("OPEN_CARD", "RECHARGE"):
+            await eventually(lambda kind=kind: _settled(worker, kind), timeout=30)
+    finally:
+        gateway.stop()
+        worker.stop()
+    lines = [*gateway.events(event="request"), *worker.events(event="message")]
+    assert [line["outcome"] for line in lines] == ["accepted", "accepted", "handled", "handled"], lines
+    output = gateway.output + worker.output
+    assert [secret for secret in (open_card["mobile"], "alice.smith@example.org") if secret in output] == []

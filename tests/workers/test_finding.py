@@ -10,13 +10,14 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from secrets import token_hex
 
 import aio_pika
 import pytest
 
+from infra import declare
 from infra.permissions import OPERATOR
 from infra.settings import load_settings
 from schemas import topology
@@ -277,3 +278,51 @@ async def test_with_the_operator_user_the_queues_it_may_not_read_are_named_and_l
     assert not (await find(settings, waiting, kinds=[KIND])).found
     left = await take(amqp, QUEUE)
     assert ids(left) == [waiting] and counts(left) == [0]
+
+
+async def test_a_forged_retry_due_at_years_away_neither_stops_the_search_nor_parks_the_copy(inbox, amqp):
+    # Headers are input: anyone who may publish to the default exchange can put a retry copy in a retry queue.
+    step = topology.retry_queue(KIND, 30)
+    await amqp.queue_delete(step)
+    await declare.declare_retry_queue(amqp, KIND, 30)
+    forged, sought = new_id(), new_id()
+    in_twenty_seconds = (datetime.now(UTC) + timedelta(seconds=20)).isoformat()
+    for event_id, due in ((forged, "9999-12-31T23:59:59.000+00:00"), (sought, in_twenty_seconds)):
+        await amqp.default_exchange.publish(
+            aio_pika.Message(b"{}", headers={"event_id": event_id, "notify_type": KIND, "attempt": 2,
+                                             "retry_due_at": due}, delivery_mode=2),
+            routing_key=step,
+        )  # fmt: skip
+    finding = await look(sought, registry=with_steps(30))
+    assert finding.stopped == []
+    assert [(p.state, p.where, p.position) for p in finding.places] == [("retrying", step, 2)]
+    assert DEAD in finding.looked_in and topology.UNROUTED_QUEUE in finding.looked_in
+    left = await take(amqp, step)
+    assert ids(left) == [forged, sought] and counts(left) == [0, 0]
+    # Never longer than its queue's step: the queue's TTL would cut it there anyway.
+    assert all(m.expiration is not None and m.expiration <= 30 for m in left)
+
+
+async def test_a_retry_copy_is_found_though_the_operators_retry_delays_differ_from_the_workers(db, amqp):
+    # The workers run with HC_RETRY_DELAYS=45 and the operator's shell has no HC_RETRY_DELAYS: the retry queue the
+    # copy waits in is not one the default schedule names. "Not seen" would send the operator hunting a lost event.
+    step = topology.retry_queue(KIND, 45)
+    await amqp.queue_delete(step)
+    await declare.declare_retry_queue(amqp, KIND, 45)
+    token = new_id()
+    workers_settings = load_settings(WorkerSettings, {}, amqp_url=AMQP_URL, database_url=DATABASE_URL,
+                                     shutdown_grace=5, id_secret=TEST_ID_SECRET, retry_delays=(45,))  # fmt: skip
+    registry = Registry()
+    registry.handles(Tracked)(record)  # no schedule of its own: HC_RETRY_DELAYS decides
+    runtime = create_worker(workers_settings, [KIND], registry)
+    await runtime.start()
+    try:
+        await send(amqp, token, fail_until=2)
+        await eventually(lambda: holds(amqp, step, 1))
+    finally:
+        await runtime.stop()
+    try:
+        finding = await look(token, registry=registry)  # SETTINGS: the default schedule, no HC_RETRY_DELAYS
+        assert [(p.state, p.where) for p in finding.places] == [("retrying", step)] or step in finding.not_looked_in
+    finally:
+        await amqp.queue_delete(step)

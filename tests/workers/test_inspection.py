@@ -7,14 +7,17 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aio_pika
 import pytest
 
+from infra import declare
 from schemas import topology
 from tests.support.broker import AMQP_URL, take
 from tests.support.policies import policy
+from tests.support.waiting import eventually
 from workers.inspection import HeldMessage, InspectFilter, Inspection, inspect, render
 
 pytestmark = pytest.mark.broker
@@ -107,3 +110,30 @@ def test_a_long_error_type_is_shown_whole_and_the_columns_stay_aligned():
     lines = render(Inspection("hypercard.open_card.dead", 2, held)).splitlines()
     assert "UndefinedTableError gone" in lines[2]
     assert lines[1].index("reason") == lines[2].index("gone") == lines[3].index("not text")
+
+
+async def test_a_retry_copy_inspected_in_its_retry_queue_still_leaves_when_it_was_due(amqp, confirm_channel):
+    # hypercard-inspect takes any queue name: a retry queue put back plainly would start its TTL again, a whole step
+    # later than due, and an inspection every few minutes would hold it back for good.
+    step = topology.retry_queue("OPEN_CARD", 30)
+    await amqp.queue_delete(step)
+    await declare.declare_retry_queue(amqp, "OPEN_CARD", 30)
+    due = datetime.now(UTC) + timedelta(seconds=3)
+    headers = {"notify_type": "OPEN_CARD", "event_id": "retrying0", "attempt": 2, "last_error_type": "RuntimeError",
+               "retry_due_at": due.isoformat(timespec="milliseconds")}  # fmt: skip
+    await amqp.default_exchange.publish(
+        aio_pika.Message(json.dumps(BODY).encode(), headers=headers, delivery_mode=2), routing_key=step
+    )
+    try:
+        (held,) = (await inspect(confirm_channel, step, InspectFilter())).messages
+        assert (held.event_id, held.attempts) == ("retrying0", 2)
+        queue = topology.kind_queue("OPEN_CARD")
+        await eventually(lambda: _holds_one(amqp, queue), timeout=8)  # due in 3 s; its step, 30 s, would be too late
+        (back,) = await take(amqp, queue)
+        assert back.headers["event_id"] == "retrying0"
+    finally:
+        await amqp.queue_delete(step)  # nothing of this test reaches OPEN_CARD's queue in a later one
+
+
+async def _holds_one(amqp, queue: str) -> bool:
+    return (await amqp.declare_queue(queue, passive=True)).declaration_result.message_count == 1
