@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from workers.finding import due_at
-from workers.retries import next_retry_delay, retry_due_at, schedule_step
+from workers.retries import due_at, next_retry_delay, retry_due_at, schedule_step
 
 SCHEDULE = (5.0, 30.0, 300.0)
 
