@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import aio_pika
+import aiohttp
 import aiormq
 import asyncpg
 import structlog
@@ -52,6 +53,7 @@ from workers.registry import REGISTRY, Registry, load_handler_modules
 from workers.replay import KeepRefused, keep_in_place
 from workers.retries import due_at, time_left
 from workers.settings import WorkerSettings
+from workers.status import queue_names
 
 DEFAULT_LIMIT = 10_000
 UNROUTED_REASON = "no queue was bound for its kind when it arrived: no worker handles it"
@@ -89,6 +91,9 @@ class Finding:
     not_looked_in: dict[str, int] = field(default_factory=dict)  # queue -> its messages, more than the limit
     refused: list[str] = field(default_factory=list)  # queues this broker user may not read (README "Broker users")
     stopped: list[str] = field(default_factory=list)  # passes that ended early, and why
+    # None: the retry queues were listed by the management API; else the steps looked in, from the schedules alone
+    # (a step the workers use and this environment does not name is not looked in).
+    steps_from_settings: list[float] | None = None
 
     @property
     def found(self) -> bool:
@@ -195,6 +200,16 @@ async def find(
     }
     connection = await broker.connect(settings.amqp_urls)
     try:
+        try:  # the retry queues that exist, whatever schedule the workers were given (their HC_RETRY_DELAYS)
+            names = await queue_names(str(broker.connection_url(connection)))
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError):
+            finding.steps_from_settings = sorted({step for delays in schedules.values() for step in delays})
+        else:
+            for kind in schedules:
+                existing = {
+                    topology.retry_step(name) for name in names if name.startswith(f"{topology.kind_queue(kind)}.")
+                }
+                schedules[kind] = tuple(sorted(step for step in existing if step is not None))
         for target in targets(schedules):
             await look_in(connection, target, finding, limit)
     finally:
@@ -238,6 +253,12 @@ def render(finding: Finding, retention_days: float) -> str:
         shown = ", ".join(finding.refused[:3]) + (", ..." if len(finding.refused) > 3 else "")
         lines.append(f"not looked in, this broker user may not read them: {len(finding.refused)} queue(s) ({shown})")
     lines += [f"stopped early: {why}" for why in finding.stopped]
+    if finding.steps_from_settings is not None:
+        steps = ", ".join(f"{step:g} s" for step in finding.steps_from_settings)
+        lines.append(
+            f"retry queues looked in: the steps {steps} only (no management API to list them): give this command the "
+            "workers' HC_RETRY_DELAYS, or HC_MANAGEMENT_URL"
+        )
     return "\n".join(lines)
 
 

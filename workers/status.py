@@ -61,19 +61,30 @@ class Status:
         return any(k.dead.messages for k in self.kinds) or any(q.messages for q in self.review)
 
 
-def management_api(amqp_url: str) -> tuple[URL, aiohttp.BasicAuth, str]:
-    """The management API's base URL, credentials and vhost for a broker URL (HC_MANAGEMENT_URL overrides the base)."""
+def management_api(amqp_url: str) -> tuple[URL, dict[str, str], str]:
+    """The management API's base URL, the headers that authenticate (the broker URL's credentials) and the vhost for
+    a broker URL (HC_MANAGEMENT_URL overrides the base)."""
     url = URL(amqp_url)
     vhost = url.path[1:] or "/"
     base = URL(os.environ.get("HC_MANAGEMENT_URL") or f"http://{url.host or '127.0.0.1'}:15672")
-    return base, aiohttp.BasicAuth(url.user or "guest", url.password or "guest"), vhost
+    credentials = aiohttp.encode_basic_auth(url.user or "guest", url.password or "guest")
+    return base, {"Authorization": credentials}, vhost
+
+
+async def queue_names(amqp_url: str) -> list[str]:
+    """Every queue of the broker URL's vhost, by the management API (raises when it cannot be read)."""
+    base, headers, vhost = management_api(amqp_url)
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout, raise_for_status=True) as session:
+        async with session.get(f"{base}/api/queues/{quote(vhost, safe='')}", params={"columns": "name"}) as reply:
+            return [str(entry["name"]) for entry in await reply.json()]
 
 
 async def from_management(amqp_url: str) -> Status:
-    base, auth, vhost = management_api(amqp_url)
+    base, headers, vhost = management_api(amqp_url)
     encoded = quote(vhost, safe="")
     timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(auth=auth, timeout=timeout, raise_for_status=True) as session:
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout, raise_for_status=True) as session:
         async with session.get(f"{base}/api/exchanges/{encoded}/{topology.EVENTS_EXCHANGE}/bindings/source") as reply:
             bindings = await reply.json()
         columns = "name,messages,consumers,message_stats.publish_details.rate,message_stats.ack_details.rate"

@@ -21,7 +21,7 @@ from infra import declare
 from infra.permissions import OPERATOR
 from infra.settings import load_settings
 from schemas import topology
-from tests.support.broker import AMQP_URL, TEST_VHOST, take
+from tests.support.broker import AMQP_URL, TEST_VHOST, ensure_management_api, take
 from tests.support.database import DATABASE_URL
 from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.policies import rabbitmqctl
@@ -29,7 +29,7 @@ from tests.support.tracked_kind import ATTEMPT_TIMES, Tracked, record
 from tests.support.waiting import eventually
 from workers import database
 from workers.app import create_worker
-from workers.finding import Finding, find
+from workers.finding import Finding, find, render
 from workers.registry import REGISTRY, Registry
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
@@ -303,9 +303,11 @@ async def test_a_forged_retry_due_at_years_away_neither_stops_the_search_nor_par
     assert all(m.expiration is not None and m.expiration <= 30 for m in left)
 
 
-async def test_a_retry_copy_is_found_though_the_operators_retry_delays_differ_from_the_workers(db, amqp):
+async def test_a_retry_copy_is_found_though_the_operators_retry_delays_differ_from_the_workers(db, amqp, monkeypatch):
     # The workers run with HC_RETRY_DELAYS=45 and the operator's shell has no HC_RETRY_DELAYS: the retry queue the
     # copy waits in is not one the default schedule names. "Not seen" would send the operator hunting a lost event.
+    # The management API lists the retry queues that exist; without it, the output says which steps were looked in.
+    await asyncio.to_thread(ensure_management_api)
     step = topology.retry_queue(KIND, 45)
     await amqp.queue_delete(step)
     await declare.declare_retry_queue(amqp, KIND, 45)
@@ -323,6 +325,11 @@ async def test_a_retry_copy_is_found_though_the_operators_retry_delays_differ_fr
         await runtime.stop()
     try:
         finding = await look(token, registry=registry)  # SETTINGS: the default schedule, no HC_RETRY_DELAYS
-        assert [(p.state, p.where) for p in finding.places] == [("retrying", step)] or step in finding.not_looked_in
+        assert [(p.state, p.where) for p in finding.places] == [("retrying", step)]
+        assert finding.steps_from_settings is None
+        monkeypatch.setenv("HC_MANAGEMENT_URL", "http://127.0.0.1:9")  # no management API answers there
+        blind = await look(token, registry=registry)
+        assert blind.places == [] and blind.steps_from_settings == sorted(SETTINGS.retry_delays)
+        assert "the steps 1 s, 10 s, 60 s, 600 s, 3600 s only (no management API" in render(blind, 30)
     finally:
         await amqp.queue_delete(step)
