@@ -51,7 +51,7 @@ from workers import database
 from workers.inspection import HeldMessage, read
 from workers.registry import REGISTRY, Registry, load_handler_modules
 from workers.replay import KeepRefused, keep_in_place
-from workers.retries import due_at, time_left
+from workers.retries import due_at
 from workers.settings import WorkerSettings
 from workers.status import queue_names
 
@@ -151,10 +151,8 @@ async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, f
             held = read(message, target.queue, position, datetime.now(UTC))
             if held.event_id == finding.event_id:
                 finding.places.append(place(target, message, held, waiting))
-            step = target.step_seconds  # a retry queue's: its copy keeps its due time
-            expires_in = time_left(message.headers or {}, step) if step is not None else None
             try:
-                await keep_in_place(channel, message, target.queue, expires_in)
+                await keep_in_place(channel, message, target.queue)  # a retry copy keeps its due time
             except KeepRefused as error:
                 finding.stopped.append(
                     f"{target.queue}: {error}; stopped after {position - 1} message(s), which are now at the tail"

@@ -32,7 +32,6 @@ from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from workers.replay import KeepRefused, keep_in_place
 from workers.replay import source_queue as replay_source_queue
-from workers.retries import time_left
 
 # The header a holding queue's messages carry their reason in, whichever queue they are in.
 REASON_HEADERS = ("error_message", "validation_error", "unverified_reason")
@@ -177,7 +176,6 @@ async def inspect(
     waiting = queue.declaration_result.message_count or 0
     result = Inspection(queue_name, waiting)
     now = datetime.now(UTC)
-    step = topology.retry_step(queue_name)  # a retry queue's copies are put back with the time they have left
     for position in range(1, waiting + 1):
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
@@ -188,8 +186,7 @@ async def inspect(
                 held.body = redacted_body(message.body)
             result.messages.append(held)
         try:
-            expires_in = time_left(message.headers or {}, step) if step is not None else None
-            await keep_in_place(channel, message, queue_name, expires_in)
+            await keep_in_place(channel, message, queue_name)  # a retry copy keeps its due time
         except KeepRefused as error:
             result.stopped = f"{error}; stopped after {position - 1} message(s), which are now at the tail"
             break

@@ -26,7 +26,7 @@ from infra import broker
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.events import KIND_NAME
-from workers.retries import copy_for_republish
+from workers.retries import copy_for_republish, time_left
 
 # Headers of a failed attempt: a replayed message starts again at attempt 1.
 FAILURE_HEADERS = {
@@ -101,17 +101,18 @@ class KeepRefused(Exception):
 
 
 async def keep_in_place(
-    channel: aio_pika.abc.AbstractChannel,
-    message: aio_pika.abc.AbstractIncomingMessage,
-    queue: str,
-    expires_in: float | None = None,
+    channel: aio_pika.abc.AbstractChannel, message: aio_pika.abc.AbstractIncomingMessage, queue: str
 ) -> None:
-    """Publish the message again to the tail of `queue` (default exchange, confirmed), then ack the original;
-    `expires_in` gives the copy a TTL of its own (a retry copy keeps its due time: `workers.finding`).
+    """Publish the message again to the tail of `queue` (default exchange, confirmed), then ack the original. In a
+    retry queue the copy keeps its due time: its TTL is the time its `retry_due_at` leaves (`workers.retries
+    .time_left`), since the queue's own would start the whole step again. Every operator tool keeps what it leaves
+    here: replay, inspect and find alike.
 
     Never a requeue: that would count a delivery, and from RabbitMQ 4.0 a quorum queue drops (or dead-letters) a
     message delivered more than its delivery limit, 20 unless set. A crash between the confirm and the ack leaves
     the message twice in `queue`: a duplicate, which a replay moves twice and the workers' inbox absorbs."""
+    step = topology.retry_step(queue)
+    expires_in = time_left(message.headers or {}, step) if step is not None else None
     try:
         await channel.default_exchange.publish(
             kept_copy(message, expires_in), routing_key=queue, mandatory=True, timeout=PUBLISH_TIMEOUT

@@ -103,7 +103,11 @@ class RetryPublisher:
         delay = next_retry_delay(attempt, delays, requested=delay)
         if delay is None:
             stored = await self.dead_letter(
-                message, kind, error_type=error_type, error_message=error_message, attempts=attempt,
+                message,
+                kind,
+                error_type=error_type,
+                error_message=error_message,
+                attempts=attempt,
                 trace_headers=trace_headers,
             )
             return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY

@@ -101,8 +101,12 @@ class HandlerKit:
         capture = LogCapture()
         logger = structlog.wrap_logger(None, processors=[capture], wrapper_class=structlog.stdlib.BoundLogger)
         context = HandlerContext(
-            event_id=event_id, idempotency_key=inbox_key, attempt=attempt, received_at=received_at,
-            log=logger.bind(event_id=event_id, notify_type=kind), tx=self.tx,
+            event_id=event_id,
+            idempotency_key=inbox_key,
+            attempt=attempt,
+            received_at=received_at,
+            log=logger.bind(event_id=event_id, notify_type=kind),
+            tx=self.tx,
         )
         run = replace(run, event=event, logs=capture.entries)
         try:

@@ -168,3 +168,25 @@ async def test_a_crash_between_keeping_a_copy_and_acking_leaves_a_duplicate_neve
     await confirm_channel.close()  # the dying process's channel goes away: the original returns to its queue
     monkeypatch.undo()
     assert [m.headers["event_id"] for m in await take(amqp, unverified)] == ["held", "held"]
+
+
+async def test_a_dry_run_over_a_retry_queue_keeps_each_copys_due_time(amqp, confirm_channel):
+    """`--from` takes any queue: a retry copy a replay leaves goes back with the time it has left (the review found
+    replay, unlike find and inspect, put it back plainly: its TTL started the whole step again)."""
+    step = topology.retry_queue("OPEN_CARD", 30)
+    await amqp.queue_delete(step)
+    await declare.declare_retry_queue(amqp, "OPEN_CARD", 30)
+    due = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=3)
+    await put(amqp, step, "OPEN_CARD", "retrying1", attempt=2, retry_due_at=due.isoformat(timespec="milliseconds"))
+    try:
+        result = await replay(confirm_channel, step, ReplayFilter(), dry_run=True)
+        assert result.moved == ["retrying1"]
+        queue = topology.kind_queue("OPEN_CARD")
+        for _ in range(80):  # due in 3 s; its step, 30 s, would be far too late
+            if (await amqp.declare_queue(queue, passive=True)).declaration_result.message_count == 1:
+                break
+            await asyncio.sleep(0.1)
+        (back,) = await take(amqp, queue)
+        assert back.headers["event_id"] == "retrying1" and back.headers["attempt"] == 2
+    finally:
+        await amqp.queue_delete(step)
