@@ -1,6 +1,8 @@
 # The project's image: the gateway, the workers and the operator tools (the command picks which).
-# The builder turns the source into a wheel; the runtime installs that wheel, so the image holds exactly the
-# packages and package data (samples, migrations) the wheel declares. tests/test_deploy.py repeats these steps
+# The builder turns the source into a wheel, with the wheels of every dependency and of the `otel` extra (tracing
+# stays off until OTEL_* names an exporter: README, Tracing); the runtime installs from those wheels only
+# (--no-index: no other index can stand in for the project's name), so the image holds exactly the packages and
+# package data (samples, migrations) the wheel declares. tests/test_deploy.py repeats these steps
 # without an engine and starts what they install.
 FROM python:3.11-slim AS builder
 WORKDIR /src
@@ -9,12 +11,14 @@ COPY schemas ./schemas
 COPY infra ./infra
 COPY gateway ./gateway
 COPY workers ./workers
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[otel]"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=builder /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+# The versions are pinned by /wheels: one wheel of each package, built above from this source and its lock of floors.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --no-index --find-links /wheels "hypercard-gateway[otel]" && rm -rf /wheels \
     && groupadd --system --gid 10001 hypercard \
     && useradd --system --uid 10001 --gid 10001 --no-create-home hypercard
 USER 10001:10001

@@ -256,6 +256,7 @@ async def test_what_the_dockerfile_installs_starts_every_command_and_handles_a_p
         "HC_PLATFORM_PUBLIC_KEY": str(outside / "platform-public.pem"), "HC_API_KEY": "dev-merchant",
         "HC_ID_SECRET": TEST_ID_SECRET,
         "HC_DRAIN_SECONDS": "0.2",
+        "OTEL_TRACES_EXPORTER": "console",  # the image has the otel extra: tracing is one variable away
     })  # fmt: skip
     worker = Started(venv, outside, ["hypercard-worker", "--all"], {
         "HC_AMQP_URL": AMQP_URL, "HC_DATABASE_URL": DATABASE_URL, "HC_METRICS_PORT": str(worker_metrics),
@@ -281,3 +282,4 @@ async def test_what_the_dockerfile_installs_starts_every_command_and_handles_a_p
     finally:
         codes = gateway.stop(), worker.stop()
     assert codes == (0, 0), gateway.log.read_text()[-2000:] + worker.log.read_text()[-2000:]
+    assert re.search(r'"name": ?"hypercard push"', gateway.log.read_text()), "no span from the image's gateway"
