@@ -21,7 +21,7 @@ pytestmark = pytest.mark.database
 
 class KitProbe(Event, tag="KIT_PROBE"):
     name: str
-    behaviour: str = "write"  # write, fail, give_up, slow
+    behaviour: str = "write"  # write, fail, give_up, slow, cancelled
 
 
 PROBES = Registry()
@@ -38,6 +38,8 @@ async def probe(event: KitProbe, ctx: HandlerContext) -> None:
         raise GiveUp("never")
     if event.behaviour == "slow":
         await asyncio.sleep(5)
+    if event.behaviour == "cancelled":
+        raise asyncio.CancelledError("a library's future cancelled under the handler")
 
 
 def kit(**options):
@@ -72,6 +74,24 @@ async def test_a_slow_handler_times_out_and_a_body_that_does_not_decode_is_a_dea
         assert slow.outcome == Outcome.RETRIED and isinstance(slow.error, TimeoutError)
         broken = await k.run(b'{"notify_type": "KIT_PROBE", "name": 7}')
         assert broken.outcome == Outcome.DEAD_LETTERED and broken.event is None and "name" in str(broken.error)
+
+
+async def test_a_handler_that_raises_cancelled_error_is_left_for_redelivery_as_the_worker_leaves_it():
+    """The worker contains a CancelledError that is not its own shutdown (workers.batches): the message is requeued,
+    the handler's writes and its claim undone. The kit says the same, and the test that called it goes on."""
+    async with kit() as k:
+        cancelled = await k.run(KitProbe(name="f", behaviour="cancelled"))
+        assert cancelled.outcome == Outcome.LEFT_FOR_REDELIVERY
+        assert isinstance(cancelled.error, asyncio.CancelledError)
+        assert await k.tx.fetchval("SELECT count(*) FROM kit_probes WHERE name = 'f'") == 0
+        assert await k.tx.fetchval("SELECT count(*) FROM hypercard_inbox WHERE kind = 'KIT_PROBE'") == 0
+
+
+async def test_a_kind_without_an_idempotency_key_is_handled_again_on_a_duplicate():
+    """CONSUME: every delivery counts (no inbox key), so a platform retry is run again, as the worker runs it."""
+    async with handler_kit("CONSUME", DATABASE_URL) as k:
+        run = await k.run(sample_body("consume"))
+        assert run.outcome == Outcome.HANDLED and (await k.duplicate(run)).outcome == Outcome.HANDLED
 
 
 async def test_the_logs_name_the_event_and_everything_is_rolled_back_when_the_kit_closes():
