@@ -12,7 +12,8 @@ transaction that is rolled back when the kit closes, so a test leaves no row beh
             assert (await kit.duplicate(first)).outcome == Outcome.DUPLICATE  # a platform retry: no second effect
 
 A run's outcome is what the worker would do with the message: HANDLED, DUPLICATE, SKIPPED, RETRIED (the handler
-failed and the schedule has a step left), DEAD_LETTERED (GiveUp, the schedule's end, a body that does not decode).
+failed and the schedule has a step left), DEAD_LETTERED (GiveUp, the schedule's end, a body that does not decode),
+LEFT_FOR_REDELIVERY (the handler raised CancelledError of its own: the worker contains it and requeues the message).
 Nothing is published: a retry is run with `kit.retry(run)`, as the retry queue would deliver it."""
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Run:
     event: Event | None  # None: the body did not decode
     body: bytes
     outcome: Outcome
-    error: Exception | None  # what the handler raised (Skip, Retry, GiveUp, a bug) or the decode error
+    error: BaseException | None  # what the handler raised (Skip, Retry, GiveUp, a bug, CancelledError), a decode error
     attempt: int
     received_at: datetime
     event_id: str
@@ -117,6 +118,10 @@ class HandlerKit:
                     await self.registration.handler(event, context)
         except Skip as error:
             return replace(run, outcome=Outcome.SKIPPED, error=error)
+        except asyncio.CancelledError as error:
+            if _cancelling():  # the test's own task was cancelled: not the handler's outcome
+                raise
+            return replace(run, outcome=Outcome.LEFT_FOR_REDELIVERY, error=error)  # as workers.batches contains it
         except Exception as error:
             out_of_steps = isinstance(error, GiveUp) or next_retry_delay(attempt, self.retry_delays) is None
             return replace(run, outcome=Outcome.DEAD_LETTERED if out_of_steps else Outcome.RETRIED, error=error)
@@ -154,6 +159,12 @@ async def handler_kit(
                 await transaction.rollback()
     finally:
         await pool.close()
+
+
+def _cancelling() -> bool:
+    """True when this task itself was asked to stop, not when the handler raised CancelledError of its own."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _as_bytes(body: bytes | str) -> bytes:
