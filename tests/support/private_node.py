@@ -27,7 +27,8 @@ class PrivateNode:
         command = ["rabbitmqctl", "-q", "-n", self.node, *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True).stdout.strip()
 
-    def start(self, timeout: float = 120) -> PrivateNode:
+    def start(self, timeout: float = 120, open_files: int | None = None) -> PrivateNode:
+        """Start the node; `open_files` caps its open-files limit (soft and hard) as a fresh machine's 1024 does."""
         (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {self.port}\nloopback_users = none\n")
         (self.base / "enabled_plugins").write_text("[].\n")
         subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.base)], check=True)
@@ -43,7 +44,8 @@ class PrivateNode:
             "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
         }
-        subprocess.run(["rabbitmq-server", "-detached"], env=env, check=True, capture_output=True, timeout=60)
+        limit = ["prlimit", f"--nofile={open_files}:{open_files}"] if open_files else []
+        subprocess.run([*limit, "rabbitmq-server", "-detached"], env=env, check=True, capture_output=True, timeout=60)
         deadline = time.monotonic() + timeout
         while subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "await_startup"], capture_output=True,
                              timeout=timeout).returncode != 0:  # fmt: skip
