@@ -42,13 +42,16 @@ tools:
 	@command -v promtool >/dev/null && command -v haproxy >/dev/null && command -v docker-compose >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus haproxy docker-compose >/dev/null)
 
+# Both stop in one line when the local broker has too few file handles left (README, Tests: the broker's limits).
 test: install tools
+	@$(BIN)/python -m infra.headroom --for tests
 	$(BIN)/pytest
 
 # Not part of the tests: prints the gateway next to its ceilings (needs wrk).
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@$(BIN)/python -m infra.headroom --for bench
 	$(BIN)/python -m bench
 
 # Known vulnerabilities of the installed dependencies (pip-audit, installed here as `make bench` installs its extras).

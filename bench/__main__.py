@@ -29,11 +29,11 @@ from pathlib import Path
 from bench.signed import sample_requests, unique_requests, write_wrk_script
 from bench.system import (
     AMQP_URL,
+    bench_vhost,
     cpu_seconds,
     handled_total,
     peak_rss_mb,
     pids_named,
-    prepare_vhost,
     process_tree,
     purge,
     queue_depth,
@@ -227,7 +227,11 @@ def main() -> None:
     script = write_wrk_script(
         folder / "samples.lua", sample_requests(load_private_key(folder / "platform-private.pem"))
     )
-    prepare_vhost()
+    with bench_vhost():
+        run(args, folder, script)
+
+
+def run(args: argparse.Namespace, folder: Path, script: Path) -> None:
     asyncio.run(purge())
 
     print("1/6 HTTP ceiling (bare aiohttp)", file=sys.stderr)

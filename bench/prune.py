@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +30,7 @@ import aio_pika
 import asyncpg
 
 from bench import system
-from bench.system import BENCH_VHOST, running
+from bench.system import bench_vhost, running
 from schemas import topology
 from workers import database
 from workers.metrics import WorkerMetrics
@@ -172,9 +172,9 @@ def main() -> None:
         "HC_DATABASE_URL": DATABASE_URL, "HC_AMQP_URL": AMQP_URL, "HC_METRICS_PORT": str(METRICS_PORT),
         "HC_INBOX_RETENTION_DAYS": str(RETENTION_DAYS), "HC_INBOX_PRUNE_INTERVAL": "86400",
     }  # fmt: skip
-    if AMQP_URL == system.AMQP_URL:
-        ensure_vhost()
-    with running([str(BIN / "hypercard-worker"), KIND], env, METRICS_PORT, "/metrics", output=log):
+    # The benchmark's vhost, made and deleted around the run; another broker's vhost is the caller's to make.
+    vhost = bench_vhost(declare_topology=False) if AMQP_URL == system.AMQP_URL else contextlib.nullcontext()
+    with vhost, running([str(BIN / "hypercard-worker"), KIND], env, METRICS_PORT, "/metrics", output=log):
         asyncio.run(wait_consuming())  # and its start-up pruning round has found the inbox empty
         loaded = asyncio.run(load_expired_keys(args.rows))
         baseline = asyncio.run(publish_at(args.rate, args.seconds, "baseline"))
@@ -194,15 +194,6 @@ def main() -> None:
         f"pruning round: {pruned['rows']:,.0f} keys in {pruned['batches']:,.0f} batches, {pruned['seconds']:.1f} s"
         f" ({pruned['rows'] / pruned['seconds']:,.0f} keys/s)"
     )
-
-
-def ensure_vhost() -> None:
-    """The benchmark's vhost (as `python -m bench` makes it); the worker declares what it consumes."""
-    names = subprocess.run(["rabbitmqctl", "-q", "list_vhosts", "name"], capture_output=True, text=True, check=True)
-    if BENCH_VHOST not in names.stdout.split():
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", BENCH_VHOST], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True)  # fmt: skip
 
 
 async def wait_consuming(timeout: float = 30) -> None:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,16 +27,28 @@ AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/{BENCH_VHOST}"
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 
-def prepare_vhost() -> None:
-    """Create the benchmark's vhost (idempotent) and declare the topology in it."""
-    vhosts = subprocess.run(["rabbitmqctl", "-q", "list_vhosts", "name"], capture_output=True, text=True, check=True)
-    if BENCH_VHOST not in vhosts.stdout.split():
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", BENCH_VHOST], check=True, capture_output=True)
+@contextmanager
+def bench_vhost(declare_topology: bool = True) -> Iterator[None]:
+    """The benchmark's vhost, made empty for the run and deleted with its queues when the run ends, whatever the
+    outcome: quorum queues left behind hold the broker's file handles (README, Tests: the broker's limits)."""
+    delete_vhost()
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", BENCH_VHOST], check=True, capture_output=True)
     subprocess.run(
         ["rabbitmqctl", "-q", "set_permissions", "-p", BENCH_VHOST, "guest", ".*", ".*", ".*"],
         check=True, capture_output=True,
     )  # fmt: skip
-    asyncio.run(_declare_topology())
+    try:
+        if declare_topology:
+            asyncio.run(_declare_topology())
+        yield
+    finally:
+        delete_vhost()
+
+
+def delete_vhost() -> None:
+    vhosts = subprocess.run(["rabbitmqctl", "-q", "list_vhosts", "name"], capture_output=True, text=True, check=True)
+    if BENCH_VHOST in vhosts.stdout.split():
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", BENCH_VHOST], check=True, capture_output=True)
 
 
 async def _declare_topology() -> None:

@@ -23,9 +23,20 @@ from infra.settings import load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 from schemas.samples import sample_body
-from tests.support.broker import AMQP_URL, ensure_test_vhost, forget_kind, operator_dead_letters
+from tests.support.broker import AMQP_URL, delete_test_vhost, ensure_test_vhost, forget_kind, operator_dead_letters
 from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.keys import new_key, write_public_keys
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Every run starts from an empty vhost of its own, whatever an interrupted run left there."""
+    delete_test_vhost()
+    ensure_test_vhost()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite's queues are deleted whatever the outcome: quorum queues left behind hold the broker's file handles."""
+    delete_test_vhost()
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,12 @@ def ensure_test_vhost() -> None:
     _rabbitmqctl("set_permissions", "-p", TEST_VHOST, "guest", ".*", ".*", ".*")
 
 
+def delete_test_vhost() -> None:
+    """Delete the tests' vhost and every queue in it (idempotent): the suite leaves nothing behind on the broker."""
+    if TEST_VHOST in _rabbitmqctl("list_vhosts", "name").split():
+        _rabbitmqctl("delete_vhost", TEST_VHOST)
+
+
 def ensure_management_api(timeout: float = 60) -> None:
     """Switch on the broker's management plugin (as `make dashboards` does; idempotent) and wait until it answers."""
     subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True, capture_output=True, timeout=120)
