@@ -67,7 +67,7 @@ async def test_every_dashboard_query_returns_series_from_a_running_system(tmp_pa
     await db.execute("DROP TABLE IF EXISTS test_hot")
     await db.execute("CREATE TABLE test_hot (touched integer NOT NULL); INSERT INTO test_hot VALUES (0)")
     key = load_private_key(generate_keys(tmp_path)[0])
-    port, gateway_metrics, worker_metrics, prometheus_port = (free_port() for _ in range(4))
+    port, gateway_metrics, worker_metrics, prometheus_port, alertmanager_port = (free_port() for _ in range(5))
     gateway = gateway_process(tmp_path, port, {"HC_GATEWAY_METRICS_PORT": str(gateway_metrics)})
     worker = worker_process(
         tmp_path, "--all", "--handlers", "tests.support.tracked_kind",
@@ -77,6 +77,7 @@ async def test_every_dashboard_query_returns_series_from_a_running_system(tmp_pa
     script = await asyncio.to_thread(
         subprocess.run, [str(REPO / "deploy/local/dashboards.sh")], capture_output=True, text=True, timeout=180,
         env={**os.environ, "PROMETHEUS_PORT": str(prometheus_port), "DASHBOARDS_STATE": str(state),
+             "ALERTMANAGER_PORT": str(alertmanager_port),
              "GATEWAY_METRICS": f"127.0.0.1:{gateway_metrics}", "WORKER_METRICS": f"127.0.0.1:{worker_metrics}"},
     )  # fmt: skip
     try:
@@ -138,8 +139,9 @@ async def test_every_dashboard_query_returns_series_from_a_running_system(tmp_pa
         assert not errors, f"alert rules that fail on real data: {errors}"
         assert expected <= active, f"alerts pending or firing: {active}"
     finally:
-        if (state / "prometheus.pid").exists():
-            os.kill(int((state / "prometheus.pid").read_text()), signal.SIGTERM)
+        for started in ("prometheus.pid", "alertmanager.pid"):
+            if (state / started).exists():
+                os.kill(int((state / started).read_text()), signal.SIGTERM)
         gateway.stop()
         worker.stop()
         await db.close()
