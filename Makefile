@@ -6,7 +6,7 @@ DEV_KEYS := .dev
 DEV_ID_SECRET := $(DEV_KEYS)/id-secret
 export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
 
-.PHONY: run test lint install tools bench clean dashboards audit
+.PHONY: run test lint install tools bench clean dashboards audit kubernetes-rules
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ tools:
 		command -v prometheus-alertmanager >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager \
 			haproxy docker-compose >/dev/null)
+
+# deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/alerts.yml, after a change there (a test checks).
+kubernetes-rules: install
+	$(BIN)/python deploy/kubernetes/prometheus_rule.py
 
 test: install tools
 	$(BIN)/pytest
