@@ -6,7 +6,7 @@ DEV_KEYS := .dev
 DEV_ID_SECRET := $(DEV_KEYS)/id-secret
 export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
 
-.PHONY: run test lint install tools bench clean dashboards audit
+.PHONY: run test lint install tools bench clean dashboards audit kubernetes-rules
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,15 +32,22 @@ run: install $(DEV_KEYS)/platform-public.pem $(DEV_ID_SECRET)
 	@echo "Send a signed sample from another terminal:  $(BIN)/hypercard-send open_card   (or: all)"
 	@$(BIN)/hypercard-run
 
-# The local broker's management and prometheus plugins, and Prometheus scraping the local system (README, Monitoring).
+# The local broker's management and prometheus plugins, Prometheus scraping the local system and Alertmanager (README,
+# Monitoring).
 dashboards: install
 	@PYTHON=$(BIN)/python deploy/local/dashboards.sh
 
-# promtool, haproxy and docker-compose check the deployment files in the tests (Debian packages prometheus, haproxy
-# and docker-compose).
+# promtool, haproxy, amtool and docker-compose check the deployment files in the tests, and Prometheus and
+# Alertmanager run in them (Debian packages prometheus, prometheus-alertmanager, haproxy and docker-compose).
 tools:
-	@command -v promtool >/dev/null && command -v haproxy >/dev/null && command -v docker-compose >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus haproxy docker-compose >/dev/null)
+	@command -v promtool >/dev/null && command -v haproxy >/dev/null && command -v docker-compose >/dev/null && \
+		command -v prometheus-alertmanager >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager \
+			haproxy docker-compose >/dev/null)
+
+# deploy/kubernetes/prometheusrule.yaml from deploy/prometheus/alerts.yml, after a change there (a test checks).
+kubernetes-rules: install
+	$(BIN)/python deploy/kubernetes/prometheus_rule.py
 
 # Both stop in one line when the local broker has too few file handles left (README, Tests: the broker's limits).
 test: install tools

@@ -99,6 +99,21 @@ def test_compose_starts_only_with_every_secret_given(tmp_path: Path):
         assert refused.returncode != 0 and f"set {missing}" in refused.stderr, (missing, refused.stderr)
 
 
+def test_the_readme_names_every_secret_compose_needs():
+    readme = (REPO / "README.md").read_text()
+    step = re.search(r"^3\. The secrets.*?(?=^4\. )", readme, re.M | re.S)
+    assert step, "the README's docker-compose steps list the secrets in step 3"
+    assert set(re.findall(r"`([A-Z][A-Z0-9_]+)`", step.group())) == COMPOSE_SECRETS
+
+
+def test_the_ops_profile_runs_the_operator_commands_as_the_operator_user():
+    ops = SERVICES["ops"]
+    assert ops["profiles"] == ["ops"], "started only when asked for"
+    assert ops["command"] == ["hypercard-status"]
+    assert ops["environment"]["HC_AMQP_URL"].startswith("amqp://hypercard-operator:${RABBITMQ_OPERATOR_PASSWORD:?")
+    assert "docker compose run --rm ops hypercard-replay" in (REPO / "README.md").read_text()
+
+
 def test_compose_publishes_no_console_without_a_login_and_runs_a_supported_rabbitmq():
     text = (REPO / "docker-compose.yml").read_text()
     assert "hypercard:hypercard@" not in text and not re.search(r"PASSWORD: \w", text), "no password in the file"
@@ -147,9 +162,13 @@ def test_haproxy_config_is_valid_serves_https_only_and_checks_readiness(tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
     text = config.read_text()
     assert "httpchk GET /readyz" in text and "ssl-min-ver TLSv1.2" in text
-    binds = re.findall(r"^\s*bind (.*)$", text, re.M)
-    assert binds and all(' ssl crt "${HC_TLS_CERT}"' in bind for bind in binds), "every listener speaks TLS"
     lb = SERVICES["lb"]
+    binds = re.findall(r"^\s*bind :(\d+)(.*)$", text, re.M)
+    published = {port.split(":")[-1] for port in lb["ports"]}
+    public = [rest for port, rest in binds if port in published]
+    assert public and all(' ssl crt "${HC_TLS_CERT}"' in rest for rest in public), "every published listener: TLS"
+    # The one other listener is HAProxy's metrics, for Prometheus on the compose network: compose publishes no port.
+    assert [port for port, _ in binds if port not in published] == ["8405"]
     assert lb["ports"] == ["443:8443"] and lb["environment"]["HC_TLS_CERT"].startswith("/usr/local/etc/haproxy/certs/")
     assert any(v.startswith("./deploy/haproxy/certs:/usr/local/etc/haproxy/certs") for v in lb["volumes"])
 

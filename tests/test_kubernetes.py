@@ -1,11 +1,14 @@
 """The Kubernetes manifests (deploy/kubernetes/), without a cluster: the core objects against the API's own schemas
-(kubernetes-validate, strict), KEDA's objects against the fields KEDA documents, and what the project needs of them:
+(kubernetes-validate, strict), KEDA's objects against the fields KEDA documents, every custom object (KEDA,
+Prometheus operator, cert-manager) against its CRD's published schema, and what the project needs of them:
 the drain fits in the grace period, every kind has one consuming Deployment and scales on its queue, every HC_*
 variable is one a process reads, secrets come from a Secret, and no container runs as root or writes its image."""
 
 from __future__ import annotations
 
+import json
 import re
+import runpy
 from pathlib import Path
 
 import jsonschema
@@ -14,6 +17,7 @@ import msgspec
 import pytest
 import yaml
 
+from gateway.app import COMMON_PATH
 from gateway.settings import GatewaySettings
 from infra.settings import BrokerSettings, env_name
 from schemas import topology
@@ -25,7 +29,9 @@ FOLDER = REPO / "deploy/kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the oldest with the preStop sleep action
 MANIFESTS = sorted(FOLDER.glob("*.yaml"))
 OBJECTS = [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
-CORE = [doc for doc in OBJECTS if not doc["apiVersion"].startswith(("keda.sh/", "kustomize."))]
+CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "cert-manager.io/")  # CRDs: schemas in deploy/kubernetes/schemas
+CORE = [doc for doc in OBJECTS if not doc["apiVersion"].startswith((*CUSTOM_GROUPS, "kustomize."))]
+CUSTOM = [doc for doc in OBJECTS if doc["apiVersion"].startswith(CUSTOM_GROUPS)]
 KEDA = [doc for doc in OBJECTS if doc["apiVersion"].startswith("keda.sh/")]
 
 
@@ -247,3 +253,126 @@ def test_no_container_runs_as_root_writes_its_image_or_keeps_a_capability():
         resources = container(doc)["resources"]
         assert {"cpu", "memory"} <= resources["requests"].keys() and "memory" in resources["limits"]
         assert container(doc)["command"][0].startswith("hypercard-")
+
+
+def crd_schema(manifest: dict) -> dict:
+    """The CRD's schema kept in deploy/kubernetes/schemas, strict: a field the CRD does not define is an error (the
+    API server would drop it without a word, `kubectl apply --validate=strict` refuses it)."""
+    group, version = manifest["apiVersion"].split("/")
+    path = FOLDER / "schemas" / f"{manifest['kind'].lower()}-{group.split('.')[0]}-{version}.json"
+    schema = json.loads(path.read_text())
+
+    def strict(node: object) -> None:
+        if isinstance(node, dict):
+            if str(node.get("pattern", "")).startswith("^(?i)"):  # Go's RE2 takes a flag there; Python's re first
+                node["pattern"] = "(?i)^" + node["pattern"][5:]
+            if "properties" in node and "additionalProperties" not in node:
+                if not node.get("x-kubernetes-preserve-unknown-fields"):
+                    node["additionalProperties"] = False
+            for child in node.values():
+                strict(child)
+        elif isinstance(node, list):
+            for child in node:
+                strict(child)
+
+    strict(schema)
+    return schema
+
+
+@pytest.mark.parametrize("manifest", CUSTOM, ids=lambda doc: f"{doc['kind']} {doc['metadata']['name']}")
+def test_each_custom_object_is_valid_for_its_published_crd_schema(manifest):
+    jsonschema.validate(manifest, crd_schema(manifest))
+
+
+def test_a_field_the_crd_does_not_define_fails_the_schema_check():
+    scaled = next(doc for doc in CUSTOM if doc["kind"] == "ScaledObject")
+    with pytest.raises(jsonschema.ValidationError, match="minReplicas"):
+        jsonschema.validate({**scaled, "spec": {**scaled["spec"], "minReplicas": 2}}, crd_schema(scaled))
+    assert {doc["kind"] for doc in CUSTOM} == {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PodMonitor",
+                                             "PrometheusRule", "Certificate"}  # fmt: skip
+
+
+def test_the_prometheus_rule_is_generated_from_the_one_rules_file():
+    generator = runpy.run_path(str(FOLDER / "prometheus_rule.py"))
+    assert (FOLDER / "prometheusrule.yaml").read_text() == generator["prometheus_rule"](), (
+        "deploy/kubernetes/prometheusrule.yaml differs from deploy/prometheus/alerts.yml: run make kubernetes-rules"
+    )
+    (rule,) = named("PrometheusRule").values()
+    assert rule["spec"] == yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
+
+
+def test_the_gateway_and_every_worker_are_scraped_under_the_job_names_of_the_alert_rules():
+    compose_prometheus = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"] for job in compose_prometheus["scrape_configs"]}
+    (gateway_monitor,) = named("ServiceMonitor").values()
+    service = named("Service")["hypercard-gateway"]
+    assert gateway_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = gateway_monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]} and endpoint["port"] == "metrics"
+    (worker_monitor,) = named("PodMonitor").values()
+    (pod_endpoint,) = worker_monitor["spec"]["podMetricsEndpoints"]
+    for deployment in WORKERS.values():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert worker_monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert pod_endpoint["port"] in {port["name"] for port in container(deployment)["ports"]}
+    named_jobs = [relabel["replacement"] for monitor in (endpoint, pod_endpoint) for relabel in monitor["relabelings"]
+                  if relabel["targetLabel"] == "job"]  # fmt: skip
+    assert named_jobs == ["gateway", "workers"] and set(named_jobs) <= jobs
+
+
+def policy_ports(policy: dict) -> dict[str, set[str]]:
+    """Each port a policy opens -> the namespaces allowed to reach it."""
+    opened: dict[str, set[str]] = {}
+    for rule in policy["spec"].get("ingress", []):
+        sources = {peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]}
+        for port in rule["ports"]:
+            opened.setdefault(port["port"], set()).update(sources)
+    return opened
+
+
+def test_the_namespace_is_closed_but_to_the_ingress_and_to_the_monitoring():
+    policies = named("NetworkPolicy")
+    deny = policies["hypercard-default-deny"]["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}, "every pod: no connection but those allowed"
+    gateway, workers = policies["hypercard-gateway"], policies["hypercard-workers"]
+    assert gateway["spec"]["podSelector"]["matchLabels"] == GATEWAY["spec"]["selector"]["matchLabels"]
+    assert policy_ports(gateway) == {"http": {"ingress-nginx"}, "metrics": {"monitoring"}}
+    assert policy_ports(workers) == {"metrics": {"monitoring"}}
+    for deployment in WORKERS.values():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert workers["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy_ports(gateway)) <= {port["name"] for port in container(GATEWAY)["ports"]}
+    kustomization = yaml.safe_load((FOLDER / "kustomization.yaml").read_text())
+    (namespace,) = named("Namespace")
+    assert kustomization["namespace"] == namespace
+    assert not [doc["metadata"]["name"] for doc in OBJECTS if "namespace" in doc.get("metadata", {})], (
+        "the kustomization sets every object's namespace"
+    )
+
+
+def test_the_ingress_serves_the_push_path_with_the_certificate_cert_manager_renews():
+    (ingress,) = named("Ingress").values()
+    (certificate,) = named("Certificate").values()
+    (tls,) = ingress["spec"]["tls"]
+    (rule,) = ingress["spec"]["rules"]
+    assert tls["secretName"] == certificate["spec"]["secretName"]
+    assert tls["hosts"] == [rule["host"]] == certificate["spec"]["dnsNames"]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == (COMMON_PATH, "Exact"), "the push path only"
+    assert path["backend"]["service"] == {"name": "hypercard-gateway", "port": {"name": "http"}}
+    assert certificate["spec"]["renewBefore"], "renewed by cert-manager before it expires"
+
+
+# The worker's health server (HC_HEALTH_PORT, default 9101): /livez answers while the event loop refreshes its
+# heartbeat, /readyz while the worker consumes and is not paused.
+WORKER_HEALTH_PORT = 9101
+
+
+def test_every_worker_is_probed_on_the_health_endpoint_its_event_loop_answers():
+    for name, deployment in WORKERS.items():
+        worker = container(deployment)
+        ports = {port["name"]: port["containerPort"] for port in worker["ports"]}
+        assert ports["health"] == WORKER_HEALTH_PORT, name
+        assert worker["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "health"}, name
+        assert worker["startupProbe"]["httpGet"] == {"path": "/livez", "port": "health"}, name
+        assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}, name

@@ -36,9 +36,10 @@ def adapted_config(lb_port: int, *gateway_ports: int, stats_socket: Path | None 
     config = (REPO / "deploy/haproxy/haproxy.cfg").read_text()
     config = re.sub(r"maxconn \d+", "maxconn 1000", config)
     if stats_socket is not None:
-        config = config.replace("global\n", f"global\n    stats socket {stats_socket} level admin\n")
+        config = config.replace("global\n", f"global\n    stats socket {stats_socket} level admin\n", 1)
     config, replaced = re.subn(r"bind :8443 ", f"bind 127.0.0.1:{lb_port} ", config)
     assert replaced == 1
+    config = config.replace("bind :8405\n", f"bind 127.0.0.1:{free_port()}\n")  # its metrics, on no fixed port
     config = re.sub(r"resolvers docker\n(    .*\n)+", "", config)
     servers = "\n    ".join(f"server gateway{n} 127.0.0.1:{port} check" for n, port in enumerate(gateway_ports, 1))
     config, replaced = re.subn(r"server-template .*", servers, config)
