@@ -20,7 +20,8 @@ class HandlerQuit(BaseException):
 
 
 class Misbehaving(Event, tag=KIND):
-    """`misbehave`: commit | rollback | base_exception | cancelled, on every attempt; empty: an innocent event."""
+    """`misbehave`: commit | commit_unguarded | rollback | base_exception | cancelled, on every attempt; empty: an
+    innocent event."""
 
     token: str
     misbehave: str = ""
@@ -35,6 +36,8 @@ async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
                              event.token, ctx.attempt)  # fmt: skip
     if event.misbehave == "commit":
         await ctx.tx.execute("COMMIT")
+    elif event.misbehave == "commit_unguarded":  # around the guard: a statement prepared, then run
+        await (await ctx.tx.prepare("COMMIT")).fetch()
     elif event.misbehave == "rollback":
         await ctx.tx.execute("ROLLBACK")
     elif event.misbehave == "base_exception":
