@@ -18,8 +18,9 @@ from schemas import topology
 from tests.support.broker import take
 from tests.support.misbehaving_kind import DELAYS, KIND, Misbehaving
 from tests.support.processes import worker_process
-from tests.support.tracked_kind import TEST_DELAYS
+from tests.support.tracked_kind import ATTEMPT_TIMES, TEST_DELAYS
 from tests.support.waiting import eventually
+from workers.delivery import UNSETTLED_PAUSE
 from workers.registry import Registry
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
@@ -132,6 +133,35 @@ async def test_a_retry_queue_deleted_while_the_worker_runs_is_declared_again(mak
         f"not retried: {requeued:.0f} requeues, {dead} dead-lettered by the broker"
     )
     assert (requeued, dead) == (0, 0)
+
+
+async def test_a_delivery_whose_dead_letter_is_refused_is_counted_and_paused_before_it_is_tried_again(
+    make_worker, db, amqp
+):
+    """The dead queue is gone (the workers' broker user may not declare it): the dead letter is returned, the
+    delivery counted as unsettled and held UNSETTLED_PAUSE before its requeue, not requeued in a tight loop. Once
+    the queue is back, it is dead-lettered with its reason."""
+    kind = "TEST_TRACKED"
+    runtime = await make_worker(kind)
+    await amqp.queue_delete(topology.dead_queue(kind))
+    body = json.dumps({"notify_type": kind, "token": "unsettled", "outcome": "give_up"}).encode()
+    await amqp.default_exchange.publish(
+        aio_pika.Message(body, headers={"event_id": "id-unsettled"}, delivery_mode=2),
+        routing_key=topology.kind_queue(kind),
+    )
+
+    async def tried_three_times() -> bool:
+        return len(ATTEMPT_TIMES["unsettled"]) >= 3
+
+    await eventually(tried_three_times, timeout=20)
+    unsettled = runtime.metrics.unsettled.labels(kind)._value.get()  # noqa: SLF001
+    assert unsettled >= 2
+    times = ATTEMPT_TIMES["unsettled"]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= UNSETTLED_PAUSE, f"tried again after {min(gaps):.3f}s"
+    await declare.declare_kind(amqp, kind, topology.DEFAULT_DELIVERY_LIMIT, TEST_DELAYS)  # the set-up runs again
+    (dead,) = await take(amqp, topology.dead_queue(kind), timeout=10)
+    assert dead.headers["error_type"] == "GiveUp"
 
 
 async def attempts_of(db, token: str) -> list[int]:
