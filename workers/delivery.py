@@ -6,7 +6,11 @@ many share it. The connection lifecycle around both is `workers.runtime`.
 
 Headers are input like the body (anyone holding the broker user can publish to a kind's queue): an `attempt` that is
 not an integer from 1 to MAX_ATTEMPT dead-letters the message with error_type BadHeader; a `received_at` that is not
-an ISO 8601 time with its offset is replaced by the time of delivery; both are counted and logged, never raised."""
+an ISO 8601 time with its offset is replaced by the time of delivery; both are counted and logged, never raised.
+
+A handler is someone else's code: whatever it raises (a BaseException, a CancelledError of its own included) fails its
+delivery alone, and the transaction it is given is the worker's, which it may not end (`workers.transaction_guard`).
+Only the worker's own stop (`stopping`) ends a loop."""
 
 from __future__ import annotations
 
