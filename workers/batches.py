@@ -26,8 +26,9 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from infra.waiting import wait_for_event
 from workers import database
-from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryRunner, Result
+from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryRunner, Result, stopping
 from workers.outcomes import Outcome
+from workers.transaction_guard import HandlerEndedTransaction
 
 log = structlog.get_logger("workers")
 BATCH_LOCK_TIMEOUT = "100ms"
@@ -111,20 +112,21 @@ class Batches:
             async with self._collecting:
                 batch = await self._collect()
             outcomes: dict[Delivery, Outcome] = {}
+            concluded = False
             try:
                 try:
                     await self._handle(batch, outcomes)
-                except asyncio.CancelledError as error:
-                    if self._closing or _cancelling():
-                        self.runner.cut_off(d for d in batch if d.outcome is None)  # no frame sent for any of them
-                        raise
-                    # Not our shutdown: a handler's or a library's (a confirm future cancelled under it). One
-                    # batch's failure like any other; re-raised, it would end the loop for good.
-                    self._contain(batch, outcomes, error)
-                except Exception as error:  # a bug, a broker or database failure outside a handler: kept to the batch
+                except BaseException as error:
+                    if self._closing or stopping(error):
+                        raise  # no frame sent for any of them: cut off below
+                    # A bug, a broker or database failure outside a handler, a CancelledError of a library's (a
+                    # confirm future cancelled under it): one batch's failure; re-raised, it would end the loop.
                     self._contain(batch, outcomes, error)
                 await self.runner.conclude(outcomes)
+                concluded = True
             finally:
+                if not concluded:  # whatever ended the loop, every delivery it took has a fate
+                    self.runner.cut_off(d for d in batch if d.outcome is None and d not in self._pending)
                 self._taken -= len(batch)
                 if not self.outstanding:
                     self._idle.set()
@@ -172,10 +174,14 @@ class Batches:
         if not deliveries:
             return
         self.runner.metrics.batch_size.observe(len(deliveries))
+        results: dict[Delivery, Result] = {}
         try:
-            results = await self._transaction(deliveries)
+            await self._transaction(deliveries, results)
         except asyncio.CancelledError:
             raise
+        except HandlerEndedTransaction as ended:  # only a transaction that really ended gets here (`lost`)
+            await self._undo(deliveries, results, ended, outcomes)
+            return
         except Exception as error:
             structlog.contextvars.clear_contextvars()
             contention = isinstance(error, CONTENTION)
@@ -192,15 +198,42 @@ class Batches:
                 self.runner.bind(delivery)  # settling it logs: a skip's reason, a failure
             outcomes[delivery] = await self.runner.settle(delivery, result)
 
-    async def _transaction(self, deliveries: list[Delivery]) -> dict[Delivery, Result]:
-        """Claim every key, run each handler in its savepoint, commit; what each came to. Raises if the transaction
-        as a whole failed: then nothing of it was committed."""
-        results: dict[Delivery, Result] = {}
+    async def _transaction(self, deliveries: list[Delivery], results: dict[Delivery, Result]) -> None:
+        """Claim every key, run each handler in its savepoint, commit; what each came to, in `results`. Raises if
+        the transaction as a whole failed: then nothing of it was committed, unless a handler ended it
+        (HandlerEndedTransaction, `lost`), when `results` holds what had run before."""
         # The batch's span holds its claim and commit; each delivery's span its savepoint and handler.
         with self.runner.transaction_span(deliveries):
             async with self.runner.pool.acquire() as connection, connection.transaction():
                 await self._each_in_its_savepoint(connection, deliveries, results)
-        return results
+
+    async def _undo(
+        self,
+        deliveries: list[Delivery],
+        results: dict[Delivery, Result],
+        ended: HandlerEndedTransaction,
+        outcomes: dict[Delivery, Outcome],
+    ) -> None:
+        """A handler ended the batch's transaction (committed or rolled back what was done so far): the claims of
+        the deliveries not handled yet are undone, the offender fails, the others are handled again one per
+        transaction (a handler that had run and whose work was committed then finds its claim: a duplicate)."""
+        structlog.contextvars.clear_contextvars()
+        self.runner.metrics.batch_rollbacks.labels("failure").inc()
+        log.warning("a handler ended its batch's transaction; handling the batch one delivery per transaction",
+                    size=len(deliveries))  # fmt: skip
+        not_run = [delivery for delivery in deliveries if delivery not in results]
+        offender = not_run[0]
+        await self.runner.release_claims(not_run)
+        for delivery in deliveries:
+            result = results.get(delivery)
+            if delivery is offender:
+                self.runner.bind(delivery)
+                outcomes[delivery] = await self.runner.settle(delivery, ended)
+            elif result is None or result is HANDLED:
+                outcomes[delivery] = await self.runner.process_alone(delivery)
+            else:
+                self.runner.bind(delivery)
+                outcomes[delivery] = await self.runner.settle(delivery, result)
 
     async def _each_in_its_savepoint(
         self, connection: database.Transaction, deliveries: list[Delivery], results: dict[Delivery, Result]
@@ -209,10 +242,12 @@ class Batches:
             connection,
             [(d.kind, d.inbox_key, d.event_id, d.previous_inbox_key) for d in deliveries if d.inbox_key],
         )
-        savepoint = FIRST_SAVEPOINT
-        for delivery in deliveries:
+        for delivery in deliveries:  # first: the deliveries without a result then all hold a claim of this batch
             if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) not in claimed:
                 results[delivery] = DUPLICATE
+        savepoint = FIRST_SAVEPOINT
+        for delivery in deliveries:
+            if delivery in results:
                 continue
             self.runner.bind(delivery)
             with self.runner.traced(delivery):
@@ -225,7 +260,9 @@ class Batches:
             await self.runner.run_handler(delivery, connection)
         except CONTENTION:
             raise  # not the event's fault: the whole batch again, one delivery per transaction
-        except Exception as error:  # its own effects undone, and its claim, so that its retry is not a duplicate
+        except BaseException as error:  # its own effects undone, and its claim, so that its retry is not a duplicate
+            if stopping(error) or (isinstance(error, HandlerEndedTransaction) and error.lost):
+                raise
             await connection.execute(ROLLBACK_SAVEPOINT)
             if delivery.inbox_key is not None:
                 await database.release_claim(connection, delivery.kind, delivery.inbox_key, delivery.previous_inbox_key)
@@ -239,10 +276,3 @@ def _channel_open(delivery: Delivery) -> bool:
     except ChannelInvalidStateError:
         return False
     return True
-
-
-def _cancelling() -> bool:
-    """True when this task itself was asked to stop (`task.cancel()`), not when an awaited call raised
-    CancelledError of its own."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

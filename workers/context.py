@@ -10,6 +10,7 @@ import structlog
 
 if TYPE_CHECKING:
     from workers.database import Transaction
+    from workers.transaction_guard import GuardedTransaction
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -21,5 +22,6 @@ class HandlerContext:
     attempt: int  # 1 on the first delivery, 2 on the first retry, ...
     received_at: datetime  # when the gateway received the event
     log: structlog.stdlib.BoundLogger
-    # The open transaction the handler runs in: its writes commit together with the inbox row, or not at all.
-    tx: Transaction
+    # The open transaction the handler runs in: its writes commit together with the inbox row, or not at all. The
+    # worker owns it: COMMIT, ROLLBACK and the like are refused (workers.transaction_guard).
+    tx: GuardedTransaction | Transaction

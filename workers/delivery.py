@@ -6,7 +6,11 @@ many share it. The connection lifecycle around both is `workers.runtime`.
 
 Headers are input like the body (anyone holding the broker user can publish to a kind's queue): an `attempt` that is
 not an integer from 1 to MAX_ATTEMPT dead-letters the message with error_type BadHeader; a `received_at` that is not
-an ISO 8601 time with its offset is replaced by the time of delivery; both are counted and logged, never raised."""
+an ISO 8601 time with its offset is replaced by the time of delivery; both are counted and logged, never raised.
+
+A handler is someone else's code: whatever it raises (a BaseException, a CancelledError of its own included) fails its
+delivery alone, and the transaction it is given is the worker's, which it may not end (`workers.transaction_guard`).
+Only the worker's own stop (`stopping`) ends a loop."""
 
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcome
 from workers.registry import Registration
 from workers.retries import RetryPublisher
+from workers.transaction_guard import GuardedTransaction, HandlerEndedTransaction
 
 if TYPE_CHECKING:
     from infra.spans import Span, Tracing
@@ -46,7 +51,7 @@ OutageCheck = Callable[[Exception], Awaitable[bool]]
 # What running a delivery's handler came to, before its message is settled: HANDLED, DUPLICATE, or what it raised.
 HANDLED = Outcome.HANDLED
 DUPLICATE = Outcome.DUPLICATE
-Result = Outcome | Exception
+Result = Outcome | BaseException
 # The highest `attempt` header believed: retry schedules are a handful of steps, never near this.
 MAX_ATTEMPT = 1000
 # A frame that failed for one of these failed because the channel or the connection is gone.
@@ -54,6 +59,8 @@ CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
 # The keys of a delivery's canonical line that are the line's own, whatever a business id is called.
 FINISH_KEYS = frozenset({"event", "event_id", "notify_type", "attempt", "kind", "outcome", "latency_ms"})
 NOT_TRACED = contextlib.nullcontext()  # what a span's context manager is while tracing is off
+# Seconds a delivery whose retry or dead-letter copy could not be stored is held before it is requeued: no tight loop.
+UNSETTLED_PAUSE = 1.0
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -192,15 +199,34 @@ class DeliveryRunner:
             delivery.message, delivery.kind, error_type=error_type, error_message=reason, attempts=delivery.attempt,
             trace_headers=self._carried(delivery, error_type),
         )  # fmt: skip
-        return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
+        return Outcome.DEAD_LETTERED if stored else await self._unsettled(delivery)
+
+    async def _unsettled(self, delivery: Delivery) -> Outcome:
+        """Its copy could not be stored: counted (an alert), and held a moment before its requeue, which would
+        otherwise come straight back."""
+        self.metrics.unsettled.labels(delivery.kind).inc()
+        await asyncio.sleep(UNSETTLED_PAUSE)
+        return Outcome.LEFT_FOR_REDELIVERY
 
     async def run_handler(self, delivery: Delivery, connection: database.Transaction) -> None:
+        """Its handler, in the worker's transaction: raises what the handler raised, or HandlerEndedTransaction if it
+        ended that transaction or tried to."""
+        guard = GuardedTransaction(connection)
         context = HandlerContext(
             event_id=delivery.event_id, idempotency_key=delivery.inbox_key, attempt=delivery.attempt,
-            received_at=delivery.received_at, log=log.bind(), tx=connection,
+            received_at=delivery.received_at, log=log.bind(), tx=guard,
         )  # fmt: skip
-        async with asyncio.timeout(self.handler_timeout):
-            await delivery.registration.handler(delivery.event, context)
+        try:
+            async with asyncio.timeout(self.handler_timeout):
+                await delivery.registration.handler(delivery.event, context)
+        except BaseException as error:
+            ended = guard.ended()
+            if ended is None or stopping(error):
+                raise
+            raise ended from error
+        ended = guard.ended()
+        if ended is not None:
+            raise ended
 
     async def process_alone(self, delivery: Delivery) -> Outcome:
         """A decoded delivery in a transaction of its own; what became of it."""
@@ -208,12 +234,27 @@ class DeliveryRunner:
         try:
             with self.transaction_span([delivery]):
                 result = await self._transaction_alone(delivery)
-        except Exception as error:  # Retry, a timeout, a bug: all retryable; a database outage is not the event's
-            if not isinstance(error, Skip | GiveUp) and await self.database_unreachable(error):
-                stored = await delivery.retry_publisher.return_to_queue(delivery.message, delivery.kind)
-                return Outcome.RETURNED if stored else Outcome.LEFT_FOR_REDELIVERY
+        except BaseException as error:  # Retry, a timeout, a bug, anything: retryable; an outage is not the event's
+            if stopping(error):
+                raise
+            if isinstance(error, HandlerEndedTransaction) and error.lost:
+                await self.release_claims([delivery])  # committed by the handler, maybe: its retry is no duplicate
+            elif isinstance(error, Exception) and not isinstance(error, Skip | GiveUp):
+                if await self.database_unreachable(error):
+                    stored = await delivery.retry_publisher.return_to_queue(delivery.message, delivery.kind)
+                    return Outcome.RETURNED if stored else await self._unsettled(delivery)
             result = error
         return await self.settle(delivery, result)
+
+    async def release_claims(self, deliveries: list[Delivery]) -> None:
+        """Undo these deliveries' claims in a transaction of their own: a handler ended the transaction that took
+        them, perhaps committing them with no handling done."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            for delivery in deliveries:
+                if delivery.inbox_key is not None:
+                    await database.release_claim(
+                        connection, delivery.kind, delivery.inbox_key, delivery.previous_inbox_key
+                    )
 
     async def _transaction_alone(self, delivery: Delivery) -> Result:
         async with self.pool.acquire() as connection, connection.transaction():
@@ -239,16 +280,16 @@ class DeliveryRunner:
         if isinstance(result, Skip):
             log.info("skipped", reason=str(result))
             return Outcome.SKIPPED
-        assert isinstance(result, Exception)
         if isinstance(result, GiveUp):
             return await self._dead_letter(delivery, type(result).__name__, str(result))
         delay = result.delay if isinstance(result, Retry) else None
         error_type = "HandlerTimeout" if isinstance(result, TimeoutError) else type(result).__name__
         log.warning("handler failed", error_type=error_type, error=scrub(str(result))[:500])
-        return await delivery.retry_publisher.retry_or_dead_letter(
+        outcome = await delivery.retry_publisher.retry_or_dead_letter(
             message, kind, self.retry_delays(kind), delivery.attempt, error_type=error_type, error_message=str(result),
             delay=delay, trace_headers=self._carried(delivery, error_type),
         )  # fmt: skip
+        return await self._unsettled(delivery) if outcome is Outcome.LEFT_FOR_REDELIVERY else outcome
 
     def contained(self, delivery: Delivery, stage: str, reason: str) -> Outcome:
         """A failure kept to this delivery: logged once with its event id, counted by stage. LEFT_FOR_REDELIVERY, for
@@ -311,6 +352,15 @@ class DeliveryRunner:
         _bind_secrets(delivery)  # its business ids are on the line: a mobile sent as its trade number is scrubbed
         log.info("message", **_named(delivery), kind=delivery.kind, outcome=str(outcome),
                  latency_ms=round(latency * 1000, 2))  # fmt: skip
+
+
+def stopping(error: BaseException) -> bool:
+    """Is `error` the worker's own stop (its task cancelled, an interrupt, an exit) rather than a handler's failure?
+    A CancelledError a handler raised of its own (a library's future cancelled under it) is the handler's."""
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+    return isinstance(error, KeyboardInterrupt | SystemExit)
 
 
 def _bind_secrets(delivery: Delivery) -> None:

@@ -65,6 +65,13 @@ class WorkerMetrics:
             ["kind", "stage"],
             registry=self.registry,
         )
+        self.unsettled = Counter(
+            "hypercard_worker_unsettled",
+            "Deliveries whose retry or dead-letter copy the broker did not store (a deleted queue declared again and "
+            "refused once more, an alarm, a permission): held a moment, then requeued.",
+            labels,
+            registry=self.registry,
+        )
         self.loop_restarts = Counter(
             "hypercard_worker_loop_restarts",
             "Batch loops that ended on an error and were started again.",
@@ -93,7 +100,8 @@ class WorkerMetrics:
         for reason in ("lock", "failure"):
             self.batch_rollbacks.labels(reason)
         for kind in kinds:
-            for metric in (self.handled, self.duplicates, self.retried, self.dead_lettered, self.skipped, self.latency):
+            per_kind = (self.handled, self.duplicates, self.retried, self.dead_lettered, self.skipped, self.unsettled)
+            for metric in (*per_kind, self.latency):
                 metric.labels(kind)
             for outcome in Outcome:
                 self.outcomes.labels(kind, outcome)

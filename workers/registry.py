@@ -15,6 +15,7 @@ async def on_status_change(event: CardStatusChange, ctx: HandlerContext) -> None
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -62,6 +63,9 @@ class Registry:
             raise TypeError(f"{event_type!r} is not an Event subclass with a tag such as tag='CARD_STATUS_CHANGE'")
 
         def register(handler: Handler) -> Handler:
+            if not inspect.iscoroutinefunction(handler):  # a plain def would fail every attempt, at `await`
+                name = getattr(handler, "__qualname__", repr(handler))
+                raise TypeError(f"the handler of {kind}, {name}, is not a coroutine function: declare it `async def`")
             if kind in self.registrations and not replace:
                 existing = self.registrations[kind].handler
                 raise ValueError(

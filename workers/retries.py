@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import structlog
 from aio_pika.abc import HeadersType
+from aiormq.exceptions import PublishError
 
 from infra import declare
 from infra.redaction import scrub
@@ -112,13 +113,8 @@ class RetryPublisher:
             )
             return Outcome.DEAD_LETTERED if stored else Outcome.LEFT_FOR_REDELIVERY
         queue = topology.retry_queue(kind, delay)
-        if queue not in self._declared:
-            try:  # only this retry queue, in case an operator deleted it; the kind's topology is declared on connect
-                await declare.declare_retry_queue(self.channel, kind, delay)
-            except Exception as error:  # the channel closed meanwhile: the original is requeued
-                log.warning("could not declare the retry queue", queue=queue, error=type(error).__name__)
-                return Outcome.LEFT_FOR_REDELIVERY
-            self._declared.add(queue)
+        if not await self._declare_retry_queue(kind, delay):
+            return Outcome.LEFT_FOR_REDELIVERY
         headers: HeadersType = {
             "attempt": attempt + 1,
             "last_error_type": error_type,
@@ -126,7 +122,7 @@ class RetryPublisher:
             "retry_due_at": retry_due_at(delay, datetime.now(UTC)),
             **(trace_headers or {}),
         }
-        if not await self._republish(message, queue, headers):
+        if not await self._republish(message, queue, headers, redeclare=(kind, delay)):
             return Outcome.LEFT_FOR_REDELIVERY
         log.info("retry scheduled", next_attempt=attempt + 1, delay_seconds=delay)
         return Outcome.RETRIED
@@ -161,11 +157,47 @@ class RetryPublisher:
         a delivery count of 0 on every version."""
         return await self._republish(message, topology.kind_queue(kind), {})
 
-    async def _republish(self, message: aio_pika.abc.AbstractIncomingMessage, queue: str, extra: HeadersType) -> bool:
+    async def _declare_retry_queue(self, kind: str, delay: float) -> bool:
+        """This retry queue, once per channel (the kind's topology is declared on connect); False if it could not be."""
+        queue = topology.retry_queue(kind, delay)
+        if queue in self._declared:
+            return True
+        try:
+            await declare.declare_retry_queue(self.channel, kind, delay)
+        except Exception as error:  # the channel closed meanwhile: the original is requeued
+            log.warning("could not declare the retry queue", queue=queue, error=type(error).__name__)
+            return False
+        self._declared.add(queue)
+        return True
+
+    async def _republish(
+        self,
+        message: aio_pika.abc.AbstractIncomingMessage,
+        queue: str,
+        extra: HeadersType,
+        *,
+        redeclare: tuple[str, float] | None = None,
+    ) -> bool:
+        """Publish a copy to `queue`; True once stored. A copy returned because `queue` is gone (an operator
+        deleted it) is published once more after declaring the queue again, when it is a retry queue
+        (`redeclare`: its kind and delay; the workers' broker user may declare no other)."""
         copy = copy_for_republish(message, {**(message.headers or {}), **extra})
         try:
-            await self.channel.default_exchange.publish(copy, routing_key=queue, mandatory=True, timeout=10)
+            try:
+                await self._publish(copy, queue)
+            except PublishError:
+                if redeclare is None:
+                    raise
+                self._declared.discard(queue)
+                log.warning("copy returned: its queue is gone; declaring it again", queue=queue)
+                if not await self._declare_retry_queue(*redeclare):
+                    return False
+                await self._publish(copy, queue)
         except Exception as error:  # not stored: the caller leaves the original for redelivery
             log.warning("could not republish; the original will be requeued", queue=queue, error=type(error).__name__)
             return False
         return True
+
+    async def _publish(self, copy: aio_pika.Message, queue: str) -> None:
+        # mandatory: a copy no queue takes is returned (PublishError), not dropped.
+        await self.channel.default_exchange.publish(copy, routing_key=queue, mandatory=True, timeout=10)

@@ -231,7 +231,8 @@ async def test_a_message_that_fails_on_receipt_goes_back_to_its_queue_and_is_han
 async def test_a_handler_that_raises_cancelled_error_does_not_stop_the_worker(make_worker, db, amqp):
     """A CancelledError that is not the worker's own shutdown (a handler's, or a library's future cancelled under it)
     is one delivery's failure: the loop goes on (with the default single loop, a dead loop stops the worker) and the
-    delivery is handled again."""
+    delivery is retried with its reason, through the retry schedule, not requeued (which would count towards the
+    delivery limit)."""
     runtime = await make_worker(KIND)
     policy = runtime._runner  # noqa: SLF001
     run_handler = policy.run_handler
@@ -244,7 +245,7 @@ async def test_a_handler_that_raises_cancelled_error_does_not_stop_the_worker(ma
         return await run_handler(delivery, connection)
 
     policy.run_handler = run_handler_cancelled_once
-    wanted = await send_plain(amqp, "cancelled", 1)
+    wanted = await send_plain(amqp, "cancelled", 1) | {"cancelled-0": [2]}
 
     async def handled() -> bool:
         return await effects(db) == wanted
@@ -253,3 +254,4 @@ async def test_a_handler_that_raises_cancelled_error_does_not_stop_the_worker(ma
     wanted |= await send_plain(amqp, "after", 20)
     await eventually(handled, timeout=20)
     assert raised["left"] == 0 and runtime.consuming
+    assert runtime.metrics.outcomes.labels(KIND, "left_for_redelivery")._value.get() == 0  # noqa: SLF001
