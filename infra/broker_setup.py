@@ -11,7 +11,7 @@ that the gateway, the workers and the operator tools run as users that may do th
 Each role's user and password are the ones in the URL its processes are given: nothing to keep in step, and no
 password in the repository. Users and permissions are set again on every run (a changed password takes effect), the
 topology is declared idempotently (with HC_DELIVERY_LIMIT). Users go through the management API (HC_MANAGEMENT_URL,
-by default port 15672 of the broker's host, with the administrator's credentials)."""
+by default port 15672 of the broker's host, https on 15671 for an amqps URL, with the administrator's credentials)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import aiormq
 from yarl import URL
 
 from infra import broker, declare
+from infra.management import management_base
 from infra.permissions import ROLES, Role
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
@@ -66,7 +67,7 @@ async def set_up(
         if not role_url.user or not role_url.password or role_url.user == admin.user:
             raise SetupError(f"{role_url_variable(name)} needs a user of its own and a password")
         users.append((ROLES[name], role_url))
-    base = URL(management_url or f"http://{admin.host or '127.0.0.1'}:15672")
+    base = management_base(admin_url, management_url)
     done: list[str] = []
     credentials = base64.b64encode(f"{admin.user or 'guest'}:{admin.password or 'guest'}".encode()).decode()
     encoded = quote(vhost, safe="")
