@@ -24,6 +24,9 @@ class GatewaySettings(BrokerSettings, kw_only=True, frozen=True):
     trusted_proxies: tuple[str, ...] = ()
     trust_any_proxy: bool = False  # HC_TRUSTED_PROXIES may then cover every address (a proxy that rewrites the header)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=2)] = 65536
+    # Client connections one gateway process keeps open; more are answered 503 and closed (each may hold a head of
+    # up to 32 KB while it is being sent: gateway.server).
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1000
     publish_timeout: Seconds = 5.0
     read_timeout: Seconds = 10.0
     extra_paths: tuple[str, ...] = ()

@@ -90,7 +90,7 @@ async def test_a_head_over_32_kb_in_total_is_answered_431_before_it_ends(tmp_pat
         reader, writer = await open_and_send(port, 1)
         reply = await asyncio.wait_for(reader.read(), 10)  # the gateway answers and closes: no blank line needed
         writer.close()
-        assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
+        assert re.match(rb"HTTP/1\.[01] 431 ", reply), reply[:200]  # 1.0: no request was ever parsed whole
         assert b'"code":431' in reply and b"32768 bytes" in reply, reply
     finally:
         gateway.stop()
@@ -123,7 +123,7 @@ async def test_connections_over_hc_max_connections_are_answered_503_and_closed(t
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
         reply = await asyncio.wait_for(reader.read(), 10)
         writer.close()
-        assert reply.startswith(b"HTTP/1.1 503") and b'"code":503' in reply, reply[:300]
+        assert re.match(rb"HTTP/1\.[01] 503 ", reply) and b'"code":503' in reply, reply[:300]
         for writer in held:
             writer.close()
         await asyncio.sleep(0.5)
