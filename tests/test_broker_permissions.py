@@ -79,9 +79,9 @@ def test_the_readme_shows_the_patterns_that_are_applied():
     for line in (REPO / "README.md").read_text().splitlines():
         # Markdown escapes a pipe inside a cell as \|.
         cells = [cell.strip().strip("`").replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-        if len(cells) == 5 and cells[0].strip("*") in {*ROLES, "worker-<group>"}:
+        if len(cells) == 5 and cells[0].strip("*") in {*ROLES, "worker-{group}"}:
             rows[cells[0].strip("*")] = cells[1:]
-    for role in [*ROLES.values(), worker_role("worker-<group>", ["<KINDS>"])]:
+    for role in [*ROLES.values(), worker_role("worker-{group}", ["{KINDS}"])]:
         tags = ", ".join(role.tags) or "none"
         assert rows.get(role.name) == [role.configure, role.write, role.read, tags], role.name
 
