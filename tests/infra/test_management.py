@@ -1,6 +1,6 @@
 """The management API is reached with the broker URL's credentials: over https when the broker URL is amqps, never
-in clear (issue 26, finding 8). A listener on 127.0.0.2 stands where the management API would be and records what
-it is sent."""
+in clear (issue 26, finding 8). A listener stands where the management API would be and records what it is sent:
+on free ports, named as the management API's default ports (the broker's own may be listening on 15672)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from infra import management
 from infra.broker_setup import set_up
+from infra.permissions import GATEWAY
+from tests.support.network import free_port
 from workers.status import from_management
 
 PASSWORD = "amqps0only0secret"
-HOST = "127.0.0.2"  # loopback too, where nothing else listens on the management ports
+HOST = "127.0.0.1"
 
 
 class Listener:
@@ -24,6 +27,7 @@ class Listener:
     def __init__(self) -> None:
         self.received: dict[int, bytes] = {}
         self.servers: list[asyncio.Server] = []
+        self.http = self.https = 0
 
     async def start(self, *ports: int) -> None:
         for port in ports:
@@ -45,9 +49,13 @@ class Listener:
 
 
 @pytest.fixture
-async def listener() -> AsyncIterator[Listener]:
+async def listener(monkeypatch) -> AsyncIterator[Listener]:
+    http, https = free_port(), free_port()
+    monkeypatch.setattr(management, "HTTP_PORT", http)
+    monkeypatch.setattr(management, "HTTPS_PORT", https)
     found = Listener()
-    await found.start(15672, 15671)
+    await found.start(http, https)
+    found.http, found.https = http, https
     yield found
     for server in found.servers:
         server.close()
@@ -59,16 +67,16 @@ AMQPS_URL = f"amqps://hypercard-admin:{PASSWORD}@{HOST}:5671/hypercard"
 async def test_hypercard_status_never_sends_the_password_of_an_amqps_broker_over_http(listener):
     with pytest.raises((aiohttp.ClientError, OSError, TimeoutError)):
         await from_management(AMQPS_URL)
-    assert not listener.in_clear(), f"the broker password went in clear to {HOST}:15672"
-    assert 15671 in listener.received, "the management API of an amqps broker is https on 15671"
+    assert not listener.in_clear(), "the broker password went in clear to the management API's http port"
+    assert listener.https in listener.received, "the management API of an amqps broker is https (15671)"
 
 
 async def test_the_broker_set_up_never_sends_the_password_of_an_amqps_broker_over_http(listener):
-    roles = {"gateway": f"amqps://hypercard-gateway:pw0gateway@{HOST}:5671/hypercard"}
+    roles = [(GATEWAY, f"amqps://hypercard-gateway:pw0gateway@{HOST}:5671/hypercard")]
     with pytest.raises((aiohttp.ClientError, OSError, TimeoutError)):
         await set_up(AMQPS_URL, roles, kinds=["OPEN_CARD"], delivery_limit=10)
-    assert not listener.in_clear(), f"the administrator's password went in clear to {HOST}:15672"
-    assert 15671 in listener.received
+    assert not listener.in_clear(), "the administrator's password went in clear to the management API's http port"
+    assert listener.https in listener.received
 
 
 @pytest.mark.parametrize(
