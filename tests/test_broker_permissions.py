@@ -320,6 +320,19 @@ REFUSED = [
 ]
 
 
+def test_the_readme_lists_what_each_role_is_refused_as_the_broker_is_asked_below():
+    """The README's "can / refused" table of Broker users: its refused cells are the operations tried below."""
+    expected: dict[str, list[str]] = {}
+    for role, what, _ in REFUSED:
+        expected.setdefault("worker-{group}" if role.startswith("worker-") else role, []).append(what)
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) == 3 and cells[0] in expected:
+            rows[cells[0]] = cells[2].split("; ")
+    assert rows == expected
+
+
 @pytest.mark.broker
 @pytest.mark.parametrize(("role", "what", "operation"), REFUSED, ids=[f"{r}: {w}" for r, w, _ in REFUSED])
 async def test_a_role_cannot_do_the_others_jobs(broker_users, role, what, operation):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -53,13 +54,13 @@ async def users() -> AsyncIterator[Users]:
         await admin.close()
 
 
+# As the README's Database users table words them (a test below compares), and the statement tried.
 FORBIDDEN = {
-    "CREATE TABLE": "CREATE TABLE forged (id integer)",
-    "DROP TABLE": "DROP TABLE hypercard_inbox",
-    "ALTER TABLE": "ALTER TABLE hypercard_inbox ADD COLUMN forged integer",
-    "TRUNCATE": "TRUNCATE hypercard_inbox",
-    "CREATE INDEX": "CREATE INDEX forged ON hypercard_inbox (kind)",
-    "DROP migrations' ledger": "DROP TABLE hypercard_schema_migrations",
+    "`CREATE TABLE`": "CREATE TABLE forged (id integer)",
+    "`DROP TABLE`": "DROP TABLE hypercard_inbox",
+    "`ALTER TABLE`": "ALTER TABLE hypercard_inbox ADD COLUMN forged integer",
+    "`TRUNCATE`": "TRUNCATE hypercard_inbox",
+    "`CREATE INDEX`": "CREATE INDEX forged ON hypercard_inbox (kind)",
 }
 
 
@@ -69,6 +70,9 @@ async def test_migrations_run_as_the_ddl_user_and_the_worker_user_may_only_read_
         applied = await database.migrate(pool, migration_url=users.ddl_url)
         assert applied == [version for version, _, _ in database.migration_files()]
         assert await database.migrate(pool) == [], "a worker with no migration URL finds nothing to do, and no DDL"
+        async with pool.acquire() as connection:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await connection.execute("DROP TABLE hypercard_schema_migrations")
         async with pool.acquire() as connection:
             inbox = await connection.fetchval("SELECT count(*) FROM hypercard_inbox")
             assert inbox == 0
@@ -90,3 +94,10 @@ async def test_the_worker_user_cannot_migrate(users):
             await database.migrate(pool)
     finally:
         await pool.close()
+
+
+def test_the_readme_lists_what_the_worker_user_is_refused_as_postgresql_is_asked_here():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| worker (`hypercard_worker`")]
+    refused = row.strip().strip("|").split(" | ")[2].strip().split(", ")
+    assert refused == [*FORBIDDEN, "running the migrations"]
