@@ -1,24 +1,29 @@
 # The project's image: the gateway, the workers and the operator tools (the command picks which).
-# The builder turns the source into a wheel, with the wheels of every dependency and of the `otel` extra (tracing
-# stays off until OTEL_* names an exporter: README, Tracing); the runtime installs from those wheels only
-# (--no-index: no other index can stand in for the project's name), so the image holds exactly the packages and
-# package data (samples, migrations) the wheel declares. tests/test_deploy.py repeats these steps
-# without an engine and starts what they install.
+# Every package comes from requirements.lock: one version each, with its hashes (pip-compile from pyproject.toml,
+# the `otel` extra and the build's setuptools: `make lock`), so nothing is resolved at build time and a file that
+# is not the one locked stops the build. The builder downloads them and builds the project's own wheel (no build
+# isolation: the locked setuptools); the runtime installs from those wheels only (--no-index: no other index can
+# stand in for a name), so the image holds exactly the locked packages and the package data (samples, migrations)
+# the wheel declares. Tracing stays off until OTEL_* names an exporter (README, Tracing).
+# tests/test_deploy.py repeats these steps without an engine and starts what they install.
 FROM python:3.11-slim AS builder
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY infra ./infra
 COPY gateway ./gateway
 COPY workers ./workers
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[otel]"
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock \
+    && pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements.lock \
+    && pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=builder /wheels /wheels
-# The versions are pinned by /wheels: one wheel of each package, built above from this source and its lock of floors.
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir --no-index --find-links /wheels "hypercard-gateway[otel]" && rm -rf /wheels \
+COPY requirements.lock /wheels/
+RUN pip install --no-cache-dir --no-index --find-links /wheels --require-hashes -r /wheels/requirements.lock \
+    && pip install --no-cache-dir --no-index --no-deps /wheels/hypercard_gateway-*.whl \
+    && rm -rf /wheels \
     && groupadd --system --gid 10001 hypercard \
     && useradd --system --uid 10001 --gid 10001 --no-create-home hypercard
 USER 10001:10001

@@ -6,7 +6,7 @@ DEV_KEYS := .dev
 DEV_ID_SECRET := $(DEV_KEYS)/id-secret
 export HC_PLATFORM_PUBLIC_KEY ?= $(CURDIR)/$(DEV_KEYS)/platform-public.pem
 
-.PHONY: run test lint install tools bench clean dashboards audit kubernetes-rules
+.PHONY: run test lint install tools bench clean dashboards audit kubernetes-rules lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,11 +61,19 @@ bench: install
 	@$(BIN)/python -m infra.headroom --for bench
 	$(BIN)/python -m bench
 
-# Known vulnerabilities of the installed dependencies (pip-audit, installed here as `make bench` installs its extras).
-# It reads PyPI's advisory data over the network; --strict fails when a package could not be checked.
+# Known vulnerabilities of the packages the image installs: requirements.lock, every file checked against its hashes
+# (pip-audit, installed here as `make bench` installs its extras). It reads PyPI's advisory data over the network;
+# --strict fails when a package could not be checked.
 audit: install
 	$(BIN)/pip install --quiet pip-audit
-	$(BIN)/pip-audit --strict --skip-editable
+	$(BIN)/pip-audit --strict -r requirements.lock --require-hashes
+
+# requirements.lock again from pyproject.toml (the dependencies, the otel extra, the build's setuptools), one version
+# of each with its hashes: after a change of the dependencies (tests/test_lock.py says when), or to take updates.
+lock: install
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe --strip-extras --all-build-deps \
+		--no-emit-index-url --no-emit-find-links --extra otel --output-file requirements.lock pyproject.toml
 
 lint: install
 	$(BIN)/ruff check .

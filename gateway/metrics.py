@@ -86,6 +86,19 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.open_connections = Gauge(
+            "hypercard_gateway_open_connections",
+            "Client connections open now, at most HC_MAX_CONNECTIONS per process.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.connections_refused = Counter(
+            "hypercard_gateway_connections_refused",
+            "Connections answered and closed before a request was read: TooManyConnections (over "
+            "HC_MAX_CONNECTIONS) or HeadTooLarge (a request head over 32 KB).",
+            ["reason"],
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "hypercard_gateway_in_flight",
             "Requests being handled now.",

@@ -22,7 +22,11 @@ class GatewaySettings(BrokerSettings, kw_only=True, frozen=True):
     signature_mode: Literal["enforce", "monitor", "off"] = "enforce"
     allowed_ips: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    trust_any_proxy: bool = False  # HC_TRUSTED_PROXIES may then cover every address (a proxy that rewrites the header)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=2)] = 65536
+    # Client connections one gateway process keeps open; more are answered 503 and closed (each may hold a head of
+    # up to 32 KB while it is being sent: gateway.server).
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1000
     publish_timeout: Seconds = 5.0
     read_timeout: Seconds = 10.0
     extra_paths: tuple[str, ...] = ()
@@ -37,6 +41,12 @@ class GatewaySettings(BrokerSettings, kw_only=True, frozen=True):
                     ipaddress.ip_network(cidr, strict=False)
                 except ValueError:
                     raise SettingsError(f"{env_name(name)}: {cidr!r} is not an IP address or CIDR") from None
+        if not self.trust_any_proxy and _covers_every_address(self.trusted_proxies):
+            raise SettingsError(
+                f"HC_TRUSTED_PROXIES: {','.join(self.trusted_proxies)} covers every IPv4 or IPv6 address, so any "
+                "client could name its own address in X-Forwarded-For; list your proxies' networks (or set "
+                "HC_TRUST_ANY_PROXY=true when every path to the gateway passes a proxy that rewrites the header)"
+            )
         for path, kind in self.extra_path_kinds.items():
             if not re.fullmatch(r"/[A-Za-z0-9_./-]*", path):
                 raise SettingsError(f"HC_EXTRA_PATHS: {path!r} is not a URL path (write /path or /path=KIND)")
@@ -51,3 +61,11 @@ class GatewaySettings(BrokerSettings, kw_only=True, frozen=True):
             path, _, kind = entry.partition("=")
             paths[path.strip()] = kind.strip() or None
         return paths
+
+
+def _covers_every_address(cidrs: tuple[str, ...]) -> bool:
+    """Whether the networks, merged, include 0.0.0.0/0 or ::/0 (also when split, as 0.0.0.0/1 and 128.0.0.0/1)."""
+    networks = [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+    v4 = ipaddress.collapse_addresses(n for n in networks if isinstance(n, ipaddress.IPv4Network))
+    v6 = ipaddress.collapse_addresses(n for n in networks if isinstance(n, ipaddress.IPv6Network))
+    return any(network.prefixlen == 0 for network in v4) or any(network.prefixlen == 0 for network in v6)

@@ -1,17 +1,22 @@
 """`hypercard-broker-setup`: once per deployment, as the broker's administrator, create the vhost, one user per role
-with the permissions of `infra.permissions`, the holding queues' delivery-limit policy, and the whole topology, so
-that the gateway, the workers and the operator tools run as users that may do their own job only.
+(and per group of workers) with the permissions of `infra.permissions`, the holding queues' delivery-limit policy,
+and the whole topology, so that the gateway, the workers and the operator tools run as users that may do their own
+job only.
 
     HC_AMQP_URL=amqp://admin:…@rabbitmq:5672/ \\
     HYPERCARD_GATEWAY_AMQP_URL=amqp://hypercard-gateway:…@rabbitmq:5672/ \\
-    HYPERCARD_WORKER_AMQP_URL=amqp://hypercard-worker:…@rabbitmq:5672/ \\
     HYPERCARD_OPERATOR_AMQP_URL=amqp://hypercard-operator:…@rabbitmq:5672/ \\
+    HYPERCARD_WORKER_CARDS_AMQP_URL=amqp://hypercard-worker-cards:…@rabbitmq:5672/ \\
+    HYPERCARD_WORKER_CARDS_KINDS=OPEN_CARD,CANCEL_CARD,CARD_CONFIG_CHANGE,CONSUME \\
     hypercard-broker-setup [--kind CARD_STATUS_CHANGE]
+
+Each HYPERCARD_WORKER_<GROUP>_AMQP_URL, with its _KINDS, is the user of one group of workers: it reads those kinds'
+queues and no other's.
 
 Each role's user and password are the ones in the URL its processes are given: nothing to keep in step, and no
 password in the repository. Users and permissions are set again on every run (a changed password takes effect), the
 topology is declared idempotently (with HC_DELIVERY_LIMIT). Users go through the management API (HC_MANAGEMENT_URL,
-by default port 15672 of the broker's host, with the administrator's credentials)."""
+by default port 15672 of the broker's host, https on 15671 for an amqps URL, with the administrator's credentials)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import argparse
 import asyncio
 import base64
 import os
+import re
 import sys
 from collections.abc import Mapping
 from urllib.parse import quote
@@ -28,15 +34,36 @@ import aiormq
 from yarl import URL
 
 from infra import broker, declare
-from infra.permissions import ROLES, Role
+from infra.management import management_base
+from infra.permissions import ROLES, Role, worker_role
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.events import KIND_NAME, KNOWN_KINDS
 
+WORKER_GROUP = re.compile(r"HYPERCARD_WORKER_([A-Z0-9_]+)_AMQP_URL")
+
 
 def role_url_variable(role: str) -> str:
     """Where the set-up reads a role's broker URL (not an HC_* setting: no process of the project reads it)."""
-    return f"HYPERCARD_{role.upper()}_AMQP_URL"
+    return f"HYPERCARD_{role.upper().replace('-', '_')}_AMQP_URL"
+
+
+def roles_from(environ: Mapping[str, str]) -> list[tuple[Role, str]]:
+    """The gateway's and the operator's users, and one per worker group (its URL and _KINDS), as the environment
+    names them."""
+    users = [
+        (role, environ[role_url_variable(name)]) for name, role in ROLES.items() if environ.get(role_url_variable(name))
+    ]
+    for variable, url in sorted(environ.items()):
+        group = WORKER_GROUP.fullmatch(variable)
+        if group is None or not url:
+            continue
+        kinds_variable = variable.removesuffix("_AMQP_URL") + "_KINDS"
+        kinds = [kind.strip() for kind in environ.get(kinds_variable, "").split(",") if kind.strip()]
+        if not kinds or not all(KIND_NAME.match(kind) for kind in kinds):
+            raise SetupError(f"{kinds_variable}: the kinds this worker group consumes, such as OPEN_CARD,CANCEL_CARD")
+        users.append((worker_role(f"worker-{group.group(1).lower().replace('_', '-')}", kinds), url))
+    return users
 
 
 class SetupError(Exception):
@@ -49,7 +76,7 @@ def vhost_of(url: URL) -> str:
 
 async def set_up(
     admin_url: str,
-    role_urls: Mapping[str, str],
+    role_urls: list[tuple[Role, str]],
     *,
     kinds: list[str],
     delivery_limit: int,
@@ -59,14 +86,14 @@ async def set_up(
     admin = URL(admin_url)
     vhost = vhost_of(admin)
     users: list[tuple[Role, URL]] = []
-    for name, url in role_urls.items():
-        role_url = URL(url)
+    for role, url in role_urls:
+        role_url, variable = URL(url), role_url_variable(role.name)
         if vhost_of(role_url) != vhost:
-            raise SetupError(f"{role_url_variable(name)} names vhost {vhost_of(role_url)!r}, HC_AMQP_URL {vhost!r}")
+            raise SetupError(f"{variable} names vhost {vhost_of(role_url)!r}, HC_AMQP_URL {vhost!r}")
         if not role_url.user or not role_url.password or role_url.user == admin.user:
-            raise SetupError(f"{role_url_variable(name)} needs a user of its own and a password")
-        users.append((ROLES[name], role_url))
-    base = URL(management_url or f"http://{admin.host or '127.0.0.1'}:15672")
+            raise SetupError(f"{variable} needs a user of its own and a password")
+        users.append((role, role_url))
+    base = management_base(admin_url, management_url)
     done: list[str] = []
     credentials = base64.b64encode(f"{admin.user or 'guest'}:{admin.password or 'guest'}".encode()).decode()
     encoded = quote(vhost, safe="")
@@ -123,9 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     for kind in args.kind:
         if not KIND_NAME.match(kind):
             parser.exit(2, f"hypercard-broker-setup: {kind!r} is not an event kind such as OPEN_CARD\n")
-    role_urls = {name: os.environ[role_url_variable(name)] for name in ROLES if os.environ.get(role_url_variable(name))}
     kinds = sorted(KNOWN_KINDS | {kind.upper() for kind in args.kind})
     try:
+        role_urls = roles_from(os.environ)
         done = asyncio.run(
             set_up(
                 settings.amqp_urls[0],
@@ -141,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"hypercard-broker-setup: the broker refused, or did not answer: {error!r}\n")
     for line in done:
         print(line)
-    missing = [role_url_variable(name) for name in ROLES if name not in role_urls]
+    named = {role.name for role, _ in role_urls}
+    missing = [role_url_variable(name) for name in ROLES if name not in named]
+    if not any(name.startswith("worker-") for name in named):
+        missing.append("HYPERCARD_WORKER_<GROUP>_AMQP_URL and _KINDS")
     if missing:
         print(f"no user set up for: {', '.join(missing)}", file=sys.stderr)

@@ -31,9 +31,11 @@ KNOWN_VARIABLES = frozenset(
         # GatewaySettings
         "HC_HOST", "HC_PORT", "HC_PLATFORM_PUBLIC_KEY", "HC_API_KEY", "HC_SIGNATURE_MODE", "HC_ALLOWED_IPS",
         "HC_TRUSTED_PROXIES", "HC_MAX_BODY_BYTES", "HC_PUBLISH_TIMEOUT", "HC_READ_TIMEOUT", "HC_EXTRA_PATHS",
-        "HC_DRAIN_SECONDS", "HC_PROCESSES", "HC_GATEWAY_METRICS_PORT",
+        "HC_DRAIN_SECONDS", "HC_PROCESSES", "HC_GATEWAY_METRICS_PORT", "HC_TRUST_ANY_PROXY",
+        "HC_MAX_CONNECTIONS",
         # WorkerSettings
-        "HC_DATABASE_URL", "HC_PREFETCH", "HC_BATCH_SIZE", "HC_BATCH_WAIT", "HC_HANDLER_TIMEOUT", "HC_RETRY_DELAYS",
+        "HC_DATABASE_URL", "HC_MIGRATION_DATABASE_URL", "HC_PREFETCH", "HC_BATCH_SIZE",
+        "HC_BATCH_WAIT", "HC_HANDLER_TIMEOUT", "HC_RETRY_DELAYS",
         "HC_SHUTDOWN_GRACE", "HC_HANDLERS", "HC_METRICS_PORT", "HC_INBOX_RETENTION_DAYS", "HC_INBOX_PRUNE_INTERVAL",
         # the identifier secret (BrokerSettings, infra.identifiers)
         "HC_ID_SECRET_FILE", "HC_ID_SECRET_PREVIOUS",
@@ -92,10 +94,13 @@ def load_settings(kind: type[S], environ: Mapping[str, str] | None = None, **ove
     raw: dict[str, object] = {}
     for field, field_type in fields.items():
         value = environ.get(env_name(field))
-        if value is None or value.strip() == "":
+        if isinstance(field_type, msgspec.inspect.VarTupleType) and value is not None:
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            if not items:  # HC_ALLOWED_IPS= would otherwise mean "anyone": a list that is set says what it allows
+                raise SettingsError(f"{env_name(field)}: set but empty ({value!r}); give a value, or unset it")
+            raw[field] = items
+        elif value is None or value.strip() == "":
             continue
-        if isinstance(field_type, msgspec.inspect.VarTupleType):
-            raw[field] = [item.strip() for item in value.split(",") if item.strip()]
         else:
             raw[field] = value.strip()
     raw.update({key: value for key, value in overrides.items() if value is not None})
@@ -106,12 +111,13 @@ def load_settings(kind: type[S], environ: Mapping[str, str] | None = None, **ove
 
 
 def _refuse_unknown_variables(environ: Mapping[str, str], known: frozenset[str]) -> None:
-    unknown = sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+    # hc_allowed_ips too: a variable in the wrong case is read by nothing, and would leave its safeguard off.
+    unknown = sorted(name for name in environ if name.upper().startswith(ENV_PREFIX) and name not in known)
     if not unknown:
         return
     problems = []
     for name in unknown:
-        nearest = difflib.get_close_matches(name, known, n=1)
+        nearest = difflib.get_close_matches(name.upper(), known, n=1)
         problems.append(f"{name} (did you mean {nearest[0]}?)" if nearest else name)
     raise SettingsError(
         f"{', '.join(problems)}: no hypercard process reads this variable; correct or unset it (a misspelt setting "

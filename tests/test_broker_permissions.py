@@ -22,7 +22,7 @@ import yaml
 
 from infra import declare
 from infra.broker_setup import set_up
-from infra.permissions import GATEWAY, OPERATOR, ROLES, WORKER
+from infra.permissions import GATEWAY, OPERATOR, ROLES, worker_role
 from infra.settings import load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
@@ -38,9 +38,18 @@ from workers.settings import WorkerSettings
 REPO = Path(__file__).resolve().parents[1]
 RUN = secrets.token_hex(4)
 ADMIN_URL = AMQP_URL
-ROLE_URLS = {role: f"amqp://hypercard_perm_{RUN}_{role}:{secrets.token_urlsafe(12)}@127.0.0.1:5672/{TEST_VHOST}"
-             for role in ROLES}  # fmt: skip
+# One worker user per group of kinds, as in docker-compose.yml (issue 26: one user for every group could read the
+# one-time codes of hypercard.opt_code from any worker).
+WORKER_GROUPS = {
+    "worker-cards": ["OPEN_CARD", "CANCEL_CARD", "CARD_CONFIG_CHANGE", "CONSUME"],
+    "worker-auth": ["AUTH_3DS", "OPT_CODE"],
+    "worker-tracked": ["TEST_TRACKED"],
+}
+USERS = [ROLES["gateway"], ROLES["operator"], *(worker_role(name, kinds) for name, kinds in WORKER_GROUPS.items())]
+ROLE_URLS = {role.name: f"amqp://hypercard_perm_{RUN}_{role.name}:{secrets.token_urlsafe(12)}@127.0.0.1:5672/"
+             f"{TEST_VHOST}" for role in USERS}  # fmt: skip
 KINDS = sorted(KNOWN_KINDS | {"TEST_TRACKED"})
+WORKER = worker_role("worker-all", KINDS)
 PATH = "/hc_sync/common"
 OPEN_CARD, DEAD = topology.kind_queue("OPEN_CARD"), topology.dead_queue("OPEN_CARD")
 
@@ -50,6 +59,7 @@ def test_the_patterns_name_the_topology_and_nothing_more():
     for kind in KINDS:
         assert re.match(WORKER.read, topology.kind_queue(kind))
         assert re.match(WORKER.configure, topology.retry_queue(kind, 0.2))
+        assert not re.match(WORKER.configure, topology.kind_queue(kind))
         assert re.match(OPERATOR.read, topology.dead_queue(kind))
         assert not re.match(OPERATOR.read, topology.kind_queue(kind))
         assert not re.match(WORKER.read, topology.dead_queue(kind))
@@ -57,6 +67,11 @@ def test_the_patterns_name_the_topology_and_nothing_more():
         assert not re.match(WORKER.read, name)
     assert all(re.match(OPERATOR.read, name) for name in holding)
     assert re.match(GATEWAY.write, topology.EVENTS_EXCHANGE)
+    cards = worker_role("worker-cards", WORKER_GROUPS["worker-cards"])
+    assert re.match(cards.read, topology.kind_queue("OPEN_CARD"))
+    assert not re.match(cards.read, topology.kind_queue("OPT_CODE"))
+    assert not re.match(cards.read, topology.retry_queue("RECHARGE", 1))
+    assert not re.match(cards.configure, topology.retry_queue("RECHARGE", 1))
 
 
 def test_the_readme_shows_the_patterns_that_are_applied():
@@ -64,17 +79,21 @@ def test_the_readme_shows_the_patterns_that_are_applied():
     for line in (REPO / "README.md").read_text().splitlines():
         # Markdown escapes a pipe inside a cell as \|.
         cells = [cell.strip().strip("`").replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-        if len(cells) == 5 and cells[0].strip("*") in ROLES:
+        if len(cells) == 5 and cells[0].strip("*") in {*ROLES, "worker-{group}"}:
             rows[cells[0].strip("*")] = cells[1:]
-    for role in ROLES.values():
+    for role in [*ROLES.values(), worker_role("worker-{group}", ["{KINDS}"])]:
         tags = ", ".join(role.tags) or "none"
         assert rows.get(role.name) == [role.configure, role.write, role.read, tags], role.name
 
 
-COMPOSE_PASSWORDS = {f"RABBITMQ_{role.upper()}_PASSWORD": f"{role}-secret" for role in ROLES}
+COMPOSE_GROUPS = ("cards", "payments", "auth")
+COMPOSE_PASSWORDS = {f"RABBITMQ_{role.upper()}_PASSWORD": f"{role}-secret" for role in ROLES} | {
+    f"RABBITMQ_WORKER_{group.upper()}_PASSWORD": f"worker{group}-secret" for group in COMPOSE_GROUPS
+}
 # The other secrets compose refuses to start without (tests/test_deploy.py checks each one).
 OTHER_SECRETS = {"RABBITMQ_PASSWORD": "admin0secret", "POSTGRES_PASSWORD": "pg0secret", "HC_API_KEY": "merchant-1",
-                 "HC_ID_SECRET": "0123456789abcdef" * 4, "GRAFANA_ADMIN_PASSWORD": "grafana0secret"}  # fmt: skip
+                 "HC_ID_SECRET": "0123456789abcdef" * 4, "GRAFANA_ADMIN_PASSWORD": "grafana0secret",
+                 "POSTGRES_WORKER_PASSWORD": "pgworker0secret"}  # fmt: skip
 
 
 def compose_config(environ: dict[str, str]) -> subprocess.CompletedProcess:
@@ -91,10 +110,15 @@ def test_compose_gives_each_role_its_own_broker_user_with_a_password_from_the_en
     setup = services["broker-setup"]["environment"]
     assert setup["HYPERCARD_GATEWAY_AMQP_URL"] == services["gateway"]["environment"]["HC_AMQP_URL"]
     assert "gateway-secret" in setup["HYPERCARD_GATEWAY_AMQP_URL"]
-    for name, service in services.items():
-        if service.get("command", [""])[0] == "hypercard-worker":
-            assert service["environment"]["HC_AMQP_URL"] == setup["HYPERCARD_WORKER_AMQP_URL"], name
-            assert service["depends_on"]["broker-setup"]["condition"] == "service_completed_successfully"
+    workers = {name: s for name, s in services.items() if s.get("command", [""])[0] == "hypercard-worker"}
+    assert sorted(workers) == sorted(f"worker-{group}" for group in COMPOSE_GROUPS)
+    for name, service in workers.items():
+        variable = f"HYPERCARD_{name.upper().replace('-', '_')}"
+        assert service["environment"]["HC_AMQP_URL"] == setup[f"{variable}_AMQP_URL"], name
+        assert f"{name.removeprefix('worker-')}-secret" in setup[f"{variable}_AMQP_URL"], name
+        assert setup[f"{variable}_KINDS"].split(",") == service["command"][1:], f"{name}: its user reads its kinds"
+        assert service["depends_on"]["broker-setup"]["condition"] == "service_completed_successfully"
+    assert len({service["environment"]["HC_AMQP_URL"] for service in workers.values()}) == len(COMPOSE_GROUPS)
     assert "operator-secret" in setup["HYPERCARD_OPERATOR_AMQP_URL"]
 
 
@@ -107,7 +131,8 @@ def broker_users(test_vhost) -> Iterator[dict[str, str]]:
     """The three users and the topology, as `hypercard-broker-setup` makes them; the users gone at the end."""
     ensure_management_api()
     try:
-        asyncio.run(set_up(ADMIN_URL, ROLE_URLS, kinds=KINDS, delivery_limit=topology.DEFAULT_DELIVERY_LIMIT))
+        users = [(role, ROLE_URLS[role.name]) for role in USERS]
+        asyncio.run(set_up(ADMIN_URL, users, kinds=KINDS, delivery_limit=topology.DEFAULT_DELIVERY_LIMIT))
         yield ROLE_URLS
     finally:
         for url in ROLE_URLS.values():
@@ -147,7 +172,11 @@ async def test_the_gateway_user_answers_code_1_for_a_signed_push(broker_users, m
 async def test_the_worker_user_handles_retries_and_dead_letters(broker_users, make_gateway, sign, admin):
     await reset_database()
     settings = load_settings(
-        WorkerSettings, {}, amqp_url=broker_users["worker"], database_url=DATABASE_URL, retry_delays=TEST_DELAYS,
+        WorkerSettings,
+        {},
+        amqp_url=broker_users["worker-tracked"],
+        database_url=DATABASE_URL,
+        retry_delays=TEST_DELAYS,
         id_secret=TEST_ID_SECRET,
     )
     worker = create_worker(settings, ["TEST_TRACKED"])
@@ -262,15 +291,25 @@ REFUSED = [
     ("gateway", "publish straight into a queue", publish("", OPEN_CARD)),
     ("gateway", "declare a queue", declare_queue("hypercard.mine")),
     ("gateway", "delete the events exchange", delete_exchange(topology.EVENTS_EXCHANGE)),
-    # The workers consume the kinds' queues and republish to the retry and dead queues.
-    ("worker", "publish to hypercard.events (replay is the operator's)", publish(topology.EVENTS_EXCHANGE, OPEN_CARD)),
-    ("worker", "delete a kind's queue", delete(OPEN_CARD)),
-    ("worker", "delete a dead queue", delete(DEAD)),
-    ("worker", "get a dead letter", get(DEAD)),
-    ("worker", "get an invalid event", get(topology.INVALID_QUEUE)),
-    ("worker", "get an unverified event", get(topology.UNVERIFIED_QUEUE)),
-    ("worker", "declare a kind's queue", declare_queue(topology.kind_queue("NEW_KIND"))),
-    ("worker", "delete the events exchange", delete_exchange(topology.EVENTS_EXCHANGE)),
+    # The workers consume their own group's queues and republish to its retry and dead queues.
+    (
+        "worker-cards",
+        "publish to hypercard.events (replay is the operator's)",
+        publish(topology.EVENTS_EXCHANGE, OPEN_CARD),
+    ),
+    ("worker-cards", "delete its own kind's queue", delete(OPEN_CARD)),
+    ("worker-cards", "delete a dead queue", delete(DEAD)),
+    ("worker-cards", "get a dead letter", get(DEAD)),
+    ("worker-cards", "get an invalid event", get(topology.INVALID_QUEUE)),
+    ("worker-cards", "get an unverified event", get(topology.UNVERIFIED_QUEUE)),
+    ("worker-cards", "declare a kind's queue", declare_queue(topology.kind_queue("NEW_KIND"))),
+    ("worker-cards", "delete the events exchange", delete_exchange(topology.EVENTS_EXCHANGE)),
+    # ... and nothing of another group's (issue 26: one-time codes, a purge, a retry queue deleted).
+    ("worker-cards", "get another group's one-time code", get(topology.kind_queue("OPT_CODE"))),
+    ("worker-cards", "consume another group's queue", consume(topology.kind_queue("OPT_CODE"))),
+    ("worker-auth", "purge another group's queue", purge(topology.kind_queue("CARD_CONFIG_CHANGE"))),
+    ("worker-cards", "delete another group's retry queue", delete(topology.retry_queue("RECHARGE", 1))),
+    ("worker-cards", "declare another group's retry queue", declare_queue(topology.retry_queue("OPT_CODE", 1))),
     # The operator tools read the dead and holding queues and republish.
     ("operator", "get from a kind's queue", get(OPEN_CARD)),
     ("operator", "consume a kind's queue", consume(OPEN_CARD)),
@@ -279,6 +318,19 @@ REFUSED = [
     ("operator", "declare a queue", declare_queue("hypercard.mine")),
     ("operator", "delete the events exchange", delete_exchange(topology.EVENTS_EXCHANGE)),
 ]
+
+
+def test_the_readme_lists_what_each_role_is_refused_as_the_broker_is_asked_below():
+    """The README's "can / refused" table of Broker users: its refused cells are the operations tried below."""
+    expected: dict[str, list[str]] = {}
+    for role, what, _ in REFUSED:
+        expected.setdefault("worker-{group}" if role.startswith("worker-") else role, []).append(what)
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) == 3 and cells[0] in expected:
+            rows[cells[0]] = cells[2].split("; ")
+    assert rows == expected
 
 
 @pytest.mark.broker

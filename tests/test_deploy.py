@@ -18,6 +18,7 @@ import yaml
 
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from infra.permissions import database_grants
 from infra.settings import load_settings
 from schemas.events import KNOWN_KINDS
 from tests.support.broker import AMQP_URL
@@ -114,12 +115,33 @@ def test_the_ops_profile_runs_the_operator_commands_as_the_operator_user():
     assert "docker compose run --rm ops hypercard-replay" in (REPO / "README.md").read_text()
 
 
+def test_the_gateway_has_no_database_url_and_the_workers_migrate_as_another_user():
+    """The internet-facing gateway held the PostgreSQL superuser's password, and the workers migrated as it
+    (issue 26, finding 6): the workers now work as a DML-only user and migrate as the database's owner."""
+    assert not {name for name in SERVICES["gateway"]["environment"] if "DATABASE" in name}
+    for name, service in SERVICES.items():
+        if service.get("command", [""])[0] == "hypercard-worker":
+            environment = service["environment"]
+            assert environment["HC_DATABASE_URL"].startswith("postgresql://hypercard_worker:"), name
+            assert environment["HC_MIGRATION_DATABASE_URL"].startswith("postgresql://hypercard:"), name
+    init = SERVICES["postgres"]["volumes"]
+    assert any(v.startswith("./deploy/postgres/worker-role.sh:/docker-entrypoint-initdb.d/") for v in init), init
+
+
+def test_the_database_set_up_grants_the_worker_user_what_the_tests_check():
+    script = (REPO / "deploy/postgres/worker-role.sh").read_text()
+    for statement in database_grants(owner="hypercard", worker="hypercard_worker", database="hypercard"):
+        assert statement in script, statement
+
+
 def test_compose_publishes_no_console_without_a_login_and_runs_a_supported_rabbitmq():
     text = (REPO / "docker-compose.yml").read_text()
     assert "hypercard:hypercard@" not in text and not re.search(r"PASSWORD: \w", text), "no password in the file"
     assert re.fullmatch(r"rabbitmq:4\.\d+-management", SERVICES["rabbitmq"]["image"])
-    for name in ("rabbitmq", "prometheus"):
-        assert all(port.startswith("127.0.0.1:") for port in SERVICES[name].get("ports", [])), name
+    # Grafana too (issue 26: it was published on every interface): only the HTTPS load balancer faces the network.
+    for name, service in SERVICES.items():
+        if name != "lb":
+            assert all(port.startswith("127.0.0.1:") for port in service.get("ports", [])), name
     grafana = SERVICES["grafana"]["environment"]
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert "GRAFANA_ADMIN_PASSWORD" in grafana["GF_SECURITY_ADMIN_PASSWORD"]

@@ -149,8 +149,11 @@ KEDA_SCHEMAS = {
                             "type": "object",
                             "required": ["parameter", "name", "key"],
                             "additionalProperties": False,
-                            "properties": {"parameter": {"enum": ["host"]}, "name": {"type": "string"},
-                                           "key": {"type": "string"}},  # fmt: skip
+                            "properties": {
+                                "parameter": {"enum": ["host"]},
+                                "name": {"type": "string"},
+                                "key": {"type": "string"},
+                            },  # fmt: skip
                         },
                     }
                 },
@@ -224,7 +227,9 @@ def test_every_hc_variable_is_one_its_process_reads():
 
 
 def test_secrets_come_from_the_secret_and_each_process_has_its_own_broker_user():
-    secret_variables = re.compile(r"^(HC_AMQP_URL|HC_DATABASE_URL|HC_API_KEY|HC_ID_SECRET|HYPERCARD_\w+_AMQP_URL)$")
+    secret_variables = re.compile(
+        r"^(HC_AMQP_URL|HC_DATABASE_URL|HC_MIGRATION_DATABASE_URL|HC_API_KEY|HC_ID_SECRET|HYPERCARD_\w+_AMQP_URL)$"
+    )
     for doc in [*DEPLOYMENTS.values(), SETUP]:
         for name, entry in env(doc).items():
             if secret_variables.match(name):
@@ -234,9 +239,16 @@ def test_secrets_come_from_the_secret_and_each_process_has_its_own_broker_user()
                    for doc in [*DEPLOYMENTS.values(), SETUP]}  # fmt: skip
     assert broker_user.pop("hypercard-gateway") == "gateway-amqp-url"
     assert broker_user.pop("hypercard-broker-setup") == "admin-amqp-url"
-    assert set(broker_user.values()) == {"worker-amqp-url"}
-    setup_roles = {name for name in env(SETUP) if name.startswith("HYPERCARD_")}
-    assert setup_roles == {f"HYPERCARD_{role.upper()}_AMQP_URL" for role in ("gateway", "worker", "operator")}
+    # One broker user per worker group, reading only its kinds' queues (issue 26, finding 6).
+    setup = env(SETUP)
+    assert {"HYPERCARD_GATEWAY_AMQP_URL", "HYPERCARD_OPERATOR_AMQP_URL"} <= setup.keys()
+    for name, key in broker_user.items():
+        group = name.removeprefix("hypercard-")  # worker-cards
+        assert key == f"{group}-amqp-url", name
+        variable = f"HYPERCARD_{group.upper().replace('-', '_')}"
+        assert setup[f"{variable}_AMQP_URL"]["valueFrom"]["secretKeyRef"]["key"] == key
+        assert setup[f"{variable}_KINDS"]["value"].split(",") == container(DEPLOYMENTS[name])["args"], name
+    assert len(set(broker_user.values())) == len(WORKERS)
     (auth,) = [doc for doc in KEDA if doc["kind"] == "TriggerAuthentication"]
     assert auth["spec"]["secretTargetRef"][0]["key"] == "operator-amqp-url"
 
@@ -376,3 +388,13 @@ def test_every_worker_is_probed_on_the_health_endpoint_its_event_loop_answers():
         assert worker["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "health"}, name
         assert worker["startupProbe"]["httpGet"] == {"path": "/livez", "port": "health"}, name
         assert worker["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}, name
+
+
+def test_the_gateway_has_no_database_url_and_the_workers_migrate_as_another_user():
+    """The internet-facing gateway never holds a database password; workers work as a DML-only user and migrate
+    as the DDL one (issue 26, finding 6)."""
+    assert not {name for name in env(GATEWAY) if "DATABASE" in name}
+    for name, doc in WORKERS.items():
+        variables = env(doc)
+        assert variables["HC_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "worker-database-url", name
+        assert variables["HC_MIGRATION_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "migration-database-url"

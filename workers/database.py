@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from importlib import resources
 from typing import TypeAlias
 
@@ -48,31 +49,56 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(pool: asyncpg.Pool) -> list[int]:
-    """Apply the migrations not applied yet, each in its own transaction; returns the versions applied."""
+async def migrate(pool: asyncpg.Pool, migration_url: str | None = None, schema: Sequence[str] = ()) -> list[int]:
+    """Apply the migrations not applied yet, each in its own transaction, then the handlers' `schema` statements;
+    returns the versions applied. With `migration_url` (HC_MIGRATION_DATABASE_URL, the DDL user) they run on a
+    connection of that user, so the pool's user may be DML only; when every migration is applied and no schema
+    statement is given, the pool's user only reads the ledger."""
+    if not schema and await _all_applied(pool):
+        return []
+    if migration_url is None:
+        async with pool.acquire() as pooled:
+            return await _apply(pooled, schema)
+    connection = await asyncpg.connect(migration_url)
+    try:
+        return await _apply(connection, schema)
+    finally:
+        await connection.close()
+
+
+async def _all_applied(pool: asyncpg.Pool) -> bool:
+    try:
+        done = {row["version"] for row in await pool.fetch("SELECT version FROM hypercard_schema_migrations")}
+    except asyncpg.UndefinedTableError:
+        return False
+    return done >= {version for version, _, _ in migration_files()}
+
+
+async def _apply(connection: Transaction, schema: Sequence[str]) -> list[int]:
     applied_now = []
-    async with pool.acquire() as connection:
-        await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
-        try:
-            await connection.execute(
-                """CREATE TABLE IF NOT EXISTS hypercard_schema_migrations (
-                       version integer PRIMARY KEY,
-                       name text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
-            done = {row["version"] for row in await connection.fetch("SELECT version FROM hypercard_schema_migrations")}
-            for version, name, sql in migration_files():
-                if version in done:
-                    continue
-                async with connection.transaction():
-                    await connection.execute(sql)
-                    await connection.execute(
-                        "INSERT INTO hypercard_schema_migrations (version, name) VALUES ($1, $2)", version, name
-                    )
-                applied_now.append(version)
-                log.info("migration applied", version=version, name=name)
-        finally:
-            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+    try:
+        await connection.execute(
+            """CREATE TABLE IF NOT EXISTS hypercard_schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM hypercard_schema_migrations")}
+        for version, name, sql in migration_files():
+            if version in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(sql)
+                await connection.execute(
+                    "INSERT INTO hypercard_schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied_now.append(version)
+            log.info("migration applied", version=version, name=name)
+        for statement in schema:
+            await connection.execute(statement)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied_now
 
 

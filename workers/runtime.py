@@ -80,9 +80,9 @@ class WorkerRuntime:
     async def start(self, wait: float = 15.0) -> None:
         # One connection per concurrent batch, and one for the database probe.
         self.pool = await database.create_pool(self.settings.database_url, size=self.batch_concurrency + 1)
-        await database.migrate(self.pool)
-        for statement in self.schema_statements:
-            await self.pool.execute(statement)
+        # The migrations and the handlers' schema as HC_MIGRATION_DATABASE_URL's user when set (the DDL user).
+        migration_url = self.settings.migration_database_url or None
+        await database.migrate(self.pool, migration_url, self.schema_statements)
         self._outage = DatabaseOutage(
             self.pool, self.metrics, pause=self._cancel_consumers, resume=self._resume_after_outage,
             stopping=lambda: self._stopping,

@@ -11,6 +11,9 @@ from infra.settings import BrokerSettings, Port, Seconds
 
 class WorkerSettings(BrokerSettings, kw_only=True, frozen=True):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # The user that may create and alter tables, for the migrations only; the workers then run as HC_DATABASE_URL's,
+    # which needs no more than reading and writing rows. Empty: HC_DATABASE_URL's user does both.
+    migration_database_url: str = ""
     prefetch: Annotated[int, msgspec.Meta(ge=1)] = 32
     # Deliveries per transaction, at most 64 (more savepoints than that in one transaction slow PostgreSQL down);
     # 1 runs each delivery in a transaction of its own, up to HC_PREFETCH at once.

@@ -7,8 +7,9 @@ then the queues that wait for an operator (invalid, unrouted, unverified).
 
 Exits 1 when a dead, invalid, unrouted or unverified queue holds messages (usable as a cron alert), 2 when the
 broker is unreachable. The kinds bound to hypercard.events and the rates come from RabbitMQ's management API
-(HC_MANAGEMENT_URL, by default port 15672 of the first broker node, with its credentials; `make dashboards` switches
-the plugin on). Without it, the known kinds (and `--kind` ones) are read by passive declares, without rates."""
+(HC_MANAGEMENT_URL, by default port 15672 of the first broker node, https on 15671 for amqps, with its credentials;
+`make dashboards` switches the plugin on). Without it, the known kinds (and `--kind` ones) are read by passive
+declares, without rates."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import aiormq
 from yarl import URL
 
 from infra import broker
+from infra.management import management_base
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
@@ -66,7 +68,7 @@ def management_api(amqp_url: str) -> tuple[URL, dict[str, str], str]:
     a broker URL (HC_MANAGEMENT_URL overrides the base)."""
     url = URL(amqp_url)
     vhost = url.path[1:] or "/"
-    base = URL(os.environ.get("HC_MANAGEMENT_URL") or f"http://{url.host or '127.0.0.1'}:15672")
+    base = management_base(amqp_url, os.environ.get("HC_MANAGEMENT_URL"))
     credentials = aiohttp.encode_basic_auth(url.user or "guest", url.password or "guest")
     return base, {"Authorization": credentials}, vhost
 

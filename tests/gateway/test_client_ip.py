@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,12 @@ async def test_large_forwarded_for_headers_do_not_pin_the_gateways_memory(tmp_pa
     try:
         await asyncio.to_thread(wait_until_ready, port)
         reply = await send_large_forwarded_for(port, 0)  # the first one warms up what every request uses
-        assert reply.startswith(b"HTTP/1.1 4"), reply[:200]
+        # HTTP/1.0: a head over 32 KB is refused before it is parsed (gateway.server), as aiohttp answers a bad one.
+        assert re.match(rb"HTTP/1\.[01] 4", reply), reply[:200]
         before = rss_mb(gateway.popen.pid)
         for number in range(1, REQUESTS):
             reply = await send_large_forwarded_for(port, number)
-            assert reply.startswith(b"HTTP/1.1 4") and b'"data":{}' in reply, reply[:200]
+            assert re.match(rb"HTTP/1\.[01] 4", reply) and b'"data":{}' in reply, reply[:200]
         growth = rss_mb(gateway.popen.pid) - before
         print(f"\n[rss] before {before:.0f} MB, growth {growth:.1f} MB after {REQUESTS} requests")
         assert growth < RSS_GROWTH_BOUND_MB

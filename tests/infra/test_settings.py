@@ -121,3 +121,43 @@ def test_a_process_given_a_misspelt_variable_does_not_start(command, typo, meant
     result = subprocess.run([str(script), *command[1:]], capture_output=True, text=True, timeout=20, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert typo in result.stderr and meant in result.stderr and "Traceback" not in result.stderr
+
+
+# Each of these started the gateway with its safeguard off and no word (issue 26, finding 7).
+@pytest.mark.parametrize(
+    ("environ", "variable"),
+    [
+        ({"HC_ALLOWED_IPS": ""}, "HC_ALLOWED_IPS"),
+        ({"HC_ALLOWED_IPS": ","}, "HC_ALLOWED_IPS"),
+        ({"HC_API_KEY": " , "}, "HC_API_KEY"),
+        ({"HC_TRUSTED_PROXIES": " "}, "HC_TRUSTED_PROXIES"),
+    ],
+    ids=["HC_ALLOWED_IPS=", "HC_ALLOWED_IPS=,", "HC_API_KEY=' , '", "HC_TRUSTED_PROXIES=' '"],
+)
+def test_a_list_that_is_set_but_empty_once_split_stops_start_up(environ, variable):
+    with pytest.raises(SettingsError, match=rf"{variable}: set but empty"):
+        load_settings(GatewaySettings, environ)
+
+
+@pytest.mark.parametrize("name", ["hc_allowed_ips", "Hc_Api_Key", "hc_signature_mode"])
+def test_a_lower_case_variable_stops_start_up_naming_the_upper_case_setting(name):
+    with pytest.raises(SettingsError, match=rf"{name} \(did you mean {name.upper()}\?\)"):
+        load_settings(GatewaySettings, {name: "10.0.0.0/8"})
+
+
+@pytest.mark.parametrize(
+    "proxies", ["0.0.0.0/0", "::/0", "0.0.0.0/0,::/0", "0.0.0.0/1,128.0.0.0/1", "10.0.0.0/8,::/0"]
+)
+def test_trusted_proxies_covering_every_address_are_refused_without_the_override(proxies):
+    """Trusting every address as a proxy lets any client choose the address the allow-list sees."""
+    with pytest.raises(SettingsError, match="HC_TRUSTED_PROXIES: .* every .* address.*HC_TRUST_ANY_PROXY"):
+        load_settings(GatewaySettings, {"HC_TRUSTED_PROXIES": proxies})
+    overridden = load_settings(GatewaySettings, {"HC_TRUSTED_PROXIES": proxies, "HC_TRUST_ANY_PROXY": "true"})
+    assert overridden.trusted_proxies == tuple(proxies.split(","))
+
+
+def test_trusted_proxies_of_a_network_are_accepted():
+    assert load_settings(GatewaySettings, {"HC_TRUSTED_PROXIES": "172.16.0.0/12,fd00::/8"}).trusted_proxies == (
+        "172.16.0.0/12",
+        "fd00::/8",
+    )
