@@ -12,7 +12,8 @@ transaction that is rolled back when the kit closes, so a test leaves no row beh
             assert (await kit.duplicate(first)).outcome == Outcome.DUPLICATE  # a platform retry: no second effect
 
 A run's outcome is what the worker would do with the message: HANDLED, DUPLICATE, SKIPPED, RETRIED (the handler
-failed and the schedule has a step left), DEAD_LETTERED (GiveUp, the schedule's end, a body that does not decode),
+failed and the schedule has a step left), DEAD_LETTERED (GiveUp, the schedule's end), QUARANTINED (a body that
+does not decode as its kind: the worker keeps it in hypercard.invalid),
 LEFT_FOR_REDELIVERY (the handler raised CancelledError of its own: the worker contains it and requeues the message).
 Nothing is published: a retry is run with `kit.retry(run)`, as the retry queue would deliver it."""
 
@@ -95,8 +96,11 @@ class HandlerKit:
         run = Run(None, body, Outcome.DEAD_LETTERED, None, attempt, received_at, event_id)
         try:
             event = self.registration.decoder.decode(body)
+        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as error:  # as the worker: hypercard.invalid
+            return replace(run, outcome=Outcome.QUARANTINED, error=error)
+        try:
             natural_key = event.idempotency_key()
-        except Exception as error:  # as the worker: msgspec's errors, a bug in idempotency_key — a dead letter
+        except Exception as error:  # as the worker: a bug in idempotency_key — a dead letter
             return replace(run, error=error)
         inbox_key = None if natural_key is None else self.identifiers.inbox_key(natural_key)
         capture = LogCapture()
