@@ -28,10 +28,12 @@ import aiormq
 from yarl import URL
 
 from infra import broker, declare
+from infra.kinds import load_kinds
 from infra.permissions import ROLES, Role
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
-from schemas.events import KIND_NAME, KNOWN_KINDS
+from schemas.events import KIND_NAME
+from schemas.kinds import KINDS
 
 
 def role_url_variable(role: str) -> str:
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hypercard-broker-setup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--kind", action="append", default=[], help="also declare this kind's queues (a user kind)")
+    parser.add_argument("--kind", action="append", default=[], help="also declare this kind's queues")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(BrokerSettings)
@@ -124,7 +126,11 @@ def main(argv: list[str] | None = None) -> None:
         if not KIND_NAME.match(kind):
             parser.exit(2, f"hypercard-broker-setup: {kind!r} is not an event kind such as OPEN_CARD\n")
     role_urls = {name: os.environ[role_url_variable(name)] for name in ROLES if os.environ.get(role_url_variable(name))}
-    kinds = sorted(KNOWN_KINDS | {kind.upper() for kind in args.kind})
+    try:  # the installed kinds (hypercard.kinds entry points, HC_KINDS) are declared with the built-in ones
+        load_kinds([os.environ.get("HC_KINDS", "")])
+    except ImportError as error:
+        parser.exit(2, f"hypercard-broker-setup: HC_KINDS or a hypercard.kinds entry point: {error}\n")
+    kinds = sorted(KINDS.kinds() | {kind.upper() for kind in args.kind})
     try:
         done = asyncio.run(
             set_up(
