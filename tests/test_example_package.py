@@ -41,7 +41,14 @@ def venv(tmp_path_factory) -> Path:
     """A fresh venv with the project's wheel (and its `kit` extra) and the example's, from wheels built here."""
     root = tmp_path_factory.mktemp("shipping")
     wheels = root / "wheels"
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, REPO, EXAMPLE, cwd=root)
+    # Built from copies: setuptools leaves build/ and *.egg-info beside the sources it builds.
+    project = root / "project"
+    for name in ("schemas", "infra", "gateway", "workers"):
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, project)
+    example = shutil.copytree(EXAMPLE, root / "example")
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, project, example, cwd=root)
     run(sys.executable, "-m", "venv", root / "venv", cwd=root)
     pip = root / "venv" / "bin" / "pip"
     run(pip, "install", "-q", "--find-links", wheels, "hypercard-gateway[kit]", "hypercard-low-balance", cwd=root)

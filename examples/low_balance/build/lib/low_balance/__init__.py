@@ -1,1 +1,0 @@
-"""LOW_BALANCE: the platform tells a card programme that an account runs low."""
