@@ -59,9 +59,11 @@ def declare_kinds(source: ModuleType | type[Event]) -> None:
 
 
 def _declared_in(value: object, module: ModuleType) -> bool:
+    """A Struct the module defines with a tag of its own: a base class without one (msgspec tags it with its class
+    name) is no kind."""
     return (
         inspect.isclass(value)
         and issubclass(value, Event)
         and value.__module__ == module.__name__
-        and isinstance(value.__struct_config__.tag, str)
+        and value.__struct_config__.tag != value.__name__
     )
