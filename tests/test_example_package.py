@@ -61,11 +61,26 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": "", **extra}
 
 
+# The fixture loads the installed packages' handlers: no `modules` for a package installed.
+INSTALLED_HANDLER_TEST = """
+from low_balance.kinds import LowBalance
+from workers.outcomes import Outcome
+
+
+async def test_an_installed_handler_needs_no_modules(handler_kit):
+    async with handler_kit("LOW_BALANCE") as kit:
+        run = await kit.run(LowBalance(account_no="6200123456789012", balance=1, reported_at=1_800_000_000))
+        assert run.outcome == Outcome.HANDLED
+"""
+
+
 def test_the_kit_test_passes_in_a_project_with_no_pytest_configuration(venv, tmp_path):
     shutil.copy(EXAMPLE / "test_low_balance.py", tmp_path)  # the package's source stays behind: only the wheel's
-    result = run(venv / "bin" / "python", "-m", "pytest", "-q", "-W", "error", "test_low_balance.py", cwd=tmp_path,
+    (tmp_path / "test_installed.py").write_text(INSTALLED_HANDLER_TEST)
+    pytest = [venv / "bin" / "python", "-m", "pytest", "-q", "-W", "error"]
+    result = run(*pytest, "test_low_balance.py", "test_installed.py", cwd=tmp_path,
                  env=clean_env(HYPERCARD_TEST_DATABASE=DATABASE_URL))  # fmt: skip
-    assert "2 passed" in result.stdout
+    assert "3 passed" in result.stdout
 
 
 @pytest.fixture

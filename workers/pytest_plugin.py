@@ -21,6 +21,7 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from workers import testing
+from workers.registry import load_handler_modules
 
 DATABASE_VARIABLE = "HYPERCARD_TEST_DATABASE"
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/test"
@@ -29,7 +30,9 @@ KitOpener = Callable[..., AbstractAsyncContextManager[testing.HandlerKit]]
 
 @pytest.fixture
 def handler_kit() -> KitOpener:
-    """`handler_kit(kind, modules=[...])`: `workers.testing.handler_kit` on HYPERCARD_TEST_DATABASE's database."""
+    """`handler_kit(kind, modules=[...])`: `workers.testing.handler_kit` on HYPERCARD_TEST_DATABASE's database, with
+    the installed packages' handlers loaded (their entry points), so `modules` is needed only for what is not."""
+    load_handler_modules([])
     return functools.partial(testing.handler_kit, database_url=os.environ.get(DATABASE_VARIABLE, DEFAULT_DATABASE))
 
 
