@@ -30,8 +30,9 @@ from gateway.replies import reply_contract
 from gateway.server import close_while_draining
 from gateway.settings import GatewaySettings
 from infra.identifiers import identifier_key
+from infra.kinds import load_kinds
 from infra.settings import SettingsError
-from schemas.events import KNOWN_KINDS
+from schemas.kinds import KINDS
 
 if TYPE_CHECKING:
     from infra.spans import Tracing
@@ -114,8 +115,12 @@ def create_app(settings: GatewaySettings, tracing: Tracing | None = None) -> web
     app[IDENTIFIERS] = identifier_key(settings)  # in every signature mode: event ids are logged and published
     app[ADDRESS_POLICY] = ClientAddressPolicy(settings.allowed_ips, settings.trusted_proxies)
     app[PUBLISHER] = Publisher(settings.amqp_urls, settings.publish_timeout, settings.delivery_limit)
+    try:  # the installed packages' kinds: validated, counted and logged as the built-in ones
+        load_kinds(settings.kinds)
+    except ImportError as error:
+        raise SettingsError(f"HC_KINDS or a hypercard.kinds entry point: {error}") from None
     app[METRICS] = GatewayMetrics()
-    app[METRICS].start_series(KNOWN_KINDS)
+    app[METRICS].start_series(KINDS.kinds())
     if verifier is not None:
         app[METRICS].start_key_series(verifier.fingerprints)
     app[DRAINING] = asyncio.Event()

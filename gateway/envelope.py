@@ -13,16 +13,15 @@ import msgspec
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome
 from gateway.wire import EncodedProperties, PublishFields, encode_properties
 from schemas import topology
-from schemas.events import KIND_NAME, KNOWN_EVENTS, Event, decoder_for
-
-DECODERS = {event.kind(): decoder_for(event) for event in KNOWN_EVENTS}
+from schemas.events import KIND_NAME, Event
+from schemas.kinds import KINDS
 
 
 class VerdictOutcome(enum.StrEnum):
     """Where validation sends an event; the `outcome` of its canonical log line."""
 
-    ACCEPTED = "accepted"  # a known kind, valid: its kind's queue
-    UNKNOWN_KIND = "unknown_kind"  # a kind the gateway does not know: a user's worker's queue, or hypercard.unrouted
+    ACCEPTED = "accepted"  # a known kind (built-in or installed), valid: its kind's queue
+    UNKNOWN_KIND = "unknown_kind"  # a kind no installed package declares: its queue if any, or hypercard.unrouted
     QUARANTINED = "quarantined"  # its Struct refused it, or its kind is no kind name: hypercard.invalid
     UNVERIFIED = "unverified"  # its signature does not vouch for it: hypercard.unverified
 
@@ -39,7 +38,7 @@ class Verdict(msgspec.Struct, frozen=True):
 def validate(kind: str, body: bytes) -> Verdict:
     """Known kinds are validated against their Struct; an invalid one is quarantined, never refused, because the
     platform would resend it forever. Unknown kinds are kept as they are."""
-    decoder = DECODERS.get(kind)
+    decoder = KINDS.decoder(kind)
     if decoder is not None:
         try:
             event = decoder.decode(body)
@@ -57,7 +56,7 @@ def unverified(kind: str, body: bytes, reason: str | None) -> Verdict:
     """An event whose signature does not vouch for it (monitor mode, or a genuine but ambiguous signature): kept in
     hypercard.unverified for review, never routed to its kind's queue. It is decoded too, for its business ids only:
     a genuine event held here is found by its trade number like any other."""
-    decoder = DECODERS.get(kind)
+    decoder = KINDS.decoder(kind)
     try:
         event = decoder.decode(body) if decoder is not None else None
     except (msgspec.MsgspecError, RecursionError):

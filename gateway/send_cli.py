@@ -2,7 +2,9 @@
 
 hypercard-send --generate-keys .dev        # a development key pair: platform-private.pem, platform-public.pem
 hypercard-send open_card                   # one of the nine built-in samples (or: all)
-hypercard-send my-event.json --url http://127.0.0.1:8080/hc_sync/common
+hypercard-send my-event.json --url http://127.0.0.1:8080/hc_sync/common   # your own body, signed as is
+
+Works from any folder: HC_SEND_URL and HC_SEND_KEY stand for --url and --key.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from schemas.samples import sample_body, sample_names
 DEFAULT_URL = "http://127.0.0.1:8080/hc_sync/common"
 DEFAULT_KEY = ".dev/platform-private.pem"
 DEV_API_KEY = "dev-merchant"  # the development merchant's api key: `make run` sets HC_API_KEY to it
+
+
 def generate_keys(folder: Path, bits: int = 1024) -> tuple[Path, Path]:
     """A development key pair standing in for the platform's (the platform uses 1024-bit RSA)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,14 +74,16 @@ async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str
             return reply.status, await reply.text()
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="hypercard-send", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="hypercard-send", description=__doc__, formatter_class=_Help)
     parser.add_argument("event", nargs="?", help=f"a sample ({', '.join(sample_names())}, or all) or a JSON file")
-    parser.add_argument("--url", default=os.environ.get("HC_SEND_URL", DEFAULT_URL))
+    parser.add_argument("--url", default=os.environ.get("HC_SEND_URL", DEFAULT_URL), help="the push URL (HC_SEND_URL)")
     parser.add_argument(
-        "--key", default=os.environ.get("HC_SEND_KEY", DEFAULT_KEY), help="the signing private key (PEM)"
+        "--key", default=os.environ.get("HC_SEND_KEY", DEFAULT_KEY), help="the signing private key, PEM (HC_SEND_KEY)"
     )
     parser.add_argument(
         "--api-key",
@@ -95,11 +101,20 @@ def main(argv: list[str] | None = None) -> None:
     if not args.event:
         parser.error("name a sample, all, or a JSON file")
     names = sample_names() if args.event == "all" else [args.event]
-    key = load_private_key(Path(args.key))
+    if not Path(args.key).is_file():
+        parser.exit(2, f"hypercard-send: no signing key at {args.key}: pass --key or set HC_SEND_KEY "
+                       "(a development pair: hypercard-send --generate-keys .dev)\n")  # fmt: skip
+    try:
+        key = load_private_key(Path(args.key))
+    except ValueError as error:
+        parser.exit(2, f"hypercard-send: {args.key} is no RSA private key in PEM: {error}\n")
     failed = False
     for name in names:
-        body = Path(name).read_bytes() if name.endswith(".json") or os.sep in name else sample_body(name)
-        json.loads(body)  # refuse to send what is not JSON: the gateway would only answer 400
+        try:
+            body = Path(name).read_bytes() if name.endswith(".json") or os.sep in name else sample_body(name)
+            json.loads(body)  # refuse to send what is not JSON: the gateway would only answer 400
+        except (OSError, ValueError, KeyError) as error:
+            parser.exit(2, f"hypercard-send: {name}: not a sample nor a readable JSON file ({error})\n")
         status, reply = asyncio.run(post(args.url, body, signed_headers(key, body, args.api_key, args.lang)))
         print(f"{name}: HTTP {status} {reply}")
         failed |= status != 200

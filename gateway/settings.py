@@ -33,6 +33,7 @@ class GatewaySettings(BrokerSettings, kw_only=True, frozen=True):
     drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     processes: Annotated[int, msgspec.Meta(ge=1)] = 1
     gateway_metrics_port: Port = 9101  # /metrics of the gateway, off the push port; 0: none
+    kinds: tuple[str, ...] = ()  # modules declaring kinds that are not installed (`infra.kinds`); entry points too
 
     def __post_init__(self) -> None:
         for name in ("allowed_ips", "trusted_proxies"):

@@ -27,7 +27,7 @@ from gateway.replies import ok
 from gateway.sender_checks import check_api_key, check_header_text, check_signature
 from gateway.signature import SignatureOutcome
 from infra.redaction import SECRET_KEYS, bind_secrets, clear_secrets
-from schemas.events import KNOWN_KINDS
+from schemas.kinds import KINDS
 
 if TYPE_CHECKING:
     from infra.spans import Span, Tracing
@@ -71,7 +71,7 @@ async def _answer(request: web.Request, default_kind: str | None) -> web.Respons
     finally:
         metrics.in_flight.dec()
         kind = str(line["kind"])
-        metric_kind = kind if kind in KNOWN_KINDS or line.get("signature_outcome") == "valid" else "other"
+        metric_kind = kind if kind in KINDS or line.get("signature_outcome") == "valid" else "other"
         metrics.requests.labels(metric_kind, line.get("outcome", "-"), status).inc()
         log_method = log.info if status < 500 else log.warning
         log_method("request", status=status, latency_ms=round((time.perf_counter() - started) * 1000, 2), **line)
@@ -149,7 +149,7 @@ async def _receive(
 
     line["outcome"] = str(verdict.outcome)
     if verdict.outcome == VerdictOutcome.QUARANTINED:
-        metrics.quarantined.labels(kind if kind in KNOWN_KINDS else "other").inc()
+        metrics.quarantined.labels(kind if kind in KINDS else "other").inc()
         log.warning("event failed validation; kept in hypercard.invalid", validation_error=verdict.error)
     elif verdict.outcome == VerdictOutcome.UNVERIFIED:
         metrics.unverified.labels(str(check.outcome)).inc()

@@ -34,11 +34,13 @@ import aiormq
 from yarl import URL
 
 from infra import broker, declare
+from infra.kinds import load_kinds
 from infra.management import management_base
 from infra.permissions import ROLES, Role, worker_role
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
-from schemas.events import KIND_NAME, KNOWN_KINDS
+from schemas.events import KIND_NAME
+from schemas.kinds import KINDS
 
 WORKER_GROUP = re.compile(r"HYPERCARD_WORKER_([A-Z0-9_]+)_AMQP_URL")
 
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hypercard-broker-setup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--kind", action="append", default=[], help="also declare this kind's queues (a user kind)")
+    parser.add_argument("--kind", action="append", default=[], help="also declare this kind's queues")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(BrokerSettings)
@@ -150,7 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     for kind in args.kind:
         if not KIND_NAME.match(kind):
             parser.exit(2, f"hypercard-broker-setup: {kind!r} is not an event kind such as OPEN_CARD\n")
-    kinds = sorted(KNOWN_KINDS | {kind.upper() for kind in args.kind})
+    try:  # the installed kinds (hypercard.kinds entry points, HC_KINDS) are declared with the built-in ones
+        load_kinds([os.environ.get("HC_KINDS", "")])
+    except ImportError as error:
+        parser.exit(2, f"hypercard-broker-setup: HC_KINDS or a hypercard.kinds entry point: {error}\n")
+    kinds = sorted(KINDS.kinds() | {kind.upper() for kind in args.kind})
     try:
         role_urls = roles_from(os.environ)
         done = asyncio.run(

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from schemas.events import BUSINESS_ID_FIELDS, SENSITIVE_FIELDS
+from schemas.kinds import KINDS
 
 REDACTED = "[redacted]"
 # Keys whose values never reach a log line, whatever the call site: OTP codes, e-mail, mobile, signatures, keys.
@@ -121,7 +122,8 @@ def redact(value: Any) -> Any:
 def _redact_item(key: str, value: Any) -> Any:
     if key.lower() in SECRET_KEYS:
         return REDACTED
-    return _identifier(value) if key in SAFE_KEYS and isinstance(value, (str, int)) else redact(value)
+    safe = key in SAFE_KEYS or key in KINDS.business_id_fields()  # an installed kind's business ids too
+    return _identifier(value) if safe and isinstance(value, (str, int)) else redact(value)
 
 
 def _identifier(value: str | int) -> str | int:

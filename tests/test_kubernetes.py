@@ -30,9 +30,12 @@ KUBERNETES_VERSION = "1.30.0"  # the oldest with the preStop sleep action
 MANIFESTS = sorted(FOLDER.glob("*.yaml"))
 OBJECTS = [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
 CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "cert-manager.io/")  # CRDs: schemas in deploy/kubernetes/schemas
-CORE = [doc for doc in OBJECTS if not doc["apiVersion"].startswith((*CUSTOM_GROUPS, "kustomize."))]
-CUSTOM = [doc for doc in OBJECTS if doc["apiVersion"].startswith(CUSTOM_GROUPS)]
-KEDA = [doc for doc in OBJECTS if doc["apiVersion"].startswith("keda.sh/")]
+# Kustomize components on top of the base (a user's kind: README, "Shipping a kind"), validated alike.
+COMPONENT_OBJECTS = [doc for path in sorted(FOLDER.glob("*/*.yaml")) for doc in yaml.safe_load_all(path.read_text())]
+ALL_OBJECTS = OBJECTS + [doc for doc in COMPONENT_OBJECTS if doc]
+CORE = [doc for doc in ALL_OBJECTS if not doc["apiVersion"].startswith((*CUSTOM_GROUPS, "kustomize."))]
+CUSTOM = [doc for doc in ALL_OBJECTS if doc["apiVersion"].startswith(CUSTOM_GROUPS)]
+KEDA = [doc for doc in ALL_OBJECTS if doc["apiVersion"].startswith("keda.sh/")]
 
 
 def named(kind: str) -> dict[str, dict]:

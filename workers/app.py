@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workers.metrics import WorkerMetrics
-from workers.registry import REGISTRY, Registry
+from workers.registry import REGISTRY, Registry, declare_handled_kinds
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
@@ -30,5 +30,6 @@ def create_worker(
     if not kinds or missing:
         wanted = f"no handler for {', '.join(missing)}" if missing else "name kinds or --all"
         raise UnknownKind(f"{wanted}; kinds with a handler: {', '.join(registry.kinds)}")
+    declare_handled_kinds(registry)  # their business ids on the log lines, in clear
     registrations = [registry.registrations[kind] for kind in kinds]
     return WorkerRuntime(settings, registrations, metrics, registry.schema_statements, tracing)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hypercard-worker", description=__doc__)
     parser.add_argument("kinds", nargs="*", help="event kinds to handle, e.g. OPEN_CARD RECHARGE")
     parser.add_argument("--all", action="store_true", help="every kind that has a handler")
-    parser.add_argument("--handlers", action="append", default=[], help="extra handler module (also HC_HANDLERS)")
+    parser.add_argument("--handlers", action="append", default=[], help="handler modules, a,b (also HC_HANDLERS)")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (HC_METRICS_PORT; 0: none)")
     args = parser.parse_args(argv)
     try:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import aio_pika
 import asyncpg
+import msgspec
 import structlog
 from aio_pika.exceptions import ChannelInvalidStateError
 from aiormq.exceptions import AMQPError
@@ -182,8 +183,13 @@ class DeliveryRunner:
                 return await self._dead_letter(delivery, "BadHeader", delivery.bad_headers[0])
         try:
             delivery.event = delivery.registration.decoder.decode(delivery.message.body)
+        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as error:  # not its kind: no bug of ours
+            self.bind(delivery)
+            stored = await delivery.retry_publisher.quarantine(delivery.message, f"{delivery.kind}: {error}")
+            return Outcome.QUARANTINED if stored else Outcome.LEFT_FOR_REDELIVERY
+        try:
             natural_key = delivery.event.idempotency_key()
-        except Exception as error:  # msgspec's errors, RecursionError on deep nesting, a bug in idempotency_key
+        except Exception as error:  # a bug in idempotency_key
             self.bind(delivery)
             reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
             self.contained(delivery, "decode", reason)

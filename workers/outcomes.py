@@ -20,8 +20,11 @@ class Outcome(StrEnum):
     RETRIED = "retried"
     """It failed; a copy with the next attempt number is stored in a retry queue: acked."""
     DEAD_LETTERED = "dead_lettered"
-    """GiveUp, out of attempts, a body that does not decode, or a bad `attempt` header: a copy with the reason is
-    stored in hypercard.<kind>.dead: acked."""
+    """GiveUp, out of attempts, a bad `attempt` header, or a bug in the kind's `idempotency_key`: a copy with the
+    reason is stored in hypercard.<kind>.dead: acked."""
+    QUARANTINED = "quarantined"
+    """Its body is not its kind (an older gateway, a direct publish): a copy with the reason (`validation_error`,
+    msgspec's `$.path`) is stored in hypercard.invalid, as the gateway keeps an invalid event: acked."""
     RETURNED = "returned"
     """PostgreSQL did not answer: a copy went back to the tail of its own queue, unchanged, and the original was
     acked, so the outage does not count towards HC_DELIVERY_LIMIT."""

@@ -24,7 +24,9 @@ from typing import Any
 import msgspec
 import structlog
 
+from infra.kinds import load_kinds, module_names
 from schemas.events import KIND_NAME, Event, decoder_for
+from schemas.kinds import KINDS
 from workers.context import HandlerContext
 
 ENTRY_POINT_GROUP = "hypercard.handlers"
@@ -89,12 +91,23 @@ schema = REGISTRY.schema
 
 
 def load_handler_modules(modules: Iterable[str], use_entry_points: bool = True) -> None:
-    """Import the default handlers, then the user's modules (HC_HANDLERS / --handlers) and entry points."""
+    """Import the default handlers, then the user's modules (HC_HANDLERS / --handlers, each a module or a
+    comma-separated list) and entry points (`hypercard.kinds`, `hypercard.handlers`); every kind with a handler is
+    then in the registry of kinds (`schemas.kinds.KINDS`), as the gateway and the operator commands know it."""
     importlib.import_module(DEFAULT_HANDLERS)
-    for name in modules:
+    for name in module_names(modules):
         importlib.import_module(name)
         log.info("handler module loaded", module=name)
     if use_entry_points:
+        load_kinds()
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
             entry_point.load()
             log.info("handler module loaded", entry_point=entry_point.name)
+    declare_handled_kinds(REGISTRY)
+
+
+def declare_handled_kinds(registry: Registry) -> None:
+    """Every kind `registry` has a handler for, known by its handler's Struct (its business ids logged in clear)."""
+    for registration in registry.registrations.values():
+        if KINDS.event_type(registration.kind) is not registration.event_type:
+            KINDS.add(registration.event_type)

@@ -150,6 +150,15 @@ class RetryPublisher:
         log.warning("dead-lettered", error_type=error_type, attempts=attempts)
         return True
 
+    async def quarantine(self, message: aio_pika.abc.AbstractIncomingMessage, reason: str) -> bool:
+        """Store a copy in hypercard.invalid with the reason (`validation_error`, as the gateway writes it); True once
+        the broker confirmed it."""
+        headers: HeadersType = {"validation_error": scrub(reason)[:1000]}
+        if not await self._republish(message, topology.INVALID_QUEUE, headers):
+            return False
+        log.warning("event failed validation; kept in hypercard.invalid", validation_error=scrub(reason)[:500])
+        return True
+
     async def return_to_queue(self, message: aio_pika.abc.AbstractIncomingMessage, kind: str) -> bool:
         """A copy, headers unchanged, at the tail of the kind's own queue; True once confirmed. The original is then
         acked rather than requeued: a requeue raises a quorum queue's delivery count on RabbitMQ 3.x and 4.x up to

@@ -8,7 +8,8 @@ then the queues that wait for an operator (invalid, unrouted, unverified).
 Exits 1 when a dead, invalid, unrouted or unverified queue holds messages (usable as a cron alert), 2 when the
 broker is unreachable. The kinds bound to hypercard.events and the rates come from RabbitMQ's management API
 (HC_MANAGEMENT_URL, by default port 15672 of the first broker node, https on 15671 for amqps, with its credentials;
-`make dashboards` switches the plugin on). Without it, the known kinds (and `--kind` ones) are read by passive
+`make dashboards` switches the plugin on). Without it, every kind in the registry of kinds (built-in, HC_HANDLERS and
+HC_KINDS modules, the `hypercard.kinds` and `hypercard.handlers` entry points, and `--kind` ones) is read by passive
 declares, without rates."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -24,13 +26,17 @@ from urllib.parse import quote
 import aio_pika
 import aiohttp
 import aiormq
+import structlog
 from yarl import URL
 
 from infra import broker
+from infra.kinds import load_kinds
 from infra.management import management_base
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
-from schemas.events import KNOWN_KINDS
+from schemas.kinds import KINDS
+from workers.registry import load_handler_modules
+from workers.settings import WorkerSettings
 
 REVIEW_QUEUES = (topology.INVALID_QUEUE, topology.UNROUTED_QUEUE, topology.UNVERIFIED_QUEUE)
 NOT_KINDS = {topology.INVALID_QUEUE, topology.UNVERIFIED_QUEUE}
@@ -140,7 +146,7 @@ async def collect(settings: BrokerSettings, extra_kinds: list[str]) -> Status:
         try:
             return await from_management(str(broker.connection_url(connection)))
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError):
-            return await from_amqp(connection, sorted(KNOWN_KINDS | set(extra_kinds)))
+            return await from_amqp(connection, sorted(KINDS.kinds() | set(extra_kinds)))
     finally:
         await connection.close()
 
@@ -168,7 +174,7 @@ def render(status: Status) -> str:
         flag = "  <- needs a look (hypercard-replay)" if queue.messages else ""
         lines.append(f"{queue.queue:<22} {_n(queue.messages):>7} {'':>9} {_rate(queue.in_per_s):>7}{flag}")
     if status.source == "amqp":
-        lines.append("\n(no management API: known kinds only, no rates; `make dashboards` switches the plugin on)")
+        lines.append("\n(no management API: the kinds installed or named, no rates; `make dashboards` switches it on)")
     return "\n".join(lines)
 
 
@@ -188,9 +194,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     parser.add_argument("--watch", type=float, metavar="SECONDS", help="refresh in place every SECONDS")
     args = parser.parse_args(argv)
+    # Handler modules log as they load: kept off stdout, which is the table's or the JSON document's.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     try:
-        settings = load_settings(BrokerSettings)
-    except SettingsError as error:
+        settings = load_settings(WorkerSettings)
+        load_handler_modules(settings.handlers)  # the installed kinds, and those of HC_HANDLERS and HC_KINDS
+        load_kinds([os.environ.get("HC_KINDS", "")], use_entry_points=False)
+    except (SettingsError, ImportError) as error:
         parser.exit(2, f"hypercard-status: {error}\n")
     extra = [kind.upper() for kind in args.kind]
     try:

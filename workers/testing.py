@@ -12,7 +12,8 @@ transaction that is rolled back when the kit closes, so a test leaves no row beh
             assert (await kit.duplicate(first)).outcome == Outcome.DUPLICATE  # a platform retry: no second effect
 
 A run's outcome is what the worker would do with the message: HANDLED, DUPLICATE, SKIPPED, RETRIED (the handler
-failed and the schedule has a step left), DEAD_LETTERED (GiveUp, the schedule's end, a body that does not decode),
+failed and the schedule has a step left), DEAD_LETTERED (GiveUp, the schedule's end), QUARANTINED (a body that
+does not decode as its kind: the worker keeps it in hypercard.invalid),
 LEFT_FOR_REDELIVERY (the handler raised CancelledError of its own: the worker contains it and requeues the message).
 Nothing is published: a retry is run with `kit.retry(run)`, as the retry queue would deliver it."""
 
@@ -31,12 +32,13 @@ import structlog
 from structlog.testing import LogCapture
 
 from infra.identifiers import IdentifierKey
+from infra.redaction import bind_secrets, redact_secrets
 from schemas.events import Event
 from workers import database
 from workers.context import HandlerContext
 from workers.errors import GiveUp, Skip
 from workers.outcomes import Outcome
-from workers.registry import REGISTRY, Registration, Registry, load_handler_modules
+from workers.registry import REGISTRY, Registration, Registry, declare_handled_kinds, load_handler_modules
 from workers.retries import next_retry_delay
 from workers.settings import WorkerSettings
 
@@ -95,18 +97,27 @@ class HandlerKit:
         run = Run(None, body, Outcome.DEAD_LETTERED, None, attempt, received_at, event_id)
         try:
             event = self.registration.decoder.decode(body)
+        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as error:  # as the worker: hypercard.invalid
+            return replace(run, outcome=Outcome.QUARANTINED, error=error)
+        try:
             natural_key = event.idempotency_key()
-        except Exception as error:  # as the worker: msgspec's errors, a bug in idempotency_key — a dead letter
+        except Exception as error:  # as the worker: a bug in idempotency_key — a dead letter
             return replace(run, error=error)
         inbox_key = None if natural_key is None else self.identifiers.inbox_key(natural_key)
+        # The lines go through production's redaction, with this event's secrets bound as the worker binds them:
+        # what production would redact shows redacted here, and the kind's business ids in clear.
+        bind_secrets(getattr(event, name, None) for name in type(event).sensitive)
         capture = LogCapture()
-        logger = structlog.wrap_logger(None, processors=[capture], wrapper_class=structlog.stdlib.BoundLogger)
+        logger = structlog.wrap_logger(
+            None, processors=[redact_secrets, capture], wrapper_class=structlog.stdlib.BoundLogger
+        )
+        named = {**event.business_id_values(), "event_id": event_id, "notify_type": kind, "attempt": attempt}
         context = HandlerContext(
             event_id=event_id,
             idempotency_key=inbox_key,
             attempt=attempt,
             received_at=received_at,
-            log=logger.bind(event_id=event_id, notify_type=kind),
+            log=logger.bind(**named),
             tx=self.tx,
         )
         run = replace(run, event=event, logs=capture.entries)
@@ -141,6 +152,7 @@ async def handler_kit(
     """A kit for `kind`'s handler, after importing `modules` (as `--handlers` does) and applying the migrations and
     the modules' `schema(...)` statements, as a worker does at start. Everything the runs write is rolled back."""
     load_handler_modules(modules, use_entry_points=False)
+    declare_handled_kinds(registry)
     if kind not in registry.registrations:
         raise LookupError(f"no handler for {kind}; kinds with a handler: {', '.join(registry.kinds)}")
     pool = await database.create_pool(database_url, size=1)

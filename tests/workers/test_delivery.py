@@ -116,9 +116,10 @@ async def test_handler_past_its_timeout_is_retried(gateway, make_worker, db, sig
     assert dead.headers["error_type"] == "HandlerTimeout"
 
 
-async def test_a_body_that_does_not_decode_as_its_kind_is_dead_lettered_with_the_reason(make_worker, db, amqp):
+async def test_a_body_that_does_not_decode_as_its_kind_is_quarantined_with_the_reason(make_worker, db, amqp):
     await make_worker("RECHARGE")
     exchange = await amqp.get_exchange(topology.EVENTS_EXCHANGE)
     await exchange.publish(aio_pika.Message(b'{"notify_type":"RECHARGE"}'), routing_key="hypercard.recharge")
-    (dead,) = await take(amqp, topology.dead_queue("RECHARGE"))
-    assert dead.headers["error_type"] == "DecodeError" and "card_id" in dead.headers["error_message"]
+    (kept,) = await take(amqp, topology.INVALID_QUEUE)
+    assert kept.headers["validation_error"].startswith("RECHARGE: ") and "card_id" in kept.headers["validation_error"]
+    assert not await take(amqp, topology.dead_queue("RECHARGE"), timeout=0.5)

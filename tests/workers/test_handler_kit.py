@@ -68,12 +68,12 @@ async def test_a_retry_after_a_failure_is_not_a_duplicate_and_a_repeat_after_suc
         assert await k.tx.fetchval("SELECT attempt FROM kit_probes WHERE name = 'c'") == 1
 
 
-async def test_a_slow_handler_times_out_and_a_body_that_does_not_decode_is_a_dead_letter():
+async def test_a_slow_handler_times_out_and_a_body_that_does_not_decode_is_quarantined():
     async with kit(handler_timeout=0.2) as k:
         slow = await k.run(KitProbe(name="d", behaviour="slow"))
         assert slow.outcome == Outcome.RETRIED and isinstance(slow.error, TimeoutError)
         broken = await k.run(b'{"notify_type": "KIT_PROBE", "name": 7}')
-        assert broken.outcome == Outcome.DEAD_LETTERED and broken.event is None and "name" in str(broken.error)
+        assert broken.outcome == Outcome.QUARANTINED and broken.event is None and "name" in str(broken.error)
 
 
 async def test_a_handler_that_raises_cancelled_error_is_left_for_redelivery_as_the_worker_leaves_it():

@@ -52,7 +52,7 @@ async def test_a_push_and_its_handling_share_one_trace(make_gateway, make_worker
     (pushed,) = finished(exporter, SpanKind.SERVER)
     assert pushed.name == "hypercard push"
     assert pushed.attributes["hypercard.notify_type"] == KIND
-    assert pushed.attributes["hypercard.outcome"] == "unknown_kind"  # a user kind: routed, not validated
+    assert pushed.attributes["hypercard.outcome"] == "accepted"  # a user kind with a handler: validated as its kind
     assert pushed.attributes["http.response.status_code"] == 200
 
     assert handled.name == f"process {QUEUE}"

@@ -1,0 +1,1 @@
+"""LOW_BALANCE: the platform tells a card programme that an account runs low."""

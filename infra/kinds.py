@@ -1,0 +1,69 @@
+"""Installed kinds into the registry of kinds (`schemas.kinds.KINDS`), the same way in every process.
+
+A user package declares its kinds once, as Structs in a module of their own, named by the entry point group
+`hypercard.kinds` (or, for a module that is not installed, by HC_KINDS: module names, comma-separated):
+
+    [project.entry-points."hypercard.kinds"]
+    low_balance = "low_balance.kinds"
+    [project.entry-points."hypercard.handlers"]
+    low_balance = "low_balance.handlers"
+
+The gateway imports only the kinds (no handler code, no database driver); the workers and the operator commands
+import the handlers too (`workers.registry`), and every kind a handler is registered for is known as well."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from types import ModuleType
+
+import structlog
+
+from schemas.events import Event
+from schemas.kinds import KINDS
+
+KINDS_ENTRY_POINT_GROUP = "hypercard.kinds"
+log = structlog.get_logger("infra")
+
+
+def module_names(values: Iterable[str]) -> list[str]:
+    """Module names from settings and options, each of which may be a comma-separated list (`--handlers a,b`)."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def load_kinds(modules: Iterable[str] = (), *, use_entry_points: bool = True) -> list[str]:
+    """Import `modules` (HC_KINDS) and every `hypercard.kinds` entry point (a module, or one Struct); register each
+    kind they declare. The kinds added, sorted."""
+    before = KINDS.kinds()
+    for name in module_names(modules):
+        declare_kinds(importlib.import_module(name))
+    if use_entry_points:
+        for entry_point in entry_points(group=KINDS_ENTRY_POINT_GROUP):
+            declare_kinds(entry_point.load())
+    added = sorted(KINDS.kinds() - before)
+    if added:
+        log.info("kinds loaded", kinds=added)
+    return added
+
+
+def declare_kinds(source: ModuleType | type[Event]) -> None:
+    """Register one Struct, or every Struct with a tag that a module defines (not those it imports)."""
+    if isinstance(source, type):
+        KINDS.add(source)
+        return
+    for value in vars(source).values():
+        if _declared_in(value, source):
+            KINDS.add(value)
+
+
+def _declared_in(value: object, module: ModuleType) -> bool:
+    """A Struct the module defines with a tag of its own: a base class without one (msgspec tags it with its class
+    name) is no kind."""
+    return (
+        inspect.isclass(value)
+        and issubclass(value, Event)
+        and value.__module__ == module.__name__
+        and value.__struct_config__.tag != value.__name__
+    )

@@ -1,0 +1,55 @@
+"""The registry of kinds: every kind a process knows, built-in and installed, each with its Struct. Plain data, no
+I/O: `infra.kinds` imports the installed packages' kinds into it."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.events import KIND_NAME, KNOWN_EVENTS, Event, decoder_for
+
+
+class KindRegistry:
+    """Every kind this process knows, built-in and installed, each with its Struct: what the gateway validates
+    against, the workers, the operator commands and the metrics list, and the log allow-list reads business ids from.
+    A kind is unknown when no installed package declares it. `infra.kinds` adds the installed ones."""
+
+    def __init__(self, built_in: tuple[type[Event], ...]) -> None:
+        self._types: dict[str, type[Event]] = {}
+        self._decoders: dict[str, msgspec.json.Decoder[Event]] = {}
+        self._business_id_fields: frozenset[str] = frozenset()
+        for event_type in built_in:
+            self.add(event_type)
+
+    def add(self, event_type: type[Event]) -> None:
+        """Know `event_type`'s kind (its `tag`); a later Struct of the same kind replaces the earlier one."""
+        kind = event_type.kind() if isinstance(event_type, type) and issubclass(event_type, Event) else None
+        if not isinstance(kind, str) or not KIND_NAME.match(kind):
+            raise TypeError(f"{event_type!r} is not an Event subclass with a tag such as tag='CARD_STATUS_CHANGE'")
+        self._types[kind] = event_type
+        self._decoders[kind] = decoder_for(event_type)
+        self._business_id_fields = frozenset().union(*(known.business_ids for known in self._types.values()))
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._types
+
+    def kinds(self) -> frozenset[str]:
+        return frozenset(self._types)
+
+    def event_type(self, kind: str) -> type[Event] | None:
+        return self._types.get(kind)
+
+    def decoder(self, kind: str) -> msgspec.json.Decoder[Event] | None:
+        return self._decoders.get(kind)
+
+    def business_ids(self, kind: str) -> tuple[str, ...]:
+        """The business ids of kind `kind` (none for a kind no package declares)."""
+        event_type = self._types.get(kind)
+        return event_type.business_ids if event_type is not None else ()
+
+    def business_id_fields(self) -> frozenset[str]:
+        """Fields that are a business id in any kind known."""
+        return self._business_id_fields
+
+
+# The one registry of kinds in this process: the built-in ones from the start, installed ones as they load.
+KINDS = KindRegistry(KNOWN_EVENTS)
