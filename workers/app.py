@@ -31,4 +31,5 @@ def create_worker(
         wanted = f"no handler for {', '.join(missing)}" if missing else "name kinds or --all"
         raise UnknownKind(f"{wanted}; kinds with a handler: {', '.join(registry.kinds)}")
     registrations = [registry.registrations[kind] for kind in kinds]
-    return WorkerRuntime(settings, registrations, metrics, registry.schema_statements, tracing)
+    schema, migrations = registry.schema_statements, registry.module_migrations
+    return WorkerRuntime(settings, registrations, metrics, schema, tracing, module_migrations=migrations)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import TypeAlias
 
 import asyncpg
@@ -38,42 +40,75 @@ async def create_pool(url: str, size: int) -> asyncpg.Pool:
     return pool
 
 
-def migration_files() -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every `NNN_name.sql`, in version order."""
+def migration_files(folder: Traversable = MIGRATIONS) -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every `NNN_name.sql` of `folder`, in version order."""
     found = []
-    for entry in MIGRATIONS.iterdir():
+    for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             version, _, name = entry.name.removesuffix(".sql").partition("_")
             found.append((int(version), name, entry.read_text()))
     return sorted(found)
 
 
-async def migrate(pool: asyncpg.Pool) -> list[int]:
-    """Apply the migrations not applied yet, each in its own transaction; returns the versions applied."""
-    applied_now = []
+async def migrate(
+    pool: asyncpg.Pool,
+    schema_statements: Iterable[str] = (),
+    module_migrations: Mapping[str, Traversable] | None = None,
+) -> list[int]:
+    """Under the migration lock: apply the migrations not applied yet, each in its own transaction, then each user
+    module's (`module_migrations`, by module name), then the modules' `schema(...)` statements. Two workers starting
+    at once never run the same DDL together. Returns the project's versions applied."""
     async with pool.acquire() as connection:
         await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
         try:
-            await connection.execute(
-                """CREATE TABLE IF NOT EXISTS hypercard_schema_migrations (
-                       version integer PRIMARY KEY,
-                       name text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
-            done = {row["version"] for row in await connection.fetch("SELECT version FROM hypercard_schema_migrations")}
-            for version, name, sql in migration_files():
-                if version in done:
-                    continue
-                async with connection.transaction():
-                    await connection.execute(sql)
-                    await connection.execute(
-                        "INSERT INTO hypercard_schema_migrations (version, name) VALUES ($1, $2)", version, name
-                    )
-                applied_now.append(version)
-                log.info("migration applied", version=version, name=name)
+            applied_now = await _apply_project_migrations(connection)
+            for module, folder in sorted((module_migrations or {}).items()):
+                await _apply_module_migrations(connection, module, folder)
+            for statement in schema_statements:
+                await connection.execute(statement)
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied_now
+
+
+async def _apply_project_migrations(connection: Transaction) -> list[int]:
+    applied_now = []
+    await connection.execute(
+        """CREATE TABLE IF NOT EXISTS hypercard_schema_migrations (
+               version integer PRIMARY KEY,
+               name text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    done = {row["version"] for row in await connection.fetch("SELECT version FROM hypercard_schema_migrations")}
+    for version, name, sql in migration_files():
+        if version in done:
+            continue
+        async with connection.transaction():
+            await connection.execute(sql)
+            await connection.execute(
+                "INSERT INTO hypercard_schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+        applied_now.append(version)
+        log.info("migration applied", version=version, name=name)
+    return applied_now
+
+
+async def _apply_module_migrations(connection: Transaction, module: str, folder: Traversable) -> None:
+    """A user module's `NNN_name.sql` files not applied yet, in version order, each in its own transaction."""
+    done = {
+        row["version"]
+        for row in await connection.fetch("SELECT version FROM hypercard_module_migrations WHERE module = $1", module)
+    }
+    for version, name, sql in migration_files(folder):
+        if version in done:
+            continue
+        async with connection.transaction():
+            await connection.execute(sql)
+            await connection.execute(
+                "INSERT INTO hypercard_module_migrations (module, version, name) VALUES ($1, $2, $3)",
+                module, version, name,
+            )  # fmt: skip
+        log.info("migration applied", module=module, version=version, name=name)
 
 
 async def claim(tx: Transaction, kind: str, key: str, event_id: str, previous: str | None = None) -> bool:

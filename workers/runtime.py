@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -44,11 +45,13 @@ class WorkerRuntime:
         metrics: WorkerMetrics | None = None,
         schema_statements: list[str] | None = None,
         tracing: Tracing | None = None,
+        module_migrations: Mapping[str, Traversable] | None = None,
     ) -> None:
         self.settings = settings
         self.tracing = tracing  # a span per delivery when tracing is on (infra.tracing)
         self.identifiers = identifier_key(settings)  # raises SettingsError without HC_ID_SECRET
         self.schema_statements = schema_statements or []
+        self.module_migrations = dict(module_migrations or {})
         self.registrations = {registration.kind: registration for registration in registrations}
         self.metrics = metrics or WorkerMetrics()
         self.metrics.start_series(sorted(self.registrations))
@@ -80,9 +83,7 @@ class WorkerRuntime:
     async def start(self, wait: float = 15.0) -> None:
         # One connection per concurrent batch, and one for the database probe.
         self.pool = await database.create_pool(self.settings.database_url, size=self.batch_concurrency + 1)
-        await database.migrate(self.pool)
-        for statement in self.schema_statements:
-            await self.pool.execute(statement)
+        await database.migrate(self.pool, self.schema_statements, self.module_migrations)
         self._outage = DatabaseOutage(
             self.pool, self.metrics, pause=self._cancel_consumers, resume=self._resume_after_outage,
             stopping=lambda: self._stopping,
