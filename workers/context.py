@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
+
+from workers import outbox
 
 if TYPE_CHECKING:
     from workers.database import Transaction
@@ -23,3 +25,15 @@ class HandlerContext:
     log: structlog.stdlib.BoundLogger
     # The open transaction the handler runs in: its writes commit together with the inbox row, or not at all.
     tx: Transaction
+    kind: str = ""  # the event's kind: a worker of this kind performs the effects it hands over
+    handed_over: list[str] = field(default_factory=list)  # the effects' keys handed over by `after_commit`
+
+    async def after_commit(self, effect: outbox.Effect, payload: object) -> None:
+        """Hand an effect outside the database (a call to another service) to the worker: written to the outbox in
+        this transaction, performed as `effect(payload, key)` once it committed, never if it is rolled back, retried
+        until it succeeds. `effect` is decorated with `@workers.outbox.effect`; `payload` is JSON data."""
+        key = f"{self.idempotency_key or self.event_id}.{len(self.handed_over) + 1}"
+        await outbox.hand_over(
+            self.tx, kind=self.kind, idempotency_key=key, event_id=self.event_id, function=effect, payload=payload
+        )
+        self.handed_over.append(key)

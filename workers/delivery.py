@@ -197,7 +197,7 @@ class DeliveryRunner:
     async def run_handler(self, delivery: Delivery, connection: database.Transaction) -> None:
         context = HandlerContext(
             event_id=delivery.event_id, idempotency_key=delivery.inbox_key, attempt=delivery.attempt,
-            received_at=delivery.received_at, log=log.bind(), tx=connection,
+            received_at=delivery.received_at, log=log.bind(), tx=connection, kind=delivery.kind,
         )  # fmt: skip
         async with asyncio.timeout(self.handler_timeout):
             await delivery.registration.handler(delivery.event, context)

@@ -25,6 +25,7 @@ from workers.batches import Batches
 from workers.delivery import DeliveryRunner
 from workers.metrics import WorkerMetrics
 from workers.outage import DatabaseOutage
+from workers.outbox import OutboxMetrics, OutboxRelay
 from workers.registry import Registration
 from workers.retries import RetryPublisher
 from workers.settings import WorkerSettings
@@ -66,6 +67,10 @@ class WorkerRuntime:
         self._acks: ChannelAcks | None = None
         self._pruning: asyncio.Task[None] | None = None  # inbox retention (workers.retention)
         self._outage: DatabaseOutage | None = None  # set once the pool is
+        # Performs the effects its kinds' handlers handed over (workers.outbox), once committed.
+        self._relay = OutboxRelay(
+            settings.database_url, sorted(self.registrations), OutboxMetrics(self.metrics.registry)
+        )
         self._link = broker.BrokerConnection(
             settings.amqp_urls, self._consume, on_lost=self._not_consuming, stopping=lambda: self._stopping,
             name="worker-connection",
@@ -96,6 +101,7 @@ class WorkerRuntime:
             self._runner, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
         )
         self._batches.start()
+        self._relay.start()
         self._pruning = retention.start_pruning(self.settings, self.metrics)
         self._link.start()
         await wait_for_event(self._consuming, wait)
@@ -118,6 +124,7 @@ class WorkerRuntime:
                     "handlers cut off at shutdown; their messages will be redelivered", count=self._batches.outstanding
                 )
             await self._batches.close()
+        await self._relay.stop()
         await self._link.close()
         if self.pool is not None:
             await self.pool.close()

@@ -3,7 +3,7 @@ played by a file that gets one line per call ("token idempotency-key"). Its data
 Importing this module registers it (in-process, and in worker subprocesses through
 `--handlers tests.support.external_kind`).
 
-HC_TEST_EXTERNAL_FILE names the file. HC_TEST_EXTERNAL_STALL names a token whose call never ends: it writes
+HYPERCARD_TEST_EXTERNAL_FILE names the file. HYPERCARD_TEST_EXTERNAL_STALL names a token whose call never ends: it writes
 "started token" first, so a test can kill the worker between the commit and the call."""
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ def calls(path: str) -> list[str]:
 
 
 def _append(line: str) -> None:
-    with open(os.environ["HC_TEST_EXTERNAL_FILE"], "a") as made:
+    with open(os.environ["HYPERCARD_TEST_EXTERNAL_FILE"], "a") as made:
         made.write(line + "\n")
 
 
 @effect
 async def call_service(payload: Any, idempotency_key: str) -> None:
     token = payload["token"]
-    if token == os.environ.get("HC_TEST_EXTERNAL_STALL"):
+    if token == os.environ.get("HYPERCARD_TEST_EXTERNAL_STALL"):
         await asyncio.to_thread(_append, f"started {token}")
         await asyncio.sleep(3600)
-    failed = sum(line.startswith(f"failed {token} ") for line in calls(os.environ["HC_TEST_EXTERNAL_FILE"]))
+    failed = sum(line.startswith(f"failed {token} ") for line in calls(os.environ["HYPERCARD_TEST_EXTERNAL_FILE"]))
     if failed < payload["failing_calls"]:
         await asyncio.to_thread(_append, f"failed {token} {idempotency_key}")
         raise ConnectionError("the service did not answer")

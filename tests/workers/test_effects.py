@@ -36,7 +36,7 @@ async def external(db, amqp, tmp_path: Path, monkeypatch) -> Path:
     await db.execute("DROP TABLE IF EXISTS test_hot")
     await db.execute("CREATE TABLE test_hot (touched integer NOT NULL); INSERT INTO test_hot VALUES (0)")
     made = tmp_path / "calls.txt"
-    monkeypatch.setenv("HC_TEST_EXTERNAL_FILE", str(made))
+    monkeypatch.setenv("HYPERCARD_TEST_EXTERNAL_FILE", str(made))
     return made
 
 
@@ -104,8 +104,8 @@ async def test_a_failing_call_is_retried_with_the_same_idempotency_key_until_it_
 async def test_a_worker_killed_between_the_commit_and_the_call_makes_it_after_restart(db, amqp, external, tmp_path):
     await enqueue(amqp, KIND, {"token": "killed"})
     handlers = [KIND, "--handlers", "tests.support.external_kind"]
-    env = {"HC_TEST_EXTERNAL_FILE": str(external)}
-    first = worker_process(tmp_path, *handlers, env=env | {"HC_TEST_EXTERNAL_STALL": "killed"}, name="first")
+    env = {"HYPERCARD_TEST_EXTERNAL_FILE": str(external)}
+    first = worker_process(tmp_path, *handlers, env=env | {"HYPERCARD_TEST_EXTERNAL_STALL": "killed"}, name="first")
     try:
         await eventually(lambda: _true(any(line == "started killed" for line in calls(str(external)))), timeout=30)
         first.signal(signal.SIGKILL)
