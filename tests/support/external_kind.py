@@ -3,8 +3,8 @@ played by a file that gets one line per call ("token idempotency-key"). Its data
 Importing this module registers it (in-process, and in worker subprocesses through
 `--handlers tests.support.external_kind`).
 
-HYPERCARD_TEST_EXTERNAL_FILE names the file. HYPERCARD_TEST_EXTERNAL_STALL names a token whose call never ends: it writes
-"started token" first, so a test can kill the worker between the commit and the call."""
+HYPERCARD_TEST_EXTERNAL_FILE names the file. HYPERCARD_TEST_EXTERNAL_STALL names a token whose call never ends: it
+writes "started token" first, so a test can kill the worker between the commit and the call."""
 
 from __future__ import annotations
 
