@@ -149,13 +149,15 @@ class OutboxRelay:
     async def _perform(self, row: asyncpg.Record) -> str | None:
         """Call the row's effect; None when it succeeded, else the type of what it raised (never its text: it may
         quote the payload, a one-time code)."""
+        # Each row is performed in a task of its own (gather): what it logs names its event, and only its.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(event_id=row["event_id"], notify_type=row["kind"])
         try:
             async with asyncio.timeout(EFFECT_TIMEOUT):
                 await EFFECTS[row["effect"]](msgspec.json.decode(row["payload"]), row["idempotency_key"])
         except Exception as error:
             self.metrics.failures.labels(row["kind"]).inc()
-            log.warning("effect failed; it is tried again", effect=row["effect"], notify_type=row["kind"],
-                        event_id=row["event_id"], attempts=row["attempts"] + 1,
+            log.warning("effect failed; it is tried again", effect=row["effect"], attempts=row["attempts"] + 1,
                         error_type=type(error).__name__)  # fmt: skip
             return type(error).__name__
         self.metrics.performed.labels(row["kind"]).inc()

@@ -11,10 +11,12 @@ from collections import Counter
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 import pytest
 
 from infra import declare
 from schemas import topology
+from tests.support.database import DATABASE_URL
 from tests.support.external_kind import TEST_DELAYS, calls
 from tests.support.processes import worker_process
 from tests.support.waiting import eventually
@@ -65,9 +67,10 @@ async def test_a_batch_rolled_back_by_a_lock_timeout_calls_each_service_once(mak
     await enqueue(amqp, KIND, *[{"token": t, "touch_hot": n == 7} for n, t in enumerate(tokens)])
     async with db.transaction():
         await db.execute("SELECT * FROM test_hot FOR UPDATE")
-        runtime = await make_worker(KIND, batch_size=8, batch_wait=0.2)
+        runtime = await make_worker(KIND, batch_size=8, batch_wait=0.5)
         await eventually(lambda: _rolled_back(runtime), timeout=10)
-        assert made_calls(external) == Counter()  # nothing committed yet: no call made
+        committed = {row["token"] for row in await _committed_effects()}
+        assert set(made_calls(external)) <= committed  # no call for a transaction that has not committed
     assert await eventually(lambda: all_called(external, tokens), timeout=20)
     await asyncio.sleep(1.0)  # a second call would show now
     assert made_calls(external) == Counter({token: 1 for token in tokens})
@@ -127,6 +130,15 @@ async def test_a_worker_killed_between_the_commit_and_the_call_makes_it_after_re
 
 async def _rolled_back(runtime) -> bool:
     return runtime.metrics.batch_rollbacks.labels("lock")._value.get() >= 1  # noqa: SLF001
+
+
+async def _committed_effects() -> list:
+    """test_effects as another transaction sees it: the rows committed so far."""
+    connection = await asyncpg.connect(DATABASE_URL)
+    try:
+        return await connection.fetch("SELECT token FROM test_effects")
+    finally:
+        await connection.close()
 
 
 async def _outbox_empty(db) -> bool:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
+from infra.redaction import bind_secrets
 from schemas.events import Auth3ds, OptCode
 from schemas.fields import Text
 from workers.context import HandlerContext
@@ -72,6 +73,7 @@ async def deliver_code(payload: object, idempotency_key: str) -> None:
     """The code to the notifier, after the commit (workers.outbox)."""
     fields = msgspec.convert(payload, dict[str, Any])
     event = OptCode(card_id=Text(fields["card_id"]), code=Text(fields["code"]), create_time=fields["create_time"])
+    bind_secrets((event.code,))  # scrubbed from whatever the notifier logs
     await _notifier[0].deliver(event, idempotency_key)
 
 
