@@ -16,6 +16,7 @@ import msgspec
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from infra.backoff import Backoff
 from workers.database import Transaction
 
 log = structlog.get_logger("workers.outbox")
@@ -27,7 +28,6 @@ POLL_INTERVAL = 1.0  # seconds between looks at the outbox when no NOTIFY came
 ROWS_PER_ROUND = 32  # performed at once by a relay
 EFFECT_TIMEOUT = 30.0  # seconds an effect may take before it counts as failed and is tried again
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # then every 60 s until it succeeds
-RECONNECT_DELAY = 1.0
 
 
 def effect(function: Effect) -> Effect:
@@ -104,6 +104,7 @@ class OutboxRelay:
             self._wake.set()
 
     async def _run(self) -> None:
+        backoff = Backoff(0.5, 10.0)  # while PostgreSQL does not answer: one line per try, not one per second
         while True:
             try:
                 connection = await asyncpg.connect(self.database_url)
@@ -111,7 +112,9 @@ class OutboxRelay:
                     await connection.add_listener(CHANNEL, self._notified)
                     while True:
                         self._wake.clear()
-                        if not await self._round(connection):
+                        taken = await self._round(connection)
+                        backoff.reset()
+                        if not taken:
                             with contextlib.suppress(TimeoutError):
                                 await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
                 finally:
@@ -119,8 +122,8 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # PostgreSQL gone, a bug: the rows wait; the relay starts again
-                log.warning("outbox relay failed; starting again", error=type(error).__name__)
-                await asyncio.sleep(RECONNECT_DELAY)
+                log.warning("outbox relay failed; starting again", error=type(error).__name__, retry_in=backoff.delay)
+                await backoff.wait()
 
     async def _round(self, connection: asyncpg.Connection) -> int:
         """Perform the due rows (at most ROWS_PER_ROUND, at once); how many were taken."""
