@@ -117,6 +117,8 @@ async def test_a_worker_killed_between_the_commit_and_the_call_makes_it_after_re
         first.stop()
     assert await db.fetchval("SELECT count(*) FROM test_effects WHERE token = 'killed'") == 1  # committed
     assert made_calls(external) == Counter()  # and the call not made
+    [payload] = await db.fetchval("SELECT array_agg(payload) FROM hypercard_outbox")
+    assert b"killed" not in payload  # sealed at rest: a dump of the outbox shows no payload (a one-time code) in clear
     second = worker_process(tmp_path, *handlers, env=env, name="second")
     try:
         assert await eventually(lambda: all_called(external, ["killed"]), timeout=30)
