@@ -198,6 +198,7 @@ class DeliveryRunner:
         context = HandlerContext(
             event_id=delivery.event_id, idempotency_key=delivery.inbox_key, attempt=delivery.attempt,
             received_at=delivery.received_at, log=log.bind(), tx=connection, kind=delivery.kind,
+            identifiers=self.identifiers,
         )  # fmt: skip
         async with asyncio.timeout(self.handler_timeout):
             await delivery.registration.handler(delivery.event, context)

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import msgspec
 import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from infra.backoff import Backoff
+from infra.identifiers import IdentifierKey
 from workers.database import Transaction
 
 log = structlog.get_logger("workers.outbox")
@@ -41,19 +46,47 @@ def effect_name(function: Effect) -> str:
     return f"{function.__module__}.{function.__qualname__}"
 
 
+class Sealer:
+    """Seals payloads at rest (AES-256-GCM, a key derived from HC_ID_SECRET, bound to the row's idempotency key), so a
+    dump of the outbox shows no one-time code; opens them with HC_ID_SECRET_PREVIOUS too during a rotation."""
+
+    def __init__(self, identifiers: IdentifierKey) -> None:
+        keys = [identifiers, *([identifiers.previous] if identifiers.previous else [])]
+        self._ciphers = [AESGCM(key.outbox_key()) for key in keys]
+
+    def seal(self, plain: bytes, idempotency_key: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._ciphers[0].encrypt(nonce, plain, idempotency_key.encode())
+
+    def open(self, sealed: bytes, idempotency_key: str) -> bytes:
+        for cipher in self._ciphers[:-1]:
+            with contextlib.suppress(InvalidTag):
+                return cipher.decrypt(sealed[:12], sealed[12:], idempotency_key.encode())
+        return self._ciphers[-1].decrypt(sealed[:12], sealed[12:], idempotency_key.encode())
+
+
+@functools.lru_cache(maxsize=8)
+def sealer_for(identifiers: IdentifierKey) -> Sealer:
+    return Sealer(identifiers)
+
+
 async def hand_over(
-    tx: Transaction, *, kind: str, idempotency_key: str, event_id: str, function: Effect, payload: object
-) -> None:
-    """Write the effect in the handler's transaction; the relay is notified when, and only if, it commits."""
+    tx: Transaction, *, kind: str, idempotency_key: str, event_id: str, function: Effect, payload: object,
+    sealer: Sealer | None,
+) -> None:  # fmt: skip
+    """Write the effect in the handler's transaction; the relay is notified when, and only if, it commits. Without a
+    sealer (the handler kit, whose rows are rolled back) the payload is stored as it is."""
     name = effect_name(function)
     if EFFECTS.get(name) is not function:
         raise TypeError(f"{name} is not a registered effect: decorate it with @workers.outbox.effect")
+    plain = msgspec.json.encode(payload)
+    stored = plain if sealer is None else sealer.seal(plain, idempotency_key)
     await tx.execute(
         """WITH handed AS (
-               INSERT INTO hypercard_outbox (kind, effect, idempotency_key, event_id, payload)
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, idempotency_key) DO NOTHING)
-           SELECT pg_notify($6, $1)""",
-        kind, name, idempotency_key, event_id, msgspec.json.encode(payload), CHANNEL,
+               INSERT INTO hypercard_outbox (kind, effect, idempotency_key, event_id, payload, sealed)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind, idempotency_key) DO NOTHING)
+           SELECT pg_notify($7, $1)""",
+        kind, name, idempotency_key, event_id, stored, sealer is not None, CHANNEL,
     )  # fmt: skip
 
 
@@ -78,8 +111,9 @@ class OutboxRelay:
     own. Rows are locked while performed (FOR UPDATE SKIP LOCKED): two relays never take the same row, and a row
     held by a worker that died is free again as soon as its connection is gone."""
 
-    def __init__(self, database_url: str, kinds: list[str], metrics: OutboxMetrics) -> None:
+    def __init__(self, database_url: str, kinds: list[str], metrics: OutboxMetrics, sealer: Sealer) -> None:
         self.database_url = database_url
+        self.sealer = sealer
         self.kinds = kinds
         self.metrics = metrics
         self._wake = asyncio.Event()
@@ -129,7 +163,7 @@ class OutboxRelay:
         """Perform the due rows (at most ROWS_PER_ROUND, at once); how many were taken."""
         async with connection.transaction():
             rows = await connection.fetch(
-                """SELECT id, kind, effect, idempotency_key, event_id, payload, attempts FROM hypercard_outbox
+                """SELECT id, kind, effect, idempotency_key, event_id, payload, sealed, attempts FROM hypercard_outbox
                    WHERE kind = ANY($1::text[]) AND effect = ANY($2::text[]) AND due_at <= now()
                    ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED""",
                 self.kinds, list(EFFECTS), ROWS_PER_ROUND,
@@ -157,7 +191,9 @@ class OutboxRelay:
         structlog.contextvars.bind_contextvars(event_id=row["event_id"], notify_type=row["kind"])
         try:
             async with asyncio.timeout(EFFECT_TIMEOUT):
-                await EFFECTS[row["effect"]](msgspec.json.decode(row["payload"]), row["idempotency_key"])
+                key = row["idempotency_key"]
+                plain = self.sealer.open(row["payload"], key) if row["sealed"] else row["payload"]
+                await EFFECTS[row["effect"]](msgspec.json.decode(plain), key)
         except Exception as error:
             self.metrics.failures.labels(row["kind"]).inc()
             log.warning("effect failed; it is tried again", effect=row["effect"], attempts=row["attempts"] + 1,

@@ -25,7 +25,7 @@ from workers.batches import Batches
 from workers.delivery import DeliveryRunner
 from workers.metrics import WorkerMetrics
 from workers.outage import DatabaseOutage
-from workers.outbox import OutboxMetrics, OutboxRelay
+from workers.outbox import OutboxMetrics, OutboxRelay, sealer_for
 from workers.registry import Registration
 from workers.retries import RetryPublisher
 from workers.settings import WorkerSettings
@@ -69,8 +69,9 @@ class WorkerRuntime:
         self._outage: DatabaseOutage | None = None  # set once the pool is
         # Performs the effects its kinds' handlers handed over (workers.outbox), once committed.
         self._relay = OutboxRelay(
-            settings.database_url, sorted(self.registrations), OutboxMetrics(self.metrics.registry)
-        )
+            settings.database_url, sorted(self.registrations), OutboxMetrics(self.metrics.registry),
+            sealer_for(self.identifiers),
+        )  # fmt: skip
         self._link = broker.BrokerConnection(
             settings.amqp_urls, self._consume, on_lost=self._not_consuming, stopping=lambda: self._stopping,
             name="worker-connection",

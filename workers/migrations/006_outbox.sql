@@ -6,7 +6,8 @@ CREATE TABLE hypercard_outbox (
     effect text NOT NULL,  -- the registered effect: module.qualname
     idempotency_key text NOT NULL,  -- the notification's inbox key (or event id) and the effect's rank
     event_id text NOT NULL,
-    payload bytea NOT NULL,  -- JSON; may hold a secret (a one-time code): never logged, deleted once performed
+    payload bytea NOT NULL,  -- JSON, sealed (AES-GCM under HC_ID_SECRET) when written by a worker; never logged
+    sealed boolean NOT NULL DEFAULT true,
     attempts integer NOT NULL DEFAULT 0,
     due_at timestamptz NOT NULL DEFAULT now(),
     last_error text,  -- the type of the last failure only: its text may quote the payload
