@@ -17,6 +17,7 @@ HOW_TO_GENERATE = "generate one with `openssl rand -hex 32`"
 # BLAKE2b's personalisation: one secret, a key of its own per purpose, so no identifier can stand in for another.
 EVENT_ID = b"hc.event-id"
 INBOX_KEY = b"hc.inbox-key"
+OUTBOX_KEY = b"hc.outbox-key"
 
 
 class IdentifierKey:
@@ -37,6 +38,10 @@ class IdentifierKey:
     def inbox_key(self, natural_key: str) -> str:
         """The inbox row's key for a notification key (which may hold a one-time code, an e-mail, a mobile)."""
         return hashlib.blake2b(natural_key.encode(), digest_size=32, key=self._key, person=INBOX_KEY).hexdigest()
+
+    def outbox_key(self) -> bytes:
+        """The AES-256 key that seals outbox payloads (workers.outbox): a one-time code is never stored in clear."""
+        return hashlib.blake2b(b"outbox", digest_size=32, key=self._key, person=OUTBOX_KEY).digest()
 
     def __repr__(self) -> str:
         rotating = " and HC_ID_SECRET_PREVIOUS" if self.previous else ""

@@ -2,6 +2,6 @@
 
 from workers.context import HandlerContext
 from workers.errors import GiveUp, Retry, Skip
-from workers.registry import handles, schema
+from workers.registry import handles, migrations, schema
 
-__all__ = ["GiveUp", "HandlerContext", "Retry", "Skip", "handles", "schema"]
+__all__ = ["GiveUp", "HandlerContext", "Retry", "Skip", "handles", "migrations", "schema"]

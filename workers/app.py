@@ -32,4 +32,5 @@ def create_worker(
         raise UnknownKind(f"{wanted}; kinds with a handler: {', '.join(registry.kinds)}")
     declare_handled_kinds(registry)  # their business ids on the log lines, in clear
     registrations = [registry.registrations[kind] for kind in kinds]
-    return WorkerRuntime(settings, registrations, metrics, registry.schema_statements, tracing)
+    schema, migrations = registry.schema_statements, registry.module_migrations
+    return WorkerRuntime(settings, registrations, metrics, schema, tracing, module_migrations=migrations)

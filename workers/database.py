@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import TypeAlias
 
 import asyncpg
@@ -39,29 +40,37 @@ async def create_pool(url: str, size: int) -> asyncpg.Pool:
     return pool
 
 
-def migration_files() -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every `NNN_name.sql`, in version order."""
+def migration_files(folder: Traversable = MIGRATIONS) -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every `NNN_name.sql` of `folder`, in version order."""
     found = []
-    for entry in MIGRATIONS.iterdir():
+    for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             version, _, name = entry.name.removesuffix(".sql").partition("_")
             found.append((int(version), name, entry.read_text()))
     return sorted(found)
 
 
-async def migrate(pool: asyncpg.Pool, migration_url: str | None = None, schema: Sequence[str] = ()) -> list[int]:
-    """Apply the migrations not applied yet, each in its own transaction, then the handlers' `schema` statements;
-    returns the versions applied. With `migration_url` (HC_MIGRATION_DATABASE_URL, the DDL user) they run on a
-    connection of that user, so the pool's user may be DML only; when every migration is applied and no schema
-    statement is given, the pool's user only reads the ledger."""
-    if not schema and await _all_applied(pool):
+async def migrate(
+    pool: asyncpg.Pool,
+    schema_statements: Sequence[str] = (),
+    module_migrations: Mapping[str, Traversable] | None = None,
+    *,
+    migration_url: str | None = None,
+) -> list[int]:
+    """Under the migration lock: apply the migrations not applied yet, each in its own transaction, then each user
+    module's (`module_migrations`, by module name), then the modules' `schema(...)` statements. Two workers starting
+    at once never run the same DDL together. Returns the project's versions applied. With `migration_url`
+    (HC_MIGRATION_DATABASE_URL, the DDL user) they run on a connection of that user, so the pool's user may be DML
+    only; when every migration is applied and there is no module migration or schema statement, the pool's user only
+    reads the ledger."""
+    if not schema_statements and not module_migrations and await _all_applied(pool):
         return []
     if migration_url is None:
         async with pool.acquire() as pooled:
-            return await _apply(pooled, schema)
+            return await _apply(pooled, schema_statements, module_migrations or {})
     connection = await asyncpg.connect(migration_url)
     try:
-        return await _apply(connection, schema)
+        return await _apply(connection, schema_statements, module_migrations or {})
     finally:
         await connection.close()
 
@@ -74,32 +83,59 @@ async def _all_applied(pool: asyncpg.Pool) -> bool:
     return done >= {version for version, _, _ in migration_files()}
 
 
-async def _apply(connection: Transaction, schema: Sequence[str]) -> list[int]:
-    applied_now = []
+async def _apply(
+    connection: Transaction, schema_statements: Sequence[str], module_migrations: Mapping[str, Traversable]
+) -> list[int]:
     await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
-        await connection.execute(
-            """CREATE TABLE IF NOT EXISTS hypercard_schema_migrations (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
-        done = {row["version"] for row in await connection.fetch("SELECT version FROM hypercard_schema_migrations")}
-        for version, name, sql in migration_files():
-            if version in done:
-                continue
-            async with connection.transaction():
-                await connection.execute(sql)
-                await connection.execute(
-                    "INSERT INTO hypercard_schema_migrations (version, name) VALUES ($1, $2)", version, name
-                )
-            applied_now.append(version)
-            log.info("migration applied", version=version, name=name)
-        for statement in schema:
+        applied_now = await _apply_project_migrations(connection)
+        for module, folder in sorted(module_migrations.items()):
+            await _apply_module_migrations(connection, module, folder)
+        for statement in schema_statements:
             await connection.execute(statement)
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     return applied_now
+
+
+async def _apply_project_migrations(connection: Transaction) -> list[int]:
+    applied_now = []
+    await connection.execute(
+        """CREATE TABLE IF NOT EXISTS hypercard_schema_migrations (
+               version integer PRIMARY KEY,
+               name text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    done = {row["version"] for row in await connection.fetch("SELECT version FROM hypercard_schema_migrations")}
+    for version, name, sql in migration_files():
+        if version in done:
+            continue
+        async with connection.transaction():
+            await connection.execute(sql)
+            await connection.execute(
+                "INSERT INTO hypercard_schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+        applied_now.append(version)
+        log.info("migration applied", version=version, name=name)
+    return applied_now
+
+
+async def _apply_module_migrations(connection: Transaction, module: str, folder: Traversable) -> None:
+    """A user module's `NNN_name.sql` files not applied yet, in version order, each in its own transaction."""
+    done = {
+        row["version"]
+        for row in await connection.fetch("SELECT version FROM hypercard_module_migrations WHERE module = $1", module)
+    }
+    for version, name, sql in migration_files(folder):
+        if version in done:
+            continue
+        async with connection.transaction():
+            await connection.execute(sql)
+            await connection.execute(
+                "INSERT INTO hypercard_module_migrations (module, version, name) VALUES ($1, $2, $3)",
+                module, version, name,
+            )  # fmt: skip
+        log.info("migration applied", module=module, version=version, name=name)
 
 
 async def claim(tx: Transaction, kind: str, key: str, event_id: str, previous: str | None = None) -> bool:

@@ -220,7 +220,8 @@ class DeliveryRunner:
         guard = GuardedTransaction(connection)
         context = HandlerContext(
             event_id=delivery.event_id, idempotency_key=delivery.inbox_key, attempt=delivery.attempt,
-            received_at=delivery.received_at, log=log.bind(), tx=guard,
+            received_at=delivery.received_at, log=log.bind(), tx=guard, kind=delivery.kind,
+            identifiers=self.identifiers,
         )  # fmt: skip
         try:
             async with asyncio.timeout(self.handler_timeout):

@@ -19,6 +19,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import msgspec
@@ -48,10 +49,19 @@ class Registry:
     def __init__(self) -> None:
         self.registrations: dict[str, Registration] = {}
         self.schema_statements: list[str] = []
+        self.module_migrations: dict[str, Traversable] = {}
 
     def schema(self, sql: str) -> None:
-        """SQL a user module needs (CREATE TABLE IF NOT EXISTS ...): run at worker start, after the migrations."""
+        """SQL a user module needs (CREATE TABLE IF NOT EXISTS ...): run at every worker start, under the migration
+        lock, after the migrations."""
         self.schema_statements.append(sql)
+
+    def migrations(self, module: str, folder: Traversable) -> None:
+        """A user module's versioned migrations: the `NNN_name.sql` files of `folder`, each applied once, in version
+        order, under the migration lock, and recorded in hypercard_module_migrations under `module`."""
+        if self.module_migrations.get(module, folder) != folder:
+            raise ValueError(f"migrations for {module!r} are already registered from {self.module_migrations[module]}")
+        self.module_migrations[module] = folder
 
     def handles(
         self, event_type: type[Event], *, retry_delays: Iterable[float] | None = None, replace: bool = False
@@ -88,6 +98,7 @@ class Registry:
 REGISTRY = Registry()
 handles = REGISTRY.handles
 schema = REGISTRY.schema
+migrations = REGISTRY.migrations
 
 
 def load_handler_modules(modules: Iterable[str], use_entry_points: bool = True) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -24,6 +25,7 @@ from workers.batches import Batches
 from workers.delivery import DeliveryRunner
 from workers.metrics import WorkerMetrics
 from workers.outage import DatabaseOutage
+from workers.outbox import OutboxMetrics, OutboxRelay, sealer_for
 from workers.registry import Registration
 from workers.retries import RetryPublisher
 from workers.settings import WorkerSettings
@@ -44,11 +46,13 @@ class WorkerRuntime:
         metrics: WorkerMetrics | None = None,
         schema_statements: list[str] | None = None,
         tracing: Tracing | None = None,
+        module_migrations: Mapping[str, Traversable] | None = None,
     ) -> None:
         self.settings = settings
         self.tracing = tracing  # a span per delivery when tracing is on (infra.tracing)
         self.identifiers = identifier_key(settings)  # raises SettingsError without HC_ID_SECRET
         self.schema_statements = schema_statements or []
+        self.module_migrations = dict(module_migrations or {})
         self.registrations = {registration.kind: registration for registration in registrations}
         self.metrics = metrics or WorkerMetrics()
         self.metrics.start_series(sorted(self.registrations))
@@ -63,6 +67,11 @@ class WorkerRuntime:
         self._acks: ChannelAcks | None = None
         self._pruning: asyncio.Task[None] | None = None  # inbox retention (workers.retention)
         self._outage: DatabaseOutage | None = None  # set once the pool is
+        # Performs the effects its kinds' handlers handed over (workers.outbox), once committed.
+        self._relay = OutboxRelay(
+            settings.database_url, sorted(self.registrations), OutboxMetrics(self.metrics.registry),
+            sealer_for(self.identifiers),
+        )  # fmt: skip
         self._link = broker.BrokerConnection(
             settings.amqp_urls, self._consume, on_lost=self._not_consuming, stopping=lambda: self._stopping,
             name="worker-connection",
@@ -81,8 +90,10 @@ class WorkerRuntime:
         # One connection per concurrent batch, and one for the database probe.
         self.pool = await database.create_pool(self.settings.database_url, size=self.batch_concurrency + 1)
         # The migrations and the handlers' schema as HC_MIGRATION_DATABASE_URL's user when set (the DDL user).
-        migration_url = self.settings.migration_database_url or None
-        await database.migrate(self.pool, migration_url, self.schema_statements)
+        await database.migrate(
+            self.pool, self.schema_statements, self.module_migrations,
+            migration_url=self.settings.migration_database_url or None,
+        )  # fmt: skip
         self._outage = DatabaseOutage(
             self.pool, self.metrics, pause=self._cancel_consumers, resume=self._resume_after_outage,
             stopping=lambda: self._stopping,
@@ -95,6 +106,7 @@ class WorkerRuntime:
             self._runner, self.settings.batch_size, self.settings.batch_wait, self.batch_concurrency
         )
         self._batches.start()
+        self._relay.start()
         self._pruning = retention.start_pruning(self.settings, self.metrics)
         self._link.start()
         await wait_for_event(self._consuming, wait)
@@ -117,6 +129,7 @@ class WorkerRuntime:
                     "handlers cut off at shutdown; their messages will be redelivered", count=self._batches.outstanding
                 )
             await self._batches.close()
+        await self._relay.stop()
         await self._link.close()
         if self.pool is not None:
             await self.pool.close()

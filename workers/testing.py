@@ -157,9 +157,7 @@ async def handler_kit(
         raise LookupError(f"no handler for {kind}; kinds with a handler: {', '.join(registry.kinds)}")
     pool = await database.create_pool(database_url, size=1)
     try:
-        await database.migrate(pool)
-        for statement in registry.schema_statements:
-            await pool.execute(statement)
+        await database.migrate(pool, registry.schema_statements, registry.module_migrations)
         async with pool.acquire() as connection:
             transaction = connection.transaction()
             await transaction.start()

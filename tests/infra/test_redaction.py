@@ -15,10 +15,8 @@ from hypothesis import strategies as st
 from gateway.send_cli import generate_keys, load_private_key, signed_headers
 from infra.logs import render_json
 from infra.redaction import REDACTED, bind_secrets, clear_secrets, redact_secrets, scrub
-from schemas import topology
 from schemas.events import EVENT_DECODER
 from schemas.samples import sample_body, sample_names
-from tests.support.broker import take
 from tests.support.database import reset_database
 from tests.support.network import free_port, wait_until_ready
 from tests.support.processes import gateway_process, worker_process
@@ -156,6 +154,8 @@ async def test_logs_of_all_nine_samples_through_gateway_and_workers_hold_no_secr
 @pytest.mark.broker
 @pytest.mark.database
 async def test_a_notifier_failure_quoting_the_code_leaks_it_nowhere(tmp_path, amqp, make_gateway, sign):
+    """The notifier is called by the outbox relay after the commit, and again after each failure: its error, which
+    quotes the code and the contacts, reaches no log line (only its type does)."""
 
     await reset_database()
     gateway = await make_gateway()
@@ -163,22 +163,21 @@ async def test_a_notifier_failure_quoting_the_code_leaks_it_nowhere(tmp_path, am
     code = "".join(random.choice(string.ascii_letters + string.digits) for _ in range(7))
     worker = worker_process(
         tmp_path, "OPT_CODE", "--handlers", "tests.support.failing_notifier",
-        env={"HC_RETRY_DELAYS": "0.2", "HC_TEST_NOTIFIER_FILE": str(received), "HC_LOG_LEVEL": "debug"},
+        env={"HC_TEST_NOTIFIER_FILE": str(received), "HC_LOG_LEVEL": "debug"},
     )  # fmt: skip
     try:
         await eventually(lambda: _true(worker.events(event="consuming")), timeout=20)
         event = {"notify_type": "OPT_CODE", "card_id": "c-1", "code": code, "create_time": 1710412477}
         body = json.dumps(event).encode()
         assert (await gateway.post("/hc_sync/common", data=body, headers=sign(body))).status == 200
-        (dead,) = await take(amqp, topology.dead_queue("OPT_CODE"), timeout=15)
+        await eventually(lambda: _true(len(worker.events(event="effect failed; it is tried again")) >= 2), timeout=15)
     finally:
         worker.stop()
-    assert received.read_text().splitlines() == [code, code]  # the notifier got the code as it is, each attempt
-    headers = json.dumps(dead.headers, default=str)
-    assert dead.headers["error_type"] == "RuntimeError" and "SMS gateway refused" in dead.headers["error_message"]
-    for output in (worker.output, headers):
-        for secret in (code, "183-0152-3750", "a.b@example.com"):
-            assert secret not in output
+    assert received.read_text().splitlines()[:2] == [code, code]  # the notifier got the code as it is, each attempt
+    failures = worker.events(event="effect failed; it is tried again")
+    assert {line["error_type"] for line in failures} == {"RuntimeError"}
+    for secret in (code, "183-0152-3750", "a.b@example.com"):
+        assert secret not in worker.output
 
 
 async def _true(value: object) -> bool:

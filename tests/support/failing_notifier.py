@@ -8,12 +8,11 @@ import asyncio
 import os
 
 from schemas.events import OptCode
-from workers.context import HandlerContext
 from workers.handlers.auth import set_otp_notifier
 
 
 class FailingNotifier:
-    async def deliver(self, event: OptCode, ctx: HandlerContext) -> None:
+    async def deliver(self, event: OptCode, idempotency_key: str) -> None:
         await asyncio.to_thread(_record, event.code)
         raise RuntimeError(
             f"SMS gateway refused: code:{event.code} for +86-183-0152-3750 (card holder a.b@example.com). "

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
+import msgspec
+import structlog
+
+from infra.redaction import bind_secrets
 from schemas.events import Auth3ds, OptCode
+from schemas.fields import Text
 from workers.context import HandlerContext
+from workers.outbox import effect
 from workers.registry import handles
+
+log = structlog.get_logger("workers")
 
 
 def _time(seconds: int) -> datetime:
@@ -39,16 +47,18 @@ async def auth_3ds(event: Auth3ds, ctx: HandlerContext) -> None:
 
 
 class OtpNotifier(Protocol):
-    """Delivers a one-time code to the card holder (SMS, push, e-mail...). The code is a secret: never log it."""
+    """Delivers a one-time code to the card holder (SMS, push, e-mail...). Called by the outbox relay once the
+    notification's transaction committed, and again after a failure or a crash: pass `idempotency_key` on to the
+    provider (or remember it) so that one key is one message. The code is a secret: never log it."""
 
-    async def deliver(self, event: OptCode, ctx: HandlerContext) -> None: ...
+    async def deliver(self, event: OptCode, idempotency_key: str) -> None: ...
 
 
 class LogOnlyNotifier:
     """The default: one log line without the code. Replace it with `set_otp_notifier`."""
 
-    async def deliver(self, event: OptCode, ctx: HandlerContext) -> None:
-        ctx.log.info("one-time code received", card_id=event.card_id, create_time=event.create_time)
+    async def deliver(self, event: OptCode, idempotency_key: str) -> None:
+        log.info("one-time code received", card_id=event.card_id, create_time=event.create_time)
 
 
 _notifier: list[OtpNotifier] = [LogOnlyNotifier()]
@@ -58,8 +68,19 @@ def set_otp_notifier(notifier: OtpNotifier) -> None:
     _notifier[0] = notifier
 
 
+@effect
+async def deliver_code(payload: object, idempotency_key: str) -> None:
+    """The code to the notifier, after the commit (workers.outbox)."""
+    fields = msgspec.convert(payload, dict[str, Any])
+    event = OptCode(card_id=Text(fields["card_id"]), code=Text(fields["code"]), create_time=fields["create_time"])
+    bind_secrets((event.code,))  # scrubbed from whatever the notifier logs
+    await _notifier[0].deliver(event, idempotency_key)
+
+
 @handles(OptCode)
 async def one_time_code(event: OptCode, ctx: HandlerContext) -> None:
-    """Handed to the notifier, never stored: the inbox row (a keyed digest of card_id, code and create_time) keeps
-    a retried notification from being delivered twice."""
-    await _notifier[0].deliver(event, ctx)
+    """Handed to the notifier through the outbox, once per notification whatever happens to the batch: the inbox row
+    (a keyed digest of card_id, code and create_time) keeps a retried notification from being delivered twice, and
+    the outbox row, deleted once the notifier succeeded, keeps a rolled-back batch from sending it twice."""
+    fields = {"card_id": str(event.card_id), "code": str(event.code), "create_time": event.create_time}
+    await ctx.after_commit(deliver_code, fields)
