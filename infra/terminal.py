@@ -24,8 +24,9 @@ def printable(value: object, limit: int = 200) -> str:
     if isinstance(value, bytes):
         value = value[: limit * 4].decode(errors="replace")
     text = str(value)
-    cut = text[:limit]
-    return escape(scrub(cut)) + ("…" if len(text) > limit else "")
+    if len(text) <= limit:
+        return escape(scrub(text))
+    return escape(scrub(text[: limit - 1])) + "…"  # marked as cut, `limit` characters before escaping
 
 
 class Progress:

@@ -30,9 +30,9 @@ import aio_pika
 from infra import broker
 from infra.commands import EXIT_INTERRUPTED, Interruption, add_version, quiet_library_logs, why
 from infra.settings import BrokerSettings, SettingsError, load_settings
+from infra.terminal import Progress, printable
 from schemas import topology
 from schemas.events import KIND_NAME
-from infra.terminal import Progress, printable
 from workers.retries import copy_for_republish, time_left
 
 # Headers of a failed attempt: a replayed message starts again at attempt 1.
