@@ -141,7 +141,9 @@ def test_the_gateway_on_a_port_in_use_is_one_line_naming_hc_port(tmp_path, taken
     env = {"HC_PLATFORM_PUBLIC_KEY": str(key_file), "HC_ID_SECRET": TEST_ID_SECRET, "HC_HOST": "127.0.0.1"}
     result = tool("hypercard-gateway", env={**env, "HC_PORT": str(taken_port), "HC_GATEWAY_METRICS_PORT": "0"})
     one_line(result, f"port {taken_port}", "in use", "HC_PORT")
-    metrics = tool("hypercard-gateway", env={**env, "HC_PORT": str(free_port()), "HC_GATEWAY_METRICS_PORT": str(taken_port)})  # noqa: E501
+    metrics = tool(
+        "hypercard-gateway", env={**env, "HC_PORT": str(free_port()), "HC_GATEWAY_METRICS_PORT": str(taken_port)}
+    )  # noqa: E501
     one_line(metrics, f"port {taken_port}", "in use", "HC_GATEWAY_METRICS_PORT")
 
 

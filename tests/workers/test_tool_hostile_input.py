@@ -180,7 +180,4 @@ async def test_show_of_an_unknown_kind_gives_field_names_and_lengths_not_values(
     shown = tool("hypercard-inspect", "unrouted", "--show", "mystery", "--show-values")
     assert shown.returncode == 0 and "12/29" in shown.stdout
     assert "values" in shown.stderr.lower()  # the warning
-    assert [m.headers["event_id"] for m in [await (await amqp.get_queue(topology.UNROUTED_QUEUE)).get()]] == [
-        "mystery"
-    ]
-
+    assert [m.headers["event_id"] for m in [await (await amqp.get_queue(topology.UNROUTED_QUEUE)).get()]] == ["mystery"]
