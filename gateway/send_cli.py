@@ -22,11 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.signature import sign_request
+from infra.commands import add_version
 from schemas.samples import sample_body, sample_names
 
 DEFAULT_URL = "http://127.0.0.1:8080/hc_sync/common"
 DEFAULT_KEY = ".dev/platform-private.pem"
 DEV_API_KEY = "dev-merchant"  # the development merchant's api key: `make run` sets HC_API_KEY to it
+
+
 def generate_keys(folder: Path, bits: int = 1024) -> tuple[Path, Path]:
     """A development key pair standing in for the platform's (the platform uses 1024-bit RSA)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--lang", help="the optional lang header (en or zh-CN)")
     parser.add_argument("--generate-keys", metavar="DIR", help="write a development key pair into DIR and exit")
+    add_version(parser)
     args = parser.parse_args(argv)
 
     if args.generate_keys:

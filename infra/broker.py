@@ -99,8 +99,8 @@ class BrokerConnection:
 
     async def _keep_connected(self) -> None:
         """Connect and set up, wait for a loss, drop what is left, and start over; failed set-ups back off
-        exponentially, with full jitter. Runs until cancelled, or until `stopping()` says so after a loss: a shutting-down worker must
-        not start consuming again."""
+        exponentially, with full jitter. Runs until cancelled, or until `stopping()` says so after a loss: a
+        shutting-down worker must not start consuming again."""
         while not self._stopping():
             self._lost.clear()
             try:

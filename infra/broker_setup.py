@@ -28,6 +28,7 @@ import aiormq
 from yarl import URL
 
 from infra import broker, declare
+from infra.commands import add_version, quiet_library_logs, why
 from infra.permissions import ROLES, Role
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="hypercard-broker-setup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--kind", action="append", default=[], help="also declare this kind's queues (a user kind)")
+    add_version(parser)
     args = parser.parse_args(argv)
+    quiet_library_logs()
     try:
         settings = load_settings(BrokerSettings)
     except SettingsError as error:
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     except (SetupError, declare.TopologyMismatch) as error:
         parser.exit(2, f"hypercard-broker-setup: {error}\n")
     except (OSError, aiohttp.ClientError, aiormq.exceptions.AMQPError) as error:
-        parser.exit(2, f"hypercard-broker-setup: the broker refused, or did not answer: {error!r}\n")
+        parser.exit(2, f"hypercard-broker-setup: {why(error)}\n")
     for line in done:
         print(line)
     missing = [role_url_variable(name) for name in ROLES if name not in role_urls]

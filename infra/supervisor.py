@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from infra.commands import add_version
+
 BIN = Path(sys.executable).parent
 STOP_GRACE = 60.0  # seconds each child gets to drain before it is killed
 
@@ -55,6 +57,7 @@ def supervise(commands: dict[str, list[str]]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hypercard-run", description=__doc__)
+    add_version(parser)
     parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(supervise(children_commands()))

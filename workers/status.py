@@ -26,6 +26,7 @@ import aiormq
 from yarl import URL
 
 from infra import broker
+from infra.commands import add_version, quiet_library_logs, why
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
@@ -185,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", action="append", default=[], help="also show this kind without the management API")
     parser.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     parser.add_argument("--watch", type=float, metavar="SECONDS", help="refresh in place every SECONDS")
+    add_version(parser)
     args = parser.parse_args(argv)
+    quiet_library_logs()
     try:
         settings = load_settings(BrokerSettings)
     except SettingsError as error:
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             status = asyncio.run(collect(settings, extra))
     except (OSError, aiormq.exceptions.AMQPError) as error:
-        parser.exit(2, f"hypercard-status: broker unreachable: {type(error).__name__}: {error}\n")
+        parser.exit(2, f"hypercard-status: {why(error)}\n")
     if args.json:
         print(json.dumps({**asdict(status), "needs_attention": status.needs_attention}))
     elif not args.watch:
