@@ -61,12 +61,14 @@ def why(error: BaseException) -> str | None:
     if isinstance(error, asyncpg.InvalidCatalogNameError):
         return "no such database: check HC_DATABASE_URL"
     if isinstance(error, aio_pika.exceptions.AMQPError | OSError | TimeoutError):
-        return f"the broker does not answer: check HC_AMQP_URL and that RabbitMQ runs ({type(error).__name__})"
+        name = type(error).__name__
+        return f"the broker is unreachable, it does not answer: check HC_AMQP_URL and that RabbitMQ runs ({name})"
     return None
 
 
 def database_down(error: BaseException) -> str:
-    return f"the database does not answer: check HC_DATABASE_URL and that PostgreSQL runs ({type(error).__name__})"
+    name = type(error).__name__
+    return f"the database is unreachable, it does not answer: check HC_DATABASE_URL and that PostgreSQL runs ({name})"
 
 
 def port_in_use(port: int, host: str, setting: str) -> str:
