@@ -4,7 +4,9 @@ change, exit 2; every command answers --version."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pty
 import re
 import select
 import signal
@@ -49,14 +51,8 @@ def test_every_command_answers_version(command):
     assert result.stdout.strip() == f"{command} {version('hypercard-gateway')}"
 
 
-@pytest.mark.broker
-async def test_a_replay_of_2000_interrupted_by_sigint_moved_plus_remaining_is_2000_no_traceback(amqp):
-    dead, live = topology.dead_queue("RECHARGE"), topology.kind_queue("RECHARGE")
-    for n in range(2000):
-        message = aio_pika.Message(
-            b'{"notify_type":"RECHARGE"}', headers={"notify_type": "RECHARGE", "event_id": f"r{n:04d}"}
-        )
-        await amqp.default_exchange.publish(message, routing_key=dead)
+def interrupted_replay() -> tuple[int, str, str]:
+    """hypercard-replay RECHARGE, sent SIGINT once it has printed 100 ids: its exit code, stdout and stderr."""
     replay = subprocess.Popen(
         [os.path.join(BIN, "hypercard-replay"), "RECHARGE"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HC_AMQP_URL": AMQP_URL},
@@ -73,7 +69,19 @@ async def test_a_replay_of_2000_interrupted_by_sigint_moved_plus_remaining_is_20
     replay.send_signal(signal.SIGINT)
     rest, errors = replay.communicate(timeout=60)
     printed, said = (streamed + rest).decode(), errors.decode()
-    assert replay.returncode == 130, said
+    return replay.returncode, printed, said
+
+
+@pytest.mark.broker
+async def test_a_replay_of_2000_interrupted_by_sigint_moved_plus_remaining_is_2000_no_traceback(amqp):
+    dead, live = topology.dead_queue("RECHARGE"), topology.kind_queue("RECHARGE")
+    for n in range(2000):
+        message = aio_pika.Message(
+            b'{"notify_type":"RECHARGE"}', headers={"notify_type": "RECHARGE", "event_id": f"r{n:04d}"}
+        )
+        await amqp.default_exchange.publish(message, routing_key=dead)
+    returncode, printed, said = await asyncio.to_thread(interrupted_replay)
+    assert returncode == 130, said
     assert "Traceback" not in said and "KeyboardInterrupt" not in said, said
     found = re.search(r"interrupted: moved (\d+) message\(s\) from \S+; (\d+) remain", said)
     assert found, said
@@ -83,7 +91,40 @@ async def test_a_replay_of_2000_interrupted_by_sigint_moved_plus_remaining_is_20
     assert moved + remaining == 2000 and 100 <= moved < 2000
     assert (live_count, dead_count) == (moved, remaining), "nothing lost, nothing moved twice"
     assert len(printed.split()) == moved
+    assert "\r" not in said, "no progress line when stderr is no terminal"
     await (await amqp.get_queue(live)).purge()
+
+
+def replay_on_a_terminal() -> tuple[int, bytes]:
+    """hypercard-replay RECHARGE in a pseudo-terminal: its exit code and all it wrote there."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        env = {**os.environ, "HC_AMQP_URL": AMQP_URL, "TERM": "dumb"}
+        os.execve(os.path.join(BIN, "hypercard-replay"), ["hypercard-replay", "RECHARGE"], env)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output
+
+
+@pytest.mark.broker
+async def test_a_replay_on_a_terminal_shows_a_progress_line_with_its_counts(amqp):
+    for n in range(30):
+        message = aio_pika.Message(b"{}", headers={"notify_type": "RECHARGE", "event_id": f"t{n:02d}"})
+        await amqp.default_exchange.publish(message, routing_key=topology.dead_queue("RECHARGE"))
+    code, output = await asyncio.to_thread(replay_on_a_terminal)
+    assert code == 0, output[-500:]
+    assert b"\r\x1b[K30 moved, 0 left" in output and b"\r\x1b[K1 moved, 0 left" in output
+    assert b"replayed 30 message(s)" in output
+    await (await amqp.get_queue(topology.kind_queue("RECHARGE"))).purge()
 
 
 def one_line(result: subprocess.CompletedProcess, *words: str) -> None:
