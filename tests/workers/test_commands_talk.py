@@ -193,3 +193,9 @@ def test_the_gateway_on_a_port_in_use_is_one_line_naming_hc_port(tmp_path, taken
 async def test_the_worker_on_a_port_in_use_is_one_line_naming_the_setting(amqp, taken_port, setting):
     env = {"HC_ID_SECRET": TEST_ID_SECRET, "HC_METRICS_PORT": "0", "HC_HEALTH_PORT": "0", setting: str(taken_port)}
     one_line(tool("hypercard-worker", "RECHARGE", env=env), f"port {taken_port}", "in use", setting)
+
+
+def test_the_worker_with_the_database_down_is_one_line_naming_hc_database_url():
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    env = {"HC_ID_SECRET": TEST_ID_SECRET, "HC_METRICS_PORT": "0", "HC_HEALTH_PORT": "0", "HC_DATABASE_URL": closed}
+    one_line(tool("hypercard-worker", "RECHARGE", env=env), "HC_DATABASE_URL", "unreachable")
