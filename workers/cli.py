@@ -7,10 +7,11 @@ import errno
 import sys
 from collections.abc import Callable
 
+import asyncpg
 import structlog
 import uvloop
 
-from infra.commands import add_version, port_in_use
+from infra.commands import add_version, database_down, port_in_use
 from infra.logs import configure_logging
 from infra.settings import SettingsError, load_settings
 from infra.signals import stop_requested
@@ -38,7 +39,11 @@ async def serve(runtime: WorkerRuntime, settings: WorkerSettings) -> None:
     _listen(lambda: runtime.metrics.serve(settings.metrics_port), settings.metrics_port, "HC_METRICS_PORT")
     health = WorkerHealth(lambda: runtime.consuming)
     _listen(lambda: health.start(settings.health_port), settings.health_port, "HC_HEALTH_PORT")
-    await runtime.start()
+    try:
+        await runtime.start()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:  # the pool is the first thing it opens
+        health.stop()
+        raise SettingsError(database_down(error)) from error
     await stop_requested()
     log.info("stopping: finishing in-flight handlers", grace_seconds=settings.shutdown_grace)
     await runtime.stop()
