@@ -30,7 +30,7 @@ USER 10001:10001
 
 # The defaults of HC_PORT, HC_METRICS_PORT (a worker) and HC_GATEWAY_METRICS_PORT.
 EXPOSE 8080 9100 9101
-# The gateway is healthy when /readyz answers 200; a worker sets HC_HEALTHCHECK_URL to its metrics port.
+# The gateway is healthy when /readyz answers 200; a worker sets HC_HEALTHCHECK_URL to its health port's /livez.
 ENV HC_HEALTHCHECK_URL=http://127.0.0.1:8080/readyz
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HC_HEALTHCHECK_URL'], timeout=4)"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import multiprocessing
 import os
 import signal
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 
 import structlog
 import uvloop
@@ -19,6 +21,7 @@ from gateway.app_keys import DRAINING, METRICS
 from gateway.metrics import serve_all_processes
 from gateway.server import ContractAppRunner
 from gateway.settings import GatewaySettings
+from infra.commands import add_version, port_in_use
 from infra.identifiers import identifier_key
 from infra.logs import configure_logging
 from infra.settings import SettingsError, load_settings
@@ -45,12 +48,15 @@ async def serve(settings: GatewaySettings, reuse_port: bool = False) -> None:
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None, backlog=1024)
-    await site.start()
+    await _bind(runner, site.start, settings.host, settings.port, "HC_PORT")
     if not reuse_port:  # with --processes N the parent serves the sum of all processes
-        app[METRICS].serve(settings.host, settings.gateway_metrics_port)
-    log.info(
-        "gateway listening", host=settings.host, port=settings.port, metrics_port=settings.gateway_metrics_port
-    )
+        metrics_port = settings.gateway_metrics_port
+
+        async def serve_metrics() -> None:
+            app[METRICS].serve(settings.host, metrics_port)
+
+        await _bind(runner, serve_metrics, settings.host, metrics_port, "HC_GATEWAY_METRICS_PORT")
+    log.info("gateway listening", host=settings.host, port=settings.port, metrics_port=settings.gateway_metrics_port)
 
     await stop_requested()
 
@@ -65,6 +71,19 @@ async def serve(settings: GatewaySettings, reuse_port: bool = False) -> None:
     if tracing is not None:
         tracing.shutdown()  # the spans still buffered are exported
     log.info("gateway stopped")
+
+
+async def _bind(
+    runner: web.AppRunner, start: Callable[[], Awaitable[None]], host: str, port: int, setting: str
+) -> None:
+    """`start()` listening on `port`; a port in use is a SettingsError naming `setting` (one line, exit 2)."""
+    try:
+        await start()
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        await runner.cleanup()
+        raise SettingsError(port_in_use(port, host, setting)) from error
 
 
 def _serve_process(settings: GatewaySettings, reuse_port: bool) -> None:
@@ -103,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="address to listen on (HC_HOST)")
     parser.add_argument("--port", type=int, help="port to listen on (HC_PORT)")
     parser.add_argument("--processes", type=int, help="number of server processes sharing the port (HC_PROCESSES)")
+    add_version(parser)
     args = parser.parse_args(argv)
     try:
         settings = load_settings(GatewaySettings, host=args.host, port=args.port, processes=args.processes)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.signature import sign_request
+from infra.commands import add_version
 from schemas.samples import sample_body, sample_names
 
 DEFAULT_URL = "http://127.0.0.1:8080/hc_sync/common"
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--lang", help="the optional lang header (en or zh-CN)")
     parser.add_argument("--generate-keys", metavar="DIR", help="write a development key pair into DIR and exit")
+    add_version(parser)
     args = parser.parse_args(argv)
 
     if args.generate_keys:

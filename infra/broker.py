@@ -99,8 +99,8 @@ class BrokerConnection:
 
     async def _keep_connected(self) -> None:
         """Connect and set up, wait for a loss, drop what is left, and start over; failed set-ups back off
-        exponentially. Runs until cancelled, or until `stopping()` says so after a loss: a shutting-down worker must
-        not start consuming again."""
+        exponentially, with full jitter. Runs until cancelled, or until `stopping()` says so after a loss: a
+        shutting-down worker must not start consuming again."""
         while not self._stopping():
             self._lost.clear()
             try:
@@ -108,10 +108,11 @@ class BrokerConnection:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure to connect or declare: try again later, the first node first
+                wait = self._backoff.next_wait()  # jittered: the processes that lost the broker together spread out
                 log.warning("broker connection failed", error=f"{type(error).__name__}: {error}",
-                            retry_in=self._backoff.delay)  # fmt: skip
+                            retry_in=round(wait, 2))  # fmt: skip
                 await self._drop()
-                await self._backoff.wait()
+                await asyncio.sleep(wait)
                 continue
             self._backoff.reset()
             await self._lost.wait()

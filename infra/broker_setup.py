@@ -34,6 +34,7 @@ import aiormq
 from yarl import URL
 
 from infra import broker, declare
+from infra.commands import add_version, quiet_library_logs, why
 from infra.kinds import load_kinds
 from infra.management import management_base
 from infra.permissions import ROLES, Role, worker_role
@@ -143,8 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hypercard-broker-setup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--kind", action="append", default=[], help="also declare this kind's queues")
+    parser.add_argument("--kind", action="append", default=[], help="also declare this kind's queues (a user kind)")
+    add_version(parser)
     args = parser.parse_args(argv)
+    quiet_library_logs()
     try:
         settings = load_settings(BrokerSettings)
     except SettingsError as error:
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     except (SetupError, declare.TopologyMismatch) as error:
         parser.exit(2, f"hypercard-broker-setup: {error}\n")
     except (OSError, aiohttp.ClientError, aiormq.exceptions.AMQPError) as error:
-        parser.exit(2, f"hypercard-broker-setup: the broker refused, or did not answer: {error!r}\n")
+        parser.exit(2, f"hypercard-broker-setup: {why(error)}\n")
     for line in done:
         print(line)
     named = {role.name for role, _ in role_urls}

@@ -37,6 +37,7 @@ KNOWN_VARIABLES = frozenset(
         "HC_DATABASE_URL", "HC_MIGRATION_DATABASE_URL", "HC_PREFETCH", "HC_BATCH_SIZE",
         "HC_BATCH_WAIT", "HC_HANDLER_TIMEOUT", "HC_RETRY_DELAYS",
         "HC_SHUTDOWN_GRACE", "HC_HANDLERS", "HC_METRICS_PORT", "HC_INBOX_RETENTION_DAYS", "HC_INBOX_PRUNE_INTERVAL",
+        "HC_HEALTH_PORT",
         # the identifier secret (BrokerSettings, infra.identifiers)
         "HC_ID_SECRET_FILE", "HC_ID_SECRET_PREVIOUS",
         # the deployment secret (docker-compose), hypercard-status, hypercard-send, the image's HEALTHCHECK,

@@ -12,8 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from infra.commands import add_version
+
 BIN = Path(sys.executable).parent
 STOP_GRACE = 60.0  # seconds each child gets to drain before it is killed
+# On one host the worker's health port must not be the gateway's metrics port (both 9101 by default).
+WORKER_HEALTH_PORT = "9102"
 
 
 def children_commands() -> dict[str, list[str]]:
@@ -55,6 +59,8 @@ def supervise(commands: dict[str, list[str]]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hypercard-run", description=__doc__)
+    add_version(parser)
     parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    os.environ.setdefault("HC_HEALTH_PORT", WORKER_HEALTH_PORT)
     sys.exit(supervise(children_commands()))

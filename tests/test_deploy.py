@@ -291,7 +291,7 @@ async def test_what_the_dockerfile_installs_starts_every_command_and_handles_a_p
     take a signed push from hypercard-send (all three from the image) through to PostgreSQL."""
     await reset_database()
     venv, outside = await asyncio.to_thread(install_the_image, tmp_path)
-    port, worker_metrics = free_port(), free_port()
+    port, worker_metrics, worker_health_port = free_port(), free_port(), free_port()
     gateway = Started(venv, outside, ["hypercard-gateway"], {
         "HC_PORT": str(port), "HC_AMQP_URL": AMQP_URL, "HC_GATEWAY_METRICS_PORT": "0",
         "HC_PLATFORM_PUBLIC_KEY": str(outside / "platform-public.pem"), "HC_API_KEY": "dev-merchant",
@@ -301,12 +301,12 @@ async def test_what_the_dockerfile_installs_starts_every_command_and_handles_a_p
     })  # fmt: skip
     worker = Started(venv, outside, ["hypercard-worker", "--all"], {
         "HC_AMQP_URL": AMQP_URL, "HC_DATABASE_URL": DATABASE_URL, "HC_METRICS_PORT": str(worker_metrics),
-        "HC_ID_SECRET": TEST_ID_SECRET,
+        "HC_ID_SECRET": TEST_ID_SECRET, "HC_HEALTH_PORT": str(worker_health_port),
     })  # fmt: skip
     # The image's HEALTHCHECK with the URL it has for the gateway and the one docker-compose gives the workers.
     gateway_health = image_env()["HC_HEALTHCHECK_URL"].replace(":8080/", f":{port}/")
     worker_health = SERVICES["worker-cards"]["environment"]["HC_HEALTHCHECK_URL"]
-    worker_health = worker_health.replace(":9100/", f":{worker_metrics}/")
+    worker_health = worker_health.replace(":9101/", f":{worker_health_port}/")
     try:
         assert await asyncio.to_thread(healthcheck, venv, gateway_health) != 0, "healthy before it listens"
         await asyncio.to_thread(wait_until_ready, port, 30)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+from collections.abc import Callable
 
+import asyncpg
 import structlog
 import uvloop
 
+from infra.commands import add_version, database_down, port_in_use
 from infra.logs import configure_logging
 from infra.settings import SettingsError, load_settings
 from infra.signals import stop_requested
 from infra.tracing import start_tracing
 from workers.app import UnknownKind, create_worker
+from workers.health import WorkerHealth
 from workers.registry import REGISTRY, load_handler_modules
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
@@ -20,14 +25,31 @@ from workers.settings import WorkerSettings
 log = structlog.get_logger("workers")
 
 
+def _listen(start: Callable[[], None], port: int, setting: str) -> None:
+    """`start()` listening on `port`; a port in use is a SettingsError naming `setting` (one line, exit 2)."""
+    try:
+        start()
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise SettingsError(port_in_use(port, "0.0.0.0", setting)) from error  # noqa: S104
+
+
 async def serve(runtime: WorkerRuntime, settings: WorkerSettings) -> None:
-    runtime.metrics.serve(settings.metrics_port)
-    await runtime.start()
+    _listen(lambda: runtime.metrics.serve(settings.metrics_port), settings.metrics_port, "HC_METRICS_PORT")
+    health = WorkerHealth(lambda: runtime.consuming)
+    _listen(lambda: health.start(settings.health_port), settings.health_port, "HC_HEALTH_PORT")
+    try:
+        await runtime.start()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:  # the pool is the first thing it opens
+        health.stop()
+        raise SettingsError(database_down(error)) from error
     await stop_requested()
     log.info("stopping: finishing in-flight handlers", grace_seconds=settings.shutdown_grace)
     await runtime.stop()
     if runtime.tracing is not None:
         runtime.tracing.shutdown()  # the spans still buffered are exported
+    health.stop()
     log.info("worker stopped")
 
 
@@ -37,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all", action="store_true", help="every kind that has a handler")
     parser.add_argument("--handlers", action="append", default=[], help="handler modules, a,b (also HC_HANDLERS)")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (HC_METRICS_PORT; 0: none)")
+    add_version(parser)
     args = parser.parse_args(argv)
     try:
         settings = load_settings(WorkerSettings, metrics_port=args.metrics_port)
@@ -55,4 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     except (UnknownKind, SettingsError) as error:
         print(f"hypercard-worker: {error}", file=sys.stderr)
         sys.exit(2)
-    uvloop.run(serve(runtime, settings))
+    try:
+        uvloop.run(serve(runtime, settings))
+    except SettingsError as error:
+        print(f"hypercard-worker: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -25,7 +25,10 @@ dead-letters a message past 20 of them, here to its kind's queue before its dela
 a queue's head only. All messages of a retry queue share its TTL and the copies keep their order, so the queue stays
 in order of due time and each copy leaves when due; unless a new retry entered during the pass, ahead of copies not
 put back yet, which then leave with it: late by one step (plus the pass) at most. Never lost: expired, a copy goes to
-its kind's queue as always. A copy without `retry_due_at` (scheduled by an older worker) waits its step again."""
+its kind's queue as always. A copy without `retry_due_at` (scheduled by an older worker) waits its step again.
+
+On a terminal a progress line says which queue is being read; Ctrl-C stops between two messages (exit 130). What
+is printed from a message is cut, scrubbed and escaped (`infra.terminal.printable`)."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -44,8 +48,9 @@ import asyncpg
 import structlog
 
 from infra import broker
-from infra.redaction import scrub
+from infra.commands import EXIT_INTERRUPTED, Interruption, add_version, database_down, quiet_library_logs, why
 from infra.settings import SettingsError, load_settings
+from infra.terminal import Progress, printable
 from schemas import topology
 from workers import database
 from workers.inspection import HeldMessage, read
@@ -91,6 +96,7 @@ class Finding:
     not_looked_in: dict[str, int] = field(default_factory=dict)  # queue -> its messages, more than the limit
     refused: list[str] = field(default_factory=list)  # queues this broker user may not read (README "Broker users")
     stopped: list[str] = field(default_factory=list)  # passes that ended early, and why
+    interrupted: bool = False  # Ctrl-C: stopped between two messages
     # None: the retry queues were listed by the management API; else the steps looked in, from the schedules alone
     # (a step the workers use and this environment does not name is not looked in).
     steps_from_settings: list[float] | None = None
@@ -119,17 +125,30 @@ def place(target: Target, message: aio_pika.abc.AbstractIncomingMessage, held: H
         found.step_seconds = target.step_seconds
         found.due_at = due.isoformat(timespec="milliseconds") if due else None
         last_error = (message.headers or {}).get("last_error")
-        if isinstance(last_error, bytes):
-            last_error = last_error.decode(errors="replace")
-        found.reason = scrub(str(last_error))[:500] if last_error else None
+        found.reason = printable(last_error, 500) if last_error else None  # cut, scrubbed, escaped
     elif target.state == "held":
         found.reason = held.reason or (UNROUTED_REASON if target.queue == topology.UNROUTED_QUEUE else None)
     return found
 
 
-async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, finding: Finding, limit: int) -> None:
+Report = Callable[[str, int, int], None]  # queue, messages looked at, messages in it
+Look = tuple[Report, Interruption | None]
+
+
+class DatabaseUnreachable(Exception):
+    """HC_DATABASE_URL's database did not answer (refused, timed out) or refused the login."""
+
+
+async def look_in(
+    connection: aio_pika.abc.AbstractConnection,
+    target: Target,
+    finding: Finding,
+    limit: int,
+    look: Look = (lambda *_: None, None),
+) -> None:
     """One pass over `target`'s queue (if it exists and holds at most `limit` messages), each message kept in place;
-    a retry copy keeps its due time."""
+    a retry copy keeps its due time. `look`: what to call after each message, and the Ctrl-C flag."""
+    report, interruption = look
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
         try:
@@ -141,6 +160,10 @@ async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, f
             finding.not_looked_in[target.queue] = waiting
             return
         for position in range(1, waiting + 1):
+            if interruption is not None and interruption.requested:
+                finding.interrupted = True
+                finding.stopped.append(f"{target.queue}: interrupted after {position - 1} message(s), now at the tail")
+                return
             try:
                 message = await queue.get(no_ack=False, fail=False)
             except aiormq.exceptions.ChannelAccessRefused:
@@ -158,6 +181,7 @@ async def look_in(connection: aio_pika.abc.AbstractConnection, target: Target, f
                     f"{target.queue}: {error}; stopped after {position - 1} message(s), which are now at the tail"
                 )
                 break
+            report(target.queue, position, waiting)
         finding.looked_in.append(target.queue)
     finally:
         if not channel.is_closed:
@@ -182,10 +206,15 @@ async def find(
     kinds: list[str] | None = None,
     limit: int = DEFAULT_LIMIT,
     registry: Registry = REGISTRY,
+    report: Report = lambda *_: None,
+    interruption: Interruption | None = None,
 ) -> Finding:
     """Every place `event_id` is: the inbox, then the queues of `kinds` (default: the kinds `registry` handles and
     the kind the inbox names) and the holding queues."""
-    database = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        database = await asyncpg.connect(settings.database_url, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        raise DatabaseUnreachable(database_down(error)) from error
     try:
         finding = Finding(event_id, await handled(database, event_id))
     finally:
@@ -209,7 +238,9 @@ async def find(
                 }
                 schedules[kind] = tuple(sorted(step for step in existing if step is not None))
         for target in targets(schedules):
-            await look_in(connection, target, finding, limit)
+            if finding.interrupted:
+                break
+            await look_in(connection, target, finding, limit, (report, interruption))
     finally:
         await connection.close()
     return finding
@@ -224,7 +255,7 @@ def _in(due_at: str | None) -> str:
 
 
 def render(finding: Finding, retention_days: float) -> str:
-    lines = [f"event {finding.event_id}"]
+    lines = [f"event {printable(finding.event_id, 80)}"]
     for p in finding.places:
         if p.state == "handled":
             lines.append(f"  handled   {p.kind} at {p.at} (inbox)")
@@ -268,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", action="append", help="look only in this kind's queues (and the holding queues)")
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="skip a queue holding more messages")
     parser.add_argument("--json", action="store_true", help="one JSON document")
+    add_version(parser)
     args = parser.parse_args(argv)
+    quiet_library_logs()
     # Handler modules log as they load: kept off stdout, which is the answer's.
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
@@ -280,18 +313,37 @@ def main(argv: list[str] | None = None) -> None:
     except (SettingsError, ImportError) as error:
         parser.exit(2, f"hypercard-find: {error}\n")
     kinds = [kind.upper() for kind in args.kind] if args.kind else None
+    progress = Progress()
+
+    async def run() -> Finding:
+        interruption = Interruption()
+        interruption.install()
+        report: Report = lambda queue, at, of: progress.show(f"{queue}: {at} of {of}")  # noqa: E731
+        return await find(
+            settings, args.event_id, kinds=kinds, limit=args.limit, report=report, interruption=interruption
+        )
+
     try:
-        finding = asyncio.run(find(settings, args.event_id, kinds=kinds, limit=args.limit))
+        finding = asyncio.run(run())
     except asyncpg.UndefinedTableError:
         parser.exit(2, "hypercard-find: no inbox table in HC_DATABASE_URL's database: has a worker started on it?\n")
-    except (OSError, asyncpg.PostgresError) as error:
-        parser.exit(2, f"hypercard-find: the broker or the database is unreachable: {type(error).__name__}\n")
-    except aio_pika.exceptions.AMQPError as error:
-        parser.exit(2, f"hypercard-find: the broker is unreachable: {type(error).__name__}\n")
+    except DatabaseUnreachable as error:
+        parser.exit(2, f"hypercard-find: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(EXIT_INTERRUPTED, "hypercard-find: interrupted before the first queue\n")
+    except asyncpg.PostgresError as error:
+        parser.exit(2, f"hypercard-find: the database refused the query: {type(error).__name__} (HC_DATABASE_URL)\n")
+    except Exception as error:
+        if (cause := why(error)) is None:
+            raise
+        parser.exit(2, f"hypercard-find: {cause}\n")
+    progress.done()
     if args.json:
-        print(json.dumps({**asdict(finding), "found": finding.found}, ensure_ascii=False))
+        print(json.dumps({**asdict(finding), "found": finding.found}, ensure_ascii=True))
     else:
         print(render(finding, settings.inbox_retention_days))
-    for why in finding.stopped:
-        print(f"hypercard-find: stopped early: {why}", file=sys.stderr)
+    for reason in finding.stopped:
+        print(f"hypercard-find: stopped early: {reason}", file=sys.stderr)
+    if finding.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(0 if finding.found else 1)

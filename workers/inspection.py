@@ -11,7 +11,11 @@ confirm, then acked: `workers.replay.keep_in_place`), so after a pass the queue 
 order, and no delivery of any of them has been counted (from RabbitMQ 4.0 a quorum queue drops a message delivered
 more often than its limit); a retry queue's copy with the time it has left until due, not its queue's whole TTL
 again (`workers.retries.time_left`). Filters: --kind, --event-id, --error-type, --older-than/--newer-than (s, m, h
-or d)."""
+or d).
+
+Rows are printed as the pass goes (a progress line on a terminal); Ctrl-C stops between two messages (exit 130).
+Everything printed from a message is cut, scrubbed and escaped (`infra.terminal.printable`): a header or body
+crafted to drive a terminal or to cost CPU prints as plain text."""
 
 from __future__ import annotations
 
@@ -20,16 +24,18 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import aio_pika
 
 from infra import broker
-from infra.redaction import redact, scrub
+from infra.commands import EXIT_INTERRUPTED, Interruption, add_version, quiet_library_logs, why
 from infra.settings import BrokerSettings, SettingsError, load_settings
+from infra.terminal import Progress, printable
 from schemas import topology
+from workers.body_view import body_view, render_body
 from workers.replay import KeepRefused, keep_in_place
 from workers.replay import source_queue as replay_source_queue
 
@@ -93,6 +99,8 @@ class Inspection:
     waiting: int  # messages in the queue when the pass started
     messages: list[HeldMessage] = field(default_factory=list)  # those matching the filters
     stopped: str | None = None  # why the pass ended early, if it did
+    looked_at: int = 0  # messages taken and put back so far
+    interrupted: bool = False  # Ctrl-C: the pass stopped between two messages
 
 
 def duration(text: str) -> float:
@@ -150,52 +158,86 @@ def read(message: aio_pika.abc.AbstractIncomingMessage, queue: str, position: in
     return HeldMessage(
         queue=queue,
         position=position,
-        kind=(_text(headers.get("notify_type")) or _text(message.type) or "?")[:80],
-        event_id=(_text(headers.get("event_id")) or _text(message.message_id) or "?")[:80],
+        kind=printable(headers.get("notify_type") or message.type or "?", 80),
+        event_id=printable(headers.get("event_id") or message.message_id or "?", 80),
         received_at=received.isoformat(timespec="seconds") if received else None,
         age_seconds=round((now - received).total_seconds(), 1) if received else None,
         attempts=attempts if attempts is not None else _int(headers.get("attempt")),
-        error_type=_text(headers.get("error_type")) or _text(headers.get("last_error_type")),
-        reason=scrub(reason)[:1000] if reason else None,
+        error_type=_printable_or_none(headers.get("error_type") or headers.get("last_error_type")),
+        reason=printable(reason, 1000) if reason else None,  # cut, then scrubbed, then escaped
     )
 
 
-def redacted_body(body: bytes) -> object:
-    """The body with every sensitive field's value replaced, by structure; text scrubbed if it is no JSON object."""
-    try:
-        return redact(json.loads(body))
-    except ValueError:
-        return scrub(body.decode(errors="replace"))[:2000]
+def _printable_or_none(value: object) -> str | None:
+    return printable(value, 80) if value else None
+
+
+Report = Callable[[Inspection, HeldMessage | None], None]
 
 
 async def inspect(
-    channel: aio_pika.abc.AbstractChannel, queue_name: str, wanted: InspectFilter, show: str | None = None
+    channel: aio_pika.abc.AbstractChannel,
+    queue_name: str,
+    wanted: InspectFilter,
+    show: str | None = None,
+    *,
+    values: bool = False,
+    report: Report = lambda _result, _held: None,
+    interruption: Interruption | None = None,
 ) -> Inspection:
-    """One pass over the messages waiting in `queue_name`; each is kept in place. The channel must have confirms."""
+    """One pass over the messages waiting in `queue_name`; each is kept in place. The channel must have confirms.
+    `report` is called after each message with the one that matched, if it did; `values` shows an unknown kind's
+    values with --show; `interruption`, once requested, ends the pass before the next message."""
     queue = await channel.declare_queue(queue_name, passive=True)
     waiting = queue.declaration_result.message_count or 0
     result = Inspection(queue_name, waiting)
     now = datetime.now(UTC)
     for position in range(1, waiting + 1):
+        if interruption is not None and interruption.requested:
+            result.interrupted = True
+            break
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
             break
         held = read(message, queue_name, position, now)
-        if wanted.matches(held) and (show is None or held.event_id == show):
+        matched = wanted.matches(held) and (show is None or held.event_id == show)
+        if matched:
             if show is not None:
-                held.body = redacted_body(message.body)
+                kind = _text(message.headers.get("notify_type") if message.headers else None) or ""
+                held.body = body_view(message.body, kind, values=values)
             result.messages.append(held)
         try:
             await keep_in_place(channel, message, queue_name)  # a retry copy keeps its due time
         except KeepRefused as error:
             result.stopped = f"{error}; stopped after {position - 1} message(s), which are now at the tail"
             break
+        result.looked_at = position
+        report(result, held if matched else None)
     return result
 
 
-async def run(urls: list[str], queue: str, wanted: InspectFilter, show: str | None) -> Inspection:
+async def run(
+    urls: list[str], queue: str, wanted: InspectFilter, show: str | None, values: bool, report: Report
+) -> Inspection:
+    interruption = Interruption()
+    interruption.install()
     async with broker.confirming_channel(urls) as channel:
-        return await inspect(channel, queue, wanted, show)
+        return await inspect(channel, queue, wanted, show, values=values, report=report, interruption=interruption)
+
+
+ERROR_WIDTH = 24  # the error column while rows stream: a longer type pushes its reason right, never cut
+
+
+def header(width: int) -> str:
+    return f"{'#':>4}  {'kind':<20} {'event id':<34} {'age':>7} {'tries':>5}  {'error':<{width}} reason"
+
+
+def row(held: HeldMessage, width: int) -> str:
+    return (
+        f"{held.position:>4}  {held.kind[:20]:<20} {held.event_id[:34]:<34} {held.age():>7} "
+        f"{held.attempts if held.attempts is not None else '-':>5}  {(held.error_type or '-')[:40]:<{width}} "
+        f"{(held.reason or '-')[:200]}"
+    )
 
 
 def render(result: Inspection) -> str:
@@ -203,20 +245,42 @@ def render(result: Inspection) -> str:
     if result.messages:
         # The error column as wide as its longest type (UndefinedTableError, ...), within bounds: never cut short.
         width = min(40, max(len("error"), *(len(held.error_type or "-") for held in result.messages)))
-        lines.append(f"{'#':>4}  {'kind':<20} {'event id':<34} {'age':>7} {'tries':>5}  {'error':<{width}} reason")
-        for held in result.messages:
-            lines.append(
-                f"{held.position:>4}  {held.kind[:20]:<20} {held.event_id[:34]:<34} {held.age():>7} "
-                f"{held.attempts if held.attempts is not None else '-':>5}  {(held.error_type or '-')[:40]:<{width}} "
-                f"{(held.reason or '-')[:200]}"
-            )
-    for held in result.messages:
-        if held.body is not None:
-            lines.append(f"\nevent {held.event_id} (body, sensitive fields redacted):")
-            lines.append(json.dumps(held.body, indent=2, ensure_ascii=False, sort_keys=True))
+        lines.append(header(width))
+        lines += [row(held, width) for held in result.messages]
+    lines += bodies(result)
     if result.stopped:
         lines.append(f"stopped early: {result.stopped}")
-    return "\n".join(lines)
+    return "\n".join(lines)  # every value in it was escaped as it was read
+
+
+def bodies(result: Inspection) -> list[str]:
+    lines = []
+    for held in result.messages:
+        if held.body is not None:
+            lines.append(f"\nevent {held.event_id} (body, sensitive fields redacted; an unknown kind's values hidden):")
+            lines.append(render_body(held.body))
+    return lines
+
+
+class Streamer:
+    """Each matching row printed as the pass reaches it; a progress line with the counts on a terminal."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.progress = Progress()
+        self.started = False
+
+    def __call__(self, result: Inspection, held: HeldMessage | None) -> None:
+        if held is not None:
+            self.progress.done()
+            if self.as_json:
+                print(json.dumps(asdict(held), ensure_ascii=True), flush=True)
+            else:
+                if not self.started:
+                    print(header(ERROR_WIDTH), flush=True)
+                    self.started = True
+                print(row(held, ERROR_WIDTH), flush=True)
+        self.progress.show(f"{result.looked_at} of {result.waiting} looked at, {len(result.messages)} shown")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,25 +295,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--older-than", type=duration, help="only messages received longer ago than this (2h, 3d)")
     parser.add_argument("--newer-than", type=duration, help="only messages received within this (15m)")
     parser.add_argument("--show", metavar="EVENT_ID", help="print this event's body, sensitive fields redacted")
+    parser.add_argument(
+        "--show-values", action="store_true", help="with --show: an unknown kind's values too (they may be secrets)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per message")
+    add_version(parser)
     args = parser.parse_args(argv)
+    quiet_library_logs()
     try:
         queue = source_queue(args.source, args.dead_kind)
         settings = load_settings(BrokerSettings)
     except (ValueError, SettingsError) as error:
         parser.exit(2, f"hypercard-inspect: {error}\n")
     wanted = InspectFilter(args.kind, args.event_id, args.error_type, args.older_than, args.newer_than)
+    if args.show_values:
+        print("hypercard-inspect: --show-values prints the values of a kind it does not know: they may hold card "
+              "numbers or codes, and are redacted by field name only", file=sys.stderr)  # fmt: skip
+    streamer = Streamer(args.json)
     try:
-        result = asyncio.run(run(settings.amqp_urls, queue, wanted, args.show))
+        result = asyncio.run(run(settings.amqp_urls, queue, wanted, args.show, args.show_values, streamer))
     except aio_pika.exceptions.ChannelNotFoundEntity:
         parser.exit(2, f"hypercard-inspect: no queue {queue} on the broker\n")
-    except (OSError, aio_pika.exceptions.AMQPConnectionError) as error:
-        parser.exit(2, f"hypercard-inspect: the broker is unreachable: {type(error).__name__}\n")
-    if args.json:
-        for held in result.messages:
-            print(json.dumps(asdict(held), ensure_ascii=False))
-    else:
-        print(render(result))
+    except KeyboardInterrupt:
+        parser.exit(EXIT_INTERRUPTED, "hypercard-inspect: interrupted before the first message\n")
+    except Exception as error:
+        if (cause := why(error)) is None:
+            raise
+        parser.exit(2, f"hypercard-inspect: {cause}\n")
+    streamer.progress.done()
+    if not args.json:
+        print(f"{result.queue}: {result.waiting} message(s), {len(result.messages)} shown")
+        for line in bodies(result):
+            print(line)
+    if result.interrupted:
+        print(f"hypercard-inspect: interrupted: looked at {result.looked_at} of {result.waiting} message(s), "
+              "which are now at the tail of the queue", file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_INTERRUPTED)
     if result.stopped:
         print(f"hypercard-inspect: stopped early: {result.stopped}", file=sys.stderr)
         sys.exit(1)

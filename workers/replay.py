@@ -10,20 +10,27 @@ Each message is published with a confirm before the original is acked: a crash m
 worst (the workers' inbox absorbs it), never a loss. A message that stays (it does not match the filters, it is a
 dry run, or it cannot be routed: no readable kind) is published again to the tail of its own queue, then acked: it
 is never requeued, so RabbitMQ never counts a delivery of it, and after the pass the messages left are in their
-order. Run one replay of a queue at a time."""
+order. Run one replay of a queue at a time.
+
+Each moved event id is printed as it moves (a progress line on a terminal); Ctrl-C stops between two messages and
+says what was moved and what remains (exit 130). A copy never carries `user_id`: the broker refuses a publish whose
+`user_id` is not the publishing user, so one message of another user would stop every later pass."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import aio_pika
 
 from infra import broker
+from infra.commands import EXIT_INTERRUPTED, Interruption, add_version, quiet_library_logs, why
 from infra.settings import BrokerSettings, SettingsError, load_settings
+from infra.terminal import Progress, printable
 from schemas import topology
 from schemas.events import KIND_NAME
 from workers.retries import copy_for_republish, time_left
@@ -69,8 +76,9 @@ def replay_copy(message: aio_pika.abc.AbstractIncomingMessage, source: str) -> a
 
 
 def kept_copy(message: aio_pika.abc.AbstractIncomingMessage, expires_in: float | None = None) -> aio_pika.Message:
-    """The message as it was, every header and property, for the tail of its own queue; `expires_in` (seconds) sets
-    a per-message TTL in place of the message's own."""
+    """The message as it was, every header and property but `user_id` (a publish by another user than the one it
+    names is refused), for the tail of its own queue; `expires_in` (seconds) sets a per-message TTL in place of the
+    message's own."""
     return aio_pika.Message(
         message.body,
         headers={key: value for key, value in (message.headers or {}).items() if key not in BROKER_COUNTERS},
@@ -84,7 +92,6 @@ def kept_copy(message: aio_pika.abc.AbstractIncomingMessage, expires_in: float |
         message_id=message.message_id,
         timestamp=message.timestamp,
         type=message.type,
-        user_id=message.user_id,
         app_id=message.app_id,
     )
 
@@ -94,6 +101,8 @@ class ReplayResult:
     moved: list[str] = field(default_factory=list)  # event ids republished (or, in a dry run, that would be)
     left: list[tuple[str, str]] = field(default_factory=list)  # (event id, why) of matching messages left in place
     stopped: str | None = None  # why the pass ended before its last message, if it did
+    interrupted: bool = False  # Ctrl-C: the pass stopped between two messages
+    remaining: int | None = None  # messages in the source queue when the pass ended
 
 
 class KeepRefused(Exception):
@@ -123,10 +132,20 @@ async def keep_in_place(
     await message.ack()
 
 
+Report = Callable[[ReplayResult], None]
+
+
 async def replay(
-    channel: aio_pika.abc.AbstractChannel, source: str, wanted: ReplayFilter, dry_run: bool = False
+    channel: aio_pika.abc.AbstractChannel,
+    source: str,
+    wanted: ReplayFilter,
+    dry_run: bool = False,
+    *,
+    report: Report = lambda _: None,
+    interruption: Interruption | None = None,
 ) -> ReplayResult:
     """Replay the matching messages of `source`, keep the others in place. The channel must have confirms on.
+    `report` is called after each message; `interruption`, once requested, ends the pass before the next message.
 
     One pass takes each message waiting at its start once (basic.get is FIFO: the copies kept at the tail, and
     messages arriving meanwhile, come after them), so the messages kept are in their order when it ends."""
@@ -136,6 +155,9 @@ async def replay(
     result = ReplayResult()
     kept = 0
     for _ in range(waiting):
+        if interruption is not None and interruption.requested:
+            result.interrupted = True
+            break
         if wanted.count is not None and len(result.moved) >= wanted.count and kept == 0:
             break  # nothing went to the tail yet: stopping here leaves the order as it was
         message = await queue.get(no_ack=False, fail=False)
@@ -143,10 +165,10 @@ async def replay(
             break
         full = wanted.count is not None and len(result.moved) >= wanted.count
         if not full and wanted.matches(message):
-            event_id = str((message.headers or {}).get("event_id") or message.message_id)
+            event_id = printable((message.headers or {}).get("event_id") or message.message_id, 80)
             kind = (message.headers or {}).get("notify_type")
             if not isinstance(kind, str) or not KIND_NAME.match(kind):
-                result.left.append((event_id, f"no routable kind in its notify_type header: {str(kind)[:80]!r}"))
+                result.left.append((event_id, f"no routable kind in its notify_type header: {printable(kind, 80)}"))
             elif dry_run:
                 result.moved.append(event_id)
             else:
@@ -160,6 +182,7 @@ async def replay(
                 else:
                     await message.ack()  # only after the broker confirmed the copy
                     result.moved.append(event_id)
+                    report(result)
                     continue
         try:
             await keep_in_place(channel, message, source)
@@ -167,12 +190,36 @@ async def replay(
             result.stopped = f"{error}; the {kept} message(s) kept before it are now at the tail of {source}"
             break
         kept += 1
+        report(result)
     return result
 
 
-async def run(urls: list[str], source: str, wanted: ReplayFilter, dry_run: bool) -> ReplayResult:
+async def run(urls: list[str], source: str, wanted: ReplayFilter, dry_run: bool, report: Report) -> ReplayResult:
+    interruption = Interruption()
+    interruption.install()
     async with broker.confirming_channel(urls) as channel:
-        return await replay(channel, source, wanted, dry_run)
+        result = await replay(channel, source, wanted, dry_run, report=report, interruption=interruption)
+        queue = await channel.declare_queue(source, passive=True)
+        result.remaining = queue.declaration_result.message_count
+        return result
+
+
+class Printer:
+    """Each moved id on stdout and each message left on stderr as the pass goes; the counts on a terminal."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.progress = Progress()
+        self.moved = self.left = 0
+
+    def __call__(self, result: ReplayResult) -> None:
+        for event_id in result.moved[self.moved :]:
+            print(event_id, flush=True)
+        for event_id, reason in result.left[self.left :]:
+            self.progress.done()
+            print(f"left in {self.queue}: {event_id}: {reason}", file=sys.stderr, flush=True)
+        self.moved, self.left = len(result.moved), len(result.left)
+        self.progress.show(f"{self.moved} moved, {self.left} left")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,7 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--event-id", help="only the message(s) with this event id")
     parser.add_argument("--count", type=int, help="at most this many messages")
     parser.add_argument("--dry-run", action="store_true", help="list the event ids that would move; move nothing")
+    add_version(parser)
     args = parser.parse_args(argv)
+    quiet_library_logs()
     source = args.from_ or args.source
     if not source:
         parser.error("name a kind or --from invalid|unrouted|unverified|QUEUE")
@@ -195,13 +244,28 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"hypercard-replay: {error}\n")
     queue = source_queue(source)
     wanted = ReplayFilter(args.kind, args.event_id, args.count)
-    result = asyncio.run(run(settings.amqp_urls, queue, wanted, args.dry_run))
-    for event_id in result.moved:
-        print(event_id)
-    for event_id, why in result.left:
-        print(f"left in {queue}: {event_id}: {why}", file=sys.stderr)
+    printer = Printer(queue)
+    try:
+        result = asyncio.run(run(settings.amqp_urls, queue, wanted, args.dry_run, printer))
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        parser.exit(2, f"hypercard-replay: no queue {queue} on the broker: name a kind, invalid, unrouted, "
+                       "unverified or a queue that exists\n")  # fmt: skip
+    except KeyboardInterrupt:  # before the pass began: nothing taken
+        parser.exit(EXIT_INTERRUPTED, f"interrupted: moved 0 message(s) from {queue}\n")
+    except Exception as error:
+        if (cause := why(error)) is None:
+            raise
+        parser.exit(2, f"hypercard-replay: {cause}\n")
+    printer(result)
+    printer.progress.done()
     if result.stopped:
         print(f"stopped early: {result.stopped}", file=sys.stderr)
     verb = "would replay" if args.dry_run else "replayed"
+    if result.interrupted:
+        print(
+            f"interrupted: moved {len(result.moved)} message(s) from {queue}; {result.remaining} remain in it",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_INTERRUPTED)
     print(f"{verb} {len(result.moved)} message(s) from {queue}", file=sys.stderr)
     sys.exit(1 if result.left or result.stopped else 0)

@@ -27,3 +27,4 @@ class WorkerSettings(BrokerSettings, kw_only=True, frozen=True):
     inbox_retention_days: Annotated[float, msgspec.Meta(ge=3)] = 30.0
     inbox_prune_interval: Seconds = 600.0  # seconds between pruning rounds
     metrics_port: Port = 9100
+    health_port: Port = 9101  # /livez and /readyz, answered from the event loop (workers.health); 0: none

@@ -30,6 +30,7 @@ import structlog
 from yarl import URL
 
 from infra import broker
+from infra.commands import add_version, quiet_library_logs, why
 from infra.kinds import load_kinds
 from infra.management import management_base
 from infra.settings import BrokerSettings, SettingsError, load_settings
@@ -193,12 +194,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", action="append", default=[], help="also show this kind without the management API")
     parser.add_argument("--json", action="store_true", help="one JSON document, for scripts")
     parser.add_argument("--watch", type=float, metavar="SECONDS", help="refresh in place every SECONDS")
+    add_version(parser)
     args = parser.parse_args(argv)
     # Handler modules log as they load: kept off stdout, which is the table's or the JSON document's.
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
+    quiet_library_logs()
     try:
         settings = load_settings(WorkerSettings)
         load_handler_modules(settings.handlers)  # the installed kinds, and those of HC_HANDLERS and HC_KINDS
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             status = asyncio.run(collect(settings, extra))
     except (OSError, aiormq.exceptions.AMQPError) as error:
-        parser.exit(2, f"hypercard-status: broker unreachable: {type(error).__name__}: {error}\n")
+        parser.exit(2, f"hypercard-status: {why(error)}\n")
     if args.json:
         print(json.dumps({**asdict(status), "needs_attention": status.needs_attention}))
     elif not args.watch:

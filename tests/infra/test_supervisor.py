@@ -49,7 +49,7 @@ def test_ctrl_c_in_a_terminal_drains_gateway_and_workers_and_exits_cleanly(tmp_p
         **secret,
         "HC_PORT": str(port), "HC_AMQP_URL": AMQP_URL, "HC_DATABASE_URL": DATABASE_URL,
         "HC_PLATFORM_PUBLIC_KEY": str(tmp_path / "platform-public.pem"), "HC_DRAIN_SECONDS": "0.5",
-        "HC_METRICS_PORT": "0", "HC_GATEWAY_METRICS_PORT": "0", "TERM": "dumb",
+        "HC_METRICS_PORT": "0", "HC_GATEWAY_METRICS_PORT": "0", "HC_HEALTH_PORT": "0", "TERM": "dumb",
     }  # fmt: skip
     pid, fd = pty.fork()
     if pid == 0:  # the child: a terminal session running the command, as a person's shell would

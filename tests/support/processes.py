@@ -63,6 +63,7 @@ def worker_process(tmp_path: Path, *args: str, env: dict[str, str] | None = None
             "HC_DATABASE_URL": DATABASE_URL,
             "HC_AMQP_URL": AMQP_URL,
             "HC_METRICS_PORT": "0",
+            "HC_HEALTH_PORT": "0",  # a fixed port would collide between workers of one test, and test runs
             "HC_RETRY_DELAYS": "0.2,0.4,0.8",
             "HC_ID_SECRET": TEST_ID_SECRET,
             **(env or {}),

@@ -1,0 +1,99 @@
+"""A worker's health endpoint (workers/health.py) answers from what its event loop does, not from a thread of its
+own (issue 28, finding 4): a stuck loop fails /livez while the metrics port, served by prometheus_client's thread,
+keeps answering; /readyz says whether the worker consumes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.support.broker import AMQP_URL
+from tests.support.database import DATABASE_URL
+from tests.support.identifiers import TEST_ID_SECRET
+from tests.support.network import free_port
+from workers.health import WorkerHealth
+
+pytestmark = pytest.mark.broker
+BIN = os.path.dirname(sys.executable)
+
+
+def probe(port: int, path: str) -> int:
+    """The status a probe sees (0: no answer within 1 s)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        error.close()
+        return error.code
+    except OSError:
+        return 0
+
+
+async def test_a_loop_frozen_for_3_s_fails_livez_while_the_metrics_port_answers(make_worker):
+    runtime = await make_worker("TEST_TRACKED")
+    metrics_port, health_port = free_port(), free_port()
+    runtime.metrics.serve(metrics_port)
+    health = WorkerHealth(lambda: runtime.consuming, stale_after=1.0)
+    health.start(health_port)
+    try:
+        assert await asyncio.to_thread(probe, health_port, "/livez") == 200
+        assert await asyncio.to_thread(probe, health_port, "/readyz") == 200
+        seen: dict[str, int] = {}
+
+        def while_frozen() -> None:
+            time.sleep(2.0)
+            seen.update(livez=probe(health_port, "/livez"), readyz=probe(health_port, "/readyz"))
+            seen["metrics"] = probe(metrics_port, "/metrics")
+
+        watcher = threading.Thread(target=while_frozen)
+        watcher.start()
+        time.sleep(3.0)  # noqa: ASYNC251 (the point: a handler that blocks the loop)
+        watcher.join()
+        assert seen == {"livez": 503, "readyz": 503, "metrics": 200}
+        await asyncio.sleep(1.0)
+        assert await asyncio.to_thread(probe, health_port, "/livez") == 200, "fresh again once the loop runs"
+    finally:
+        health.stop()
+
+
+async def test_readyz_is_503_while_not_consuming_and_livez_stays_200(make_worker):
+    runtime = await make_worker("TEST_TRACKED")
+    port = free_port()
+    health = WorkerHealth(lambda: runtime.consuming, stale_after=1.0)
+    health.start(port)
+    try:
+        assert await asyncio.to_thread(probe, port, "/readyz") == 200
+        await runtime.stop()  # consumers cancelled: what a database outage's pause does too
+        assert await asyncio.to_thread(probe, port, "/readyz") == 503
+        assert await asyncio.to_thread(probe, port, "/livez") == 200
+        assert await asyncio.to_thread(probe, port, "/other") == 404
+    finally:
+        health.stop()
+
+
+def test_hypercard_worker_serves_livez_and_readyz_on_hc_health_port(amqp):
+    port = free_port()
+    env = {
+        **os.environ, "HC_AMQP_URL": AMQP_URL, "HC_DATABASE_URL": DATABASE_URL, "HC_ID_SECRET": TEST_ID_SECRET,
+        "HC_METRICS_PORT": "0", "HC_HEALTH_PORT": str(port), "HC_SHUTDOWN_GRACE": "1",
+    }  # fmt: skip
+    worker = subprocess.Popen(
+        [os.path.join(BIN, "hypercard-worker"), "RECHARGE"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while probe(port, "/readyz") != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert probe(port, "/readyz") == 200 and probe(port, "/livez") == 200
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
