@@ -363,6 +363,23 @@ def test_the_ingress_serves_the_push_path_with_the_certificate_cert_manager_rene
     assert certificate["spec"]["renewBefore"], "renewed by cert-manager before it expires"
 
 
+# cert-manager answers Let's Encrypt's HTTP-01 challenge from a solver pod it starts in the Certificate's namespace
+# (this label, port 8089), which the ACME server reaches through the ingress controller.
+ACME_SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
+ACME_SOLVER_PORT = 8089
+
+
+def test_the_ingress_controller_reaches_cert_managers_challenge_solver_in_the_closed_namespace():
+    opened: dict[str, set[str]] = {}
+    for policy in named("NetworkPolicy").values():
+        if policy["spec"]["podSelector"].get("matchLabels", {}).items() <= ACME_SOLVER_LABELS.items():
+            for port, sources in policy_ports(policy).items():
+                opened.setdefault(port, set()).update(sources)
+    assert "ingress-nginx" in opened.get(ACME_SOLVER_PORT, set()), (
+        "the default deny drops the challenge: the certificate is never issued, nor renewed"
+    )
+
+
 # The worker's health server (HC_HEALTH_PORT, default 9101): /livez answers while the event loop refreshes its
 # heartbeat, /readyz while the worker consumes and is not paused.
 WORKER_HEALTH_PORT = 9101
