@@ -320,6 +320,23 @@ def test_the_gateway_and_every_worker_are_scraped_under_the_job_names_of_the_ale
     assert named_jobs == ["gateway", "workers"] and set(named_jobs) <= jobs
 
 
+def test_every_job_an_alert_rule_names_is_scraped_under_that_name():
+    """HypercardBrokerDown asks for up{job="rabbitmq"} and the queue alerts read RabbitMQ's per-queue figures: a job
+    no monitor fills never fires, and in Kubernetes nothing else names the jobs."""
+    rules = (REPO / "deploy/prometheus/alerts.yml").read_text()
+    wanted = set(re.findall(r'job="([^"]+)"', rules)) | ({"rabbitmq"} if "rabbitmq_queue_" in rules else set())
+    scraped: dict[str, list[dict]] = {}
+    for monitor in [*named("ServiceMonitor").values(), *named("PodMonitor").values()]:
+        for endpoint in monitor["spec"].get("endpoints", []) + monitor["spec"].get("podMetricsEndpoints", []):
+            for relabel in endpoint.get("relabelings", []):
+                if relabel.get("targetLabel") == "job":
+                    scraped.setdefault(relabel["replacement"], []).append(endpoint)
+    assert wanted <= set(scraped), f"no monitor scrapes the job(s) {wanted - set(scraped)} the alert rules name"
+    assert [endpoint.get("path") for endpoint in scraped["rabbitmq"]] == ["/metrics/per-object"], (
+        "per-queue figures (rabbitmq_queue_messages by queue) come from RabbitMQ's per-object endpoint only"
+    )
+
+
 def policy_ports(policy: dict) -> dict[str, set[str]]:
     """Each port a policy opens -> the namespaces allowed to reach it."""
     opened: dict[str, set[str]] = {}
