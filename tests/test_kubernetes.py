@@ -304,7 +304,7 @@ def test_the_prometheus_rule_is_generated_from_the_one_rules_file():
 def test_the_gateway_and_every_worker_are_scraped_under_the_job_names_of_the_alert_rules():
     compose_prometheus = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in compose_prometheus["scrape_configs"]}
-    (gateway_monitor,) = named("ServiceMonitor").values()
+    gateway_monitor = named("ServiceMonitor")["hypercard-gateway"]
     service = named("Service")["hypercard-gateway"]
     assert gateway_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     (endpoint,) = gateway_monitor["spec"]["endpoints"]
