@@ -23,20 +23,36 @@ from infra.settings import load_settings
 from schemas import topology
 from schemas.events import KNOWN_KINDS
 from schemas.samples import sample_body
-from tests.support.broker import AMQP_URL, delete_test_vhost, ensure_test_vhost, forget_kind, operator_dead_letters
+from tests.support.broker import (
+    AMQP_URL,
+    TEST_VHOST,
+    delete_test_vhost,
+    ensure_test_vhost,
+    forget_kind,
+    operator_dead_letters,
+)
 from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.keys import new_key, write_public_keys
 
+USES_BROKER = pytest.StashKey[bool]()
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Every run starts from an empty vhost of its own, whatever an interrupted run left there."""
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A run with broker tests starts from an empty vhost of its own, whatever an interrupted run left there; a run
+    without them (`-m "not broker"`) asks no broker."""
+    if not any(item.get_closest_marker("broker") for item in session.items):
+        return
+    if TEST_VHOST == "/":
+        raise pytest.UsageError("HYPERCARD_TEST_VHOST=/: the suite deletes its vhost when it ends; name one of its own")
+    session.stash[USES_BROKER] = True
     delete_test_vhost()
     ensure_test_vhost()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The suite's queues are deleted whatever the outcome: quorum queues left behind hold the broker's file handles."""
-    delete_test_vhost()
+    if session.stash.get(USES_BROKER, False):
+        delete_test_vhost()
 
 
 @pytest.fixture(scope="session")

@@ -319,7 +319,7 @@ def test_the_prometheus_rule_is_generated_from_the_one_rules_file():
 def test_the_gateway_and_every_worker_are_scraped_under_the_job_names_of_the_alert_rules():
     compose_prometheus = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"] for job in compose_prometheus["scrape_configs"]}
-    (gateway_monitor,) = named("ServiceMonitor").values()
+    gateway_monitor = named("ServiceMonitor")["hypercard-gateway"]
     service = named("Service")["hypercard-gateway"]
     assert gateway_monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     (endpoint,) = gateway_monitor["spec"]["endpoints"]
@@ -333,6 +333,23 @@ def test_the_gateway_and_every_worker_are_scraped_under_the_job_names_of_the_ale
     named_jobs = [relabel["replacement"] for monitor in (endpoint, pod_endpoint) for relabel in monitor["relabelings"]
                   if relabel["targetLabel"] == "job"]  # fmt: skip
     assert named_jobs == ["gateway", "workers"] and set(named_jobs) <= jobs
+
+
+def test_every_job_an_alert_rule_names_is_scraped_under_that_name():
+    """HypercardBrokerDown asks for up{job="rabbitmq"} and the queue alerts read RabbitMQ's per-queue figures: a job
+    no monitor fills never fires, and in Kubernetes nothing else names the jobs."""
+    rules = (REPO / "deploy/prometheus/alerts.yml").read_text()
+    wanted = set(re.findall(r'job="([^"]+)"', rules)) | ({"rabbitmq"} if "rabbitmq_queue_" in rules else set())
+    scraped: dict[str, list[dict]] = {}
+    for monitor in [*named("ServiceMonitor").values(), *named("PodMonitor").values()]:
+        for endpoint in monitor["spec"].get("endpoints", []) + monitor["spec"].get("podMetricsEndpoints", []):
+            for relabel in endpoint.get("relabelings", []):
+                if relabel.get("targetLabel") == "job":
+                    scraped.setdefault(relabel["replacement"], []).append(endpoint)
+    assert wanted <= set(scraped), f"no monitor scrapes the job(s) {wanted - set(scraped)} the alert rules name"
+    assert [endpoint.get("path") for endpoint in scraped["rabbitmq"]] == ["/metrics/per-object"], (
+        "per-queue figures (rabbitmq_queue_messages by queue) come from RabbitMQ's per-object endpoint only"
+    )
 
 
 def policy_ports(policy: dict) -> dict[str, set[str]]:
@@ -376,6 +393,23 @@ def test_the_ingress_serves_the_push_path_with_the_certificate_cert_manager_rene
     assert (path["path"], path["pathType"]) == (COMMON_PATH, "Exact"), "the push path only"
     assert path["backend"]["service"] == {"name": "hypercard-gateway", "port": {"name": "http"}}
     assert certificate["spec"]["renewBefore"], "renewed by cert-manager before it expires"
+
+
+# cert-manager answers Let's Encrypt's HTTP-01 challenge from a solver pod it starts in the Certificate's namespace
+# (this label, port 8089), which the ACME server reaches through the ingress controller.
+ACME_SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
+ACME_SOLVER_PORT = 8089
+
+
+def test_the_ingress_controller_reaches_cert_managers_challenge_solver_in_the_closed_namespace():
+    opened: dict[str, set[str]] = {}
+    for policy in named("NetworkPolicy").values():
+        if policy["spec"]["podSelector"].get("matchLabels", {}).items() <= ACME_SOLVER_LABELS.items():
+            for port, sources in policy_ports(policy).items():
+                opened.setdefault(port, set()).update(sources)
+    assert "ingress-nginx" in opened.get(ACME_SOLVER_PORT, set()), (
+        "the default deny drops the challenge: the certificate is never issued, nor renewed"
+    )
 
 
 # The worker's health server (HC_HEALTH_PORT, default 9101): /livez answers while the event loop refreshes its

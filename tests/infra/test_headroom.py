@@ -3,6 +3,7 @@ suite deletes its queues when it ends."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
@@ -91,6 +92,45 @@ def test_the_suite_deletes_its_queues_when_it_ends() -> None:
     assert run.returncode == 0, run.stdout[-2000:]
     vhosts = subprocess.run(["rabbitmqctl", "-q", "list_vhosts", "name"], capture_output=True, text=True, check=True)
     assert vhost not in vhosts.stdout.split()
+
+
+def test_the_tests_that_need_no_service_run_where_no_broker_answers() -> None:
+    """README, Tests: `pytest -m "not broker and not database"` runs on any machine; the suite's clean-up must not
+    ask a broker that is not there."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not broker and not database",
+         "tests/test_kubernetes.py::test_the_kustomization_applies_every_manifest"],
+        env={**os.environ, "RABBITMQ_NODENAME": "absent@localhost"},
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "1 passed" in run.stdout
+
+
+async def keep_a_dead_letter(node: PrivateNode) -> None:
+    """What a `make run` keeps in the default vhost: a dead-letter queue holding one message."""
+    connection = await aio_pika.connect(node.amqp_url)
+    channel = await connection.channel()
+    kept = await channel.declare_queue("hypercard.open_card.dead", durable=True, arguments={"x-queue-type": "quorum"})
+    await channel.default_exchange.publish(aio_pika.Message(b"an operator's dead letter"), routing_key=kept.name)
+    await connection.close()
+
+
+def test_a_suite_pointed_at_the_default_vhost_never_deletes_it(fresh_broker: PrivateNode) -> None:
+    """HYPERCARD_TEST_VHOST=/ must not make the suite's clean-up delete the broker's default vhost, where a `make
+    run` keeps its queues and dead letters."""
+    asyncio.run(keep_a_dead_letter(fresh_broker))
+    env = {**os.environ, "HYPERCARD_TEST_VHOST": "/", "HYPERCARD_TEST_AMQP_PORT": str(fresh_broker.port),
+           "RABBITMQ_NODENAME": fresh_broker.node}  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/gateway/test_views.py::test_the_same_event_twice_keeps_its_event_id_but_not_its_message_id"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "/" in fresh_broker.ctl("list_vhosts", "name").split(), "the broker's default vhost was deleted"
+    queues = fresh_broker.ctl("list_queues", "-p", "/", "name", "messages").splitlines()
+    assert "hypercard.open_card.dead\t1" in queues, queues
+    fresh_broker.ctl("delete_queue", "-p", "/", "hypercard.open_card.dead")
 
 
 def test_make_test_and_make_bench_check_the_broker_first() -> None:

@@ -42,6 +42,8 @@ def ensure_test_vhost() -> None:
 
 def delete_test_vhost() -> None:
     """Delete the tests' vhost and every queue in it (idempotent): the suite leaves nothing behind on the broker."""
+    if TEST_VHOST == "/":
+        raise ValueError("the broker's default vhost / holds an operator's queues: the suite never deletes it")
     if TEST_VHOST in _rabbitmqctl("list_vhosts", "name").split():
         _rabbitmqctl("delete_vhost", TEST_VHOST)
 
