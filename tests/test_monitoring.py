@@ -101,6 +101,11 @@ async def test_every_dashboard_query_returns_series_from_a_running_system(tmp_pa
             aio_pika.Message(b'{"notify_type":"TEST_TRACKED"}', headers={"event_id": "undecodable"}),
             routing_key=topology.kind_queue("TEST_TRACKED"),
         )
+        await amqp.default_exchange.publish(  # a header no gateway writes: a failure contained to its delivery
+            aio_pika.Message(b'{"notify_type":"TEST_TRACKED","token":"bad-attempt"}',
+                             headers={"event_id": "bad-attempt", "attempt": "first"}),
+            routing_key=topology.kind_queue("TEST_TRACKED"),
+        )
         async with db.transaction():  # a row the batch updates, held past its lock timeout: rolled back
             await db.execute("SELECT * FROM test_hot FOR UPDATE")
             await send_traffic(port, key, [f'{{"notify_type":"TEST_TRACKED","token":"hot-{n}","touch_hot":true}}'
