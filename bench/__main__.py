@@ -157,8 +157,9 @@ def end_to_end(
     gateway = running([str(BIN / "hypercard-gateway")], gateway_env(keys, HC_PROCESSES=str(processes)), ready_port=PORT)
     worker_runs = [
         running(
-            [str(BIN / "hypercard-worker"), "--all"], {**worker_env, "HC_METRICS_PORT": str(port)}, port, "/metrics"
-        )
+            [str(BIN / "hypercard-worker"), "--all"],
+            {**worker_env, "HC_METRICS_PORT": str(port), "HC_HEALTH_PORT": str(port + 100)}, port, "/metrics",
+        )  # fmt: skip
         for port in metrics_ports
     ]
     with gateway as gateway_process:
