@@ -68,7 +68,7 @@ async def test_a_broker_filled_close_to_its_limit_stops_the_run_in_one_line(fres
     assert "Traceback" not in stopped.stdout + stopped.stderr
 
     # The same queues left in the run's own vhost (an interrupted run's) are room it takes back when it starts.
-    own = subprocess.run(
+    own = subprocess.run(  # noqa: ASYNC221 - the check under test, run as `make test` runs it
         [sys.executable, "-m", "infra.headroom", "--for", "tests"],
         env={**os.environ, "RABBITMQ_NODENAME": fresh_broker.node, "HYPERCARD_TEST_VHOST": "scratch"},
         cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -121,7 +121,8 @@ def dead_letters_kept(node: PrivateNode) -> int | None:
     count a few seconds after a publish), or None with the queue gone."""
     count = None
     for _ in range(30):
-        rows = dict(line.split("\t") for line in node.ctl("list_queues", "-p", "/", "name", "messages").splitlines()[1:])
+        listed = node.ctl("list_queues", "-p", "/", "name", "messages").splitlines()[1:]
+        rows = dict(line.split("\t") for line in listed)
         count = int(rows["hypercard.open_card.dead"]) if "hypercard.open_card.dead" in rows else None
         if count != 0:
             return count
