@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from gateway.sender_checks import check_signature
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, SignatureVerifier, string_to_sign
 from gateway.signature import sign as sign_message
 from schemas import topology
+from schemas.kinds import KINDS
 from schemas.samples import sample_body, sample_names
 from tests.support.broker import take
 from tests.support.keys import new_key, write_public_keys
@@ -224,3 +226,67 @@ async def test_in_monitor_mode_a_header_re_cut_is_kept_for_review(make_gateway, 
     (kept,) = await take(amqp, topology.UNVERIFIED_QUEUE)
     assert kept.headers["signature_outcome"] == "malformed" and "lang" in kept.headers["unverified_reason"]
     assert await take(amqp, topology.kind_queue("OPEN_CARD"), timeout=0.3) == []
+
+
+# --- Empty values spelled as strings -------------------------------------------------------------------------------
+# A real `{}` or `[]` in the body is empty (left out of the string to sign, PLATFORM.md's primary reading); a string
+# that spells one is a string like any other, entered as it is. Were it taken for the empty value, a genuine push
+# without an optional field could be re-sent with the field holding "[]" and verify as another notification.
+
+SPELLINGS = ["[]", "{}"]
+GENUINE_EMPTY = {"absent": ..., "empty string": "", "null": None}
+
+
+def optional_fields() -> list[tuple[str, str]]:
+    """(sample, field) for every optional field of every built-in kind: what a re-cut can add to a genuine push."""
+    found = []
+    for name in sample_names():
+        event_type = KINDS.event_type(json.loads(sample_body(name))["notify_type"])
+        assert event_type is not None
+        found += [(name, field.encode_name) for field in msgspec.structs.fields(event_type) if not field.required]
+    return found
+
+
+def test_every_optional_field_named_in_the_finding_has_vectors() -> None:
+    named = {("open_card", "mc_trade_no"), ("open_card", "remark"), ("recharge", "remark"), ("buy_coin", "reason"),
+             ("auth_3ds", "app_card_id"), ("auth_3ds", "app3ds_auth_transaction_id")}  # fmt: skip
+    assert set(optional_fields()) == named
+
+
+def genuine_without(name: str, field: str, empty: object) -> dict:
+    """The sample as the platform sends it with `field` empty in one of its forms."""
+    body = {k: v for k, v in json.loads(sample_body(name)).items() if k != field}
+    return body if empty is ... else {**body, field: empty}
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26 finding 2: a string spelling [] or {} is taken for the empty value")
+@pytest.mark.parametrize("empty", sorted(GENUINE_EMPTY))
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize(("name", "field"), optional_fields())
+def test_a_string_spelling_an_empty_container_never_verifies_as_the_empty_value(
+    name: str, field: str, spelling: str, empty: str
+) -> None:
+    genuine = genuine_without(name, field, GENUINE_EMPTY[empty])
+    headers, body = signed(HEADERS, genuine)
+    assert outcome(headers, body) is SignatureOutcome.VALID
+    recut = json.dumps({**genuine, field: spelling}).encode()
+    assert outcome(headers, recut) is SignatureOutcome.INVALID, f"{field}: {spelling!r} verified as empty"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26 finding 2: a string spelling [] or {} is taken for the empty value")
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize(("name", "field"), optional_fields())
+def test_a_string_spelling_an_empty_container_is_signed_as_the_string(name: str, field: str, spelling: str) -> None:
+    """The other way round: the platform signs `field=[]` for the string "[]", and that push verifies."""
+    headers, body = signed(HEADERS, {**json.loads(sample_body(name)), field: spelling})
+    assert f"&{field}={spelling}&".encode() in string_to_sign(dict(HEADERS), body_fields(body)) + b"&"
+    assert outcome(headers, body) is SignatureOutcome.VALID
+
+
+@pytest.mark.parametrize("container", [[], {}])
+@pytest.mark.parametrize(("name", "field"), optional_fields())
+def test_a_real_empty_container_is_still_the_empty_value(name: str, field: str, container: object) -> None:
+    """PLATFORM.md's open point: a real `{}`/`[]` is left out of the string to sign (the primary reading)."""
+    headers, _ = signed(HEADERS, genuine_without(name, field, ...))
+    body = json.dumps({**genuine_without(name, field, ...), field: container}).encode()
+    assert outcome(headers, body) is SignatureOutcome.VALID
