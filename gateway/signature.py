@@ -6,7 +6,9 @@ Strings enter as they are, numbers as their JSON text (`1` and `"1"` both give `
 
 Where the platform's documentation leaves a point open:
 - `{}` and `[]`: primary reading "empty, left out"; the other reading (entered as `{}` / `[]`) is tried only when
-  the body has one. Either way the signature must come from a platform key.
+  the body has one. Either way the signature must come from a platform key. Only a real empty object or array is
+  empty: a string that spells one (`"[]"`) is a string like any other, entered as it is. Otherwise a genuine push
+  without an optional field would verify again with that field holding "[]", and be handled as another event.
 - nested objects, arrays and booleans: compact JSON text (as one public integration renders them).
 
 The joined string is read back into one set of pairs only when no name holds `=` or `&` and no value holds a
@@ -41,7 +43,7 @@ SIGNED_HEADERS = ("api-key", "timestamp", "nonce", "version", "lang")
 SIGNATURE_HEADER = "signature"
 # Every platform push carries these; in enforce mode a push without one of them is refused.
 REQUIRED_HEADERS = ("api-key", "timestamp", "nonce", SIGNATURE_HEADER)
-_EMPTY_CONTAINERS = (b"{}", b"[]")
+_EMPTY_CONTAINERS = ("{}", "[]")
 # Every name the string to sign can hold (body names and `api-key`), after a `&`: the start of a pair.
 _PAIR_INSIDE = re.compile(r"&[A-Za-z0-9_-]+=")
 # The body names of the platform's documentation (push-events 2.2.4): `card_id`, `created_Time`, `app3ds_...`.
@@ -76,6 +78,10 @@ class SignatureOutcome(enum.StrEnum):
     UNCHECKED = "unchecked"
 
 
+class Container(str):
+    """A body value that is a JSON object or array, rendered as compact JSON: never a string that reads the same."""
+
+
 class Reading(NamedTuple):
     """One reading of a request as a string to sign."""
 
@@ -93,7 +99,7 @@ def render(raw: msgspec.Raw) -> str | None:
     if text == b"null":
         return None
     if first in (b"{", b"["):
-        return msgspec.json.encode(msgspec.json.decode(text)).decode()
+        return Container(msgspec.json.encode(msgspec.json.decode(text)).decode())
     return text.decode()  # a number or a boolean: its JSON text
 
 
@@ -140,7 +146,9 @@ def readings(headers: Mapping[str, str], body: Mapping[str, str]) -> Iterator[Re
     `headers` has lower-case names; `body` is what rendered_fields returned."""
     header_items = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
     body_items = {name: value for name, value in body.items() if name != SIGNATURE_HEADER}
-    empties = {name for name, value in body_items.items() if value.encode() in _EMPTY_CONTAINERS}
+    empties = {
+        name for name, value in body_items.items() if isinstance(value, Container) and value in _EMPTY_CONTAINERS
+    }
     clashes = {name for name in body_items if name in header_items}
     seen: set[bytes] = set()
     for keep_empties in (False, True) if empties else (False,):

@@ -75,7 +75,6 @@ async def test_open_card_applications_without_mc_trade_no_never_share_a_row(gate
     await eventually(two_rows)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 finding 2: a string spelling [] or {} is taken for the empty value")
 async def test_a_genuine_open_card_re_cut_with_strings_spelling_empty_is_handled_once(
     gateway, make_worker, db, sign, sample
 ):
