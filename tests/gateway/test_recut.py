@@ -19,6 +19,7 @@ from gateway.sender_checks import check_signature
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, SignatureVerifier, string_to_sign
 from gateway.signature import sign as sign_message
 from schemas import topology
+from schemas.events import EVENT_DECODER, Event
 from schemas.kinds import KINDS
 from schemas.samples import sample_body, sample_names
 from tests.support.broker import take
@@ -288,3 +289,48 @@ def test_a_real_empty_container_is_still_the_empty_value(name: str, field: str, 
     headers, _ = signed(HEADERS, genuine_without(name, field, ...))
     body = json.dumps({**genuine_without(name, field, ...), field: container}).encode()
     assert outcome(headers, body) is SignatureOutcome.VALID
+
+
+# --- Numbers re-sent as strings, strings re-sent as numbers -------------------------------------------------------
+# A number enters the string to sign as its JSON text, a string as it is: `"amount": "100.00"` and `"amount": 100.00`
+# sign alike (PLATFORM.md). Both are the same notification, so both must be handled as one: the same inbox key.
+
+NUMBER_TEXTS = ["7", "100.00", "1.50", "0.10", "1.0", "1e3", "1E+3", "-0", "-2.50", "123456789012345678901234567890.5"]
+
+
+def as_string_and_as_number(body: dict, field: str, text: str) -> tuple[bytes, bytes]:
+    as_string = json.dumps({**body, field: text}).encode()
+    as_number = json.dumps({**body, field: "\0"}).replace('"\\u0000"', text).encode()
+    return as_string, as_number
+
+
+def decoded(body: bytes) -> Event | None:
+    """The body as the workers decode it; None when it does not decode as its kind (quarantined, never handled)."""
+    decoder = KINDS.decoder(json.loads(body)["notify_type"])
+    assert decoder is not None
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError:
+        return None
+
+
+# CONSUME has no inbox key: every delivery is handled (its effect is the same however often it runs).
+KEYED_SAMPLES = [name for name in sample_names() if EVENT_DECODER.decode(sample_body(name)).idempotency_key()]
+
+
+@pytest.mark.parametrize("name", KEYED_SAMPLES)
+@pytest.mark.xfail(strict=True, reason="issue 26: a number re-sent as a string (or back) gets another inbox key")
+def test_a_value_re_sent_as_a_number_or_as_a_string_keeps_its_inbox_key(name: str) -> None:
+    genuine = json.loads(sample_body(name))
+    compared = 0
+    for field in (name for name in genuine if name != "notify_type"):
+        for text in NUMBER_TEXTS:
+            as_string, as_number = as_string_and_as_number(genuine, field, text)
+            signed_alike = [string_to_sign(HEADERS, body_fields(body)) for body in (as_string, as_number)]
+            assert signed_alike[0] == signed_alike[1], "the platform signs a number as its JSON text"
+            events = [decoded(body) for body in (as_string, as_number)]
+            if events[0] is not None and events[1] is not None:
+                compared += 1
+                keys = [event.idempotency_key() for event in events]
+                assert keys[0] == keys[1], f"{field}: {text!r} and {text} are handled as two notifications"
+    assert compared >= len(NUMBER_TEXTS), "too few vectors decode to say anything"

@@ -102,3 +102,29 @@ async def test_a_genuine_open_card_re_cut_with_strings_spelling_empty_is_handled
     await eventually(second_handled)
     applications = await db.fetchval("SELECT count(*) FROM hypercard_card_applications")
     assert (applications, counts(runtime, "OPEN_CARD")[0]) == (2, 2.0), "a re-cut push applied for a card again"
+
+
+@pytest.mark.parametrize(("name", "field", "text"), [("cancel_card", "refund_amount", "100.00"),
+                                                     ("auth_3ds", "txn_amount", "1.00")])  # fmt: skip
+@pytest.mark.xfail(strict=True, reason="issue 26: a number re-sent as a string (or back) gets another inbox key")
+async def test_a_genuine_amount_re_sent_as_a_json_number_is_handled_once(
+    gateway, make_worker, sign, sample, name, field, text
+):
+    """Issue 26: a genuine push re-sent with its amount as a JSON number (`100.00` for `"100.00"`) signs alike, so it
+    is the same notification: handled once, the re-sent one a duplicate (before the fix: handled twice)."""
+    genuine = json.loads(sample(name)) | {field: text}
+    kind = genuine["notify_type"]
+    runtime = await make_worker(kind)
+    body = json.dumps(genuine).encode()
+    headers = sign(body)
+    as_number = json.dumps(genuine | {field: "\0"}).replace('"\\u0000"', text).encode()
+    second = json.dumps(json.loads(body) | SECOND_NOTIFICATION[name]).encode()
+    for payload, payload_headers in ((body, headers), (as_number, headers), (second, sign(second))):
+        response = await gateway.post(PATH, data=payload, headers=payload_headers)
+        assert (response.status, (await response.json())["code"]) == (200, 1)
+
+    async def settled() -> bool:
+        return sum(counts(runtime, kind)) == 3
+
+    await eventually(settled)
+    assert counts(runtime, kind) == (2.0, 1.0), "(handled, duplicates): the re-sent amount was handled again"
