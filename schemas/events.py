@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, get_args
 
 import msgspec
 
-from schemas.fields import Amount, AnyText, Email, Mobile, MobileCode, Text, TxId, decode_field
+from schemas.fields import Amount, AnyText, BodyDecoder, Email, Mobile, MobileCode, Text, TxId
 
 # A kind's name, exactly: upper-case ASCII letters, digits and _ as the platform writes them. Its routing key and queue
 # are the name in lower case, so a name with lower-case letters would share another kind's queue (`open_card` with
@@ -217,10 +217,10 @@ SENSITIVE_FIELDS: frozenset[str] = frozenset().union(*(event.sensitive for event
 BUSINESS_ID_FIELDS: frozenset[str] = frozenset().union(*(event.business_ids for event in KNOWN_EVENTS))
 
 
-def decoder_for(event_type: type[Event]) -> msgspec.json.Decoder[Event]:
-    """A decoder for one kind. strict=False admits numbers sent as strings ("result": "1"); the dec_hook admits
-    strings sent as numbers (`schemas.fields`)."""
-    return msgspec.json.Decoder(event_type, strict=False, dec_hook=decode_field)
+def decoder_for(event_type: type[Event]) -> BodyDecoder[Event]:
+    """A decoder for one kind: numbers sent as strings ("result": "1") and strings sent as numbers, a top-level one
+    kept as the number's text as sent (`schemas.fields`)."""
+    return BodyDecoder(event_type)
 
 
-EVENT_DECODER = msgspec.json.Decoder(AnyEvent, strict=False, dec_hook=decode_field)
+EVENT_DECODER: BodyDecoder[Event] = BodyDecoder(AnyEvent)

@@ -3,9 +3,8 @@ I/O: `infra.kinds` imports the installed packages' kinds into it."""
 
 from __future__ import annotations
 
-import msgspec
-
 from schemas.events import KIND_NAME, KNOWN_EVENTS, Event, decoder_for
+from schemas.fields import BodyDecoder
 
 
 class KindRegistry:
@@ -15,7 +14,7 @@ class KindRegistry:
 
     def __init__(self, built_in: tuple[type[Event], ...]) -> None:
         self._types: dict[str, type[Event]] = {}
-        self._decoders: dict[str, msgspec.json.Decoder[Event]] = {}
+        self._decoders: dict[str, BodyDecoder[Event]] = {}
         self._business_id_fields: frozenset[str] = frozenset()
         for event_type in built_in:
             self.add(event_type)
@@ -38,7 +37,7 @@ class KindRegistry:
     def event_type(self, kind: str) -> type[Event] | None:
         return self._types.get(kind)
 
-    def decoder(self, kind: str) -> msgspec.json.Decoder[Event] | None:
+    def decoder(self, kind: str) -> BodyDecoder[Event] | None:
         return self._decoders.get(kind)
 
     def business_ids(self, kind: str) -> tuple[str, ...]:

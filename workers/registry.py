@@ -22,11 +22,11 @@ from importlib.metadata import entry_points
 from importlib.resources.abc import Traversable
 from typing import Any
 
-import msgspec
 import structlog
 
 from infra.kinds import load_kinds, module_names
 from schemas.events import KIND_NAME, Event, decoder_for
+from schemas.fields import BodyDecoder
 from schemas.kinds import KINDS
 from workers.context import HandlerContext
 
@@ -41,7 +41,7 @@ class Registration:
     kind: str
     event_type: type[Event]
     handler: Handler
-    decoder: msgspec.json.Decoder[Event]
+    decoder: BodyDecoder[Event]
     retry_delays: tuple[float, ...] | None  # None: the HC_RETRY_DELAYS schedule
 
 

@@ -319,7 +319,6 @@ KEYED_SAMPLES = [name for name in sample_names() if EVENT_DECODER.decode(sample_
 
 
 @pytest.mark.parametrize("name", KEYED_SAMPLES)
-@pytest.mark.xfail(strict=True, reason="issue 26: a number re-sent as a string (or back) gets another inbox key")
 def test_a_value_re_sent_as_a_number_or_as_a_string_keeps_its_inbox_key(name: str) -> None:
     genuine = json.loads(sample_body(name))
     compared = 0

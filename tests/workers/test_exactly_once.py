@@ -106,7 +106,6 @@ async def test_a_genuine_open_card_re_cut_with_strings_spelling_empty_is_handled
 
 @pytest.mark.parametrize(("name", "field", "text"), [("cancel_card", "refund_amount", "100.00"),
                                                      ("auth_3ds", "txn_amount", "1.00")])  # fmt: skip
-@pytest.mark.xfail(strict=True, reason="issue 26: a number re-sent as a string (or back) gets another inbox key")
 async def test_a_genuine_amount_re_sent_as_a_json_number_is_handled_once(
     gateway, make_worker, sign, sample, name, field, text
 ):
