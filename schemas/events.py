@@ -13,12 +13,14 @@ from typing import Annotated, Any, ClassVar, get_args
 
 import msgspec
 
+from schemas import topology
 from schemas.fields import Amount, AnyText, BodyDecoder, Email, Mobile, MobileCode, Text, TxId
 
 # A kind's name, exactly: upper-case ASCII letters, digits and _ as the platform writes them. Its routing key and queue
 # are the name in lower case, so a name with lower-case letters would share another kind's queue (`open_card` with
-# OPEN_CARD's). `\Z`, not `$`: `$` also matches before a final newline.
-KIND_NAME = re.compile(r"^[A-Z0-9_]{1,64}\Z")
+# OPEN_CARD's), and none of the topology's own names is a kind (topology.RESERVED_KIND_NAMES). `\Z`, not `$`: `$`
+# also matches before a final newline.
+KIND_NAME = re.compile(rf"^(?!(?:{'|'.join(sorted(topology.RESERVED_KIND_NAMES))})\Z)[A-Z0-9_]{{1,64}}\Z")
 
 # A time the platform sends (Unix seconds), from 2015-01-01 to 2100-01-01 UTC: a fixed window, so a retry two days
 # later validates as the first delivery did. Out of it the event is quarantined with the field's `$.path`; in it,
@@ -67,6 +69,15 @@ class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):
             elif type(value) is int and value in _INT64:  # not a bool, nor an IntEnum
                 values[name] = value
         return values
+
+
+def kind_name_problem(kind: str) -> str | None:
+    """Why `kind` is no kind name, for a reason or an error message; None when it is one."""
+    if kind in topology.RESERVED_KIND_NAMES:
+        return f"{kind} is reserved: {topology.routing_key(kind)} is the topology's own name, not a kind's queue"
+    if not KIND_NAME.match(kind):
+        return f"{kind[:80]!r} is not a kind name (upper-case letters, digits and _ only)"
+    return None
 
 
 def notification_key(event: Event) -> str:

@@ -3,7 +3,7 @@ I/O: `infra.kinds` imports the installed packages' kinds into it."""
 
 from __future__ import annotations
 
-from schemas.events import KIND_NAME, KNOWN_EVENTS, Event, decoder_for
+from schemas.events import KNOWN_EVENTS, Event, decoder_for, kind_name_problem
 from schemas.fields import BodyDecoder
 
 
@@ -22,8 +22,10 @@ class KindRegistry:
     def add(self, event_type: type[Event]) -> None:
         """Know `event_type`'s kind (its `tag`); a later Struct of the same kind replaces the earlier one."""
         kind = event_type.kind() if isinstance(event_type, type) and issubclass(event_type, Event) else None
-        if not isinstance(kind, str) or not KIND_NAME.match(kind):
+        if not isinstance(kind, str):
             raise TypeError(f"{event_type!r} is not an Event subclass with a tag such as tag='CARD_STATUS_CHANGE'")
+        if problem := kind_name_problem(kind):
+            raise TypeError(f"{event_type!r}: its tag {problem}; name it such as tag='CARD_STATUS_CHANGE'")
         self._types[kind] = event_type
         self._decoders[kind] = decoder_for(event_type)
         self._business_id_fields = frozenset().union(*(known.business_ids for known in self._types.values()))

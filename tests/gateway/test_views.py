@@ -79,7 +79,6 @@ async def test_a_kind_that_is_not_exactly_a_kind_name_never_reaches_a_kind_queue
     assert await take(amqp, topology.UNROUTED_QUEUE, timeout=0.2) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26: the topology's own names are taken as kind names")
 @pytest.mark.parametrize("kind", ["INVALID", "UNVERIFIED", "UNROUTED", "EVENTS"])
 async def test_a_notify_type_named_like_the_topologys_own_queues_is_kept_in_invalid(gateway, amqp, sign, kind):
     """Issue 26: `UNVERIFIED` routes as `hypercard.unverified`, the queue of events the signature does not vouch for;

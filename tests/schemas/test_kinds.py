@@ -27,7 +27,6 @@ async def handler(event: Event, ctx: object) -> None:
     """Never called: its registration is refused."""
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26: the topology's own names are taken as kind names")
 @pytest.mark.parametrize("name", RESERVED)
 def test_a_user_kind_named_like_the_topologys_own_queues_is_refused(name: str) -> None:
     with pytest.raises(TypeError, match=f"{name}.*reserved"):
@@ -36,7 +35,6 @@ def test_a_user_kind_named_like_the_topologys_own_queues_is_refused(name: str) -
         Registry().handles(kind_named(name))(handler)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26: the topology's own names are taken as kind names")
 @pytest.mark.parametrize("name", RESERVED)
 def test_an_extra_path_bound_to_a_reserved_name_is_refused(name: str) -> None:
     with pytest.raises(SettingsError, match="HC_EXTRA_PATHS"):
