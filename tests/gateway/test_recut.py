@@ -19,7 +19,7 @@ from gateway.sender_checks import check_signature
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, SignatureVerifier, string_to_sign
 from gateway.signature import sign as sign_message
 from schemas import topology
-from schemas.events import EVENT_DECODER, Event
+from schemas.events import EVENT_DECODER, Event, decoder_for
 from schemas.kinds import KINDS
 from schemas.samples import sample_body, sample_names
 from tests.support.broker import take
@@ -333,3 +333,27 @@ def test_a_value_re_sent_as_a_number_or_as_a_string_keeps_its_inbox_key(name: st
                 keys = [event.idempotency_key() for event in events]
                 assert keys[0] == keys[1], f"{field}: {text!r} and {text} are handled as two notifications"
     assert compared >= len(NUMBER_TEXTS), "too few vectors decode to say anything"
+
+
+class Tagged(Event, tag="TEST_TAGGED"):
+    """A user kind with optional containers: a real `[]` or `{}` signs like an absent field (the primary reading)."""
+
+    card_id: str
+    tags: list[str] | None = None
+    extra: dict[str, str] | None = None
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26: a real empty container keys apart from an absent field")
+@pytest.mark.parametrize("field", ["tags", "extra"])
+def test_an_empty_container_in_a_user_kind_keeps_the_inbox_key_of_an_absent_field(field: str) -> None:
+    genuine = {"notify_type": "TEST_TAGGED", "card_id": "C1"}
+    bodies = [json.dumps(genuine).encode()]
+    bodies += [json.dumps({**genuine, field: empty}).encode() for empty in (None, "", [], {})]
+    assert len({string_to_sign(HEADERS, body_fields(body)) for body in bodies}) == 1, "all sign alike"
+    keys = set()
+    for body in bodies:
+        try:
+            keys.add(decoder_for(Tagged).decode(body).idempotency_key())
+        except msgspec.ValidationError:
+            continue  # not its kind: quarantined, never handled
+    assert len(keys) == 1, f"{field}: one genuine push, handled as {len(keys)} notifications"
