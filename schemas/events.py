@@ -87,7 +87,9 @@ def notification_key(event: Event) -> str:
 
 
 def _key_text(value: Any) -> str:
-    if value is None:
+    # An empty object or array is an empty value, as null is: the string to sign leaves all of them out, so a field
+    # sent as [] must not make a notification of its own.
+    if value is None or (isinstance(value, (list, dict, tuple, set, frozenset)) and not value):
         return ""
     if isinstance(value, enum.Enum):
         return str(value.value)

@@ -343,7 +343,6 @@ class Tagged(Event, tag="TEST_TAGGED"):
     extra: dict[str, str] | None = None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26: a real empty container keys apart from an absent field")
 @pytest.mark.parametrize("field", ["tags", "extra"])
 def test_an_empty_container_in_a_user_kind_keeps_the_inbox_key_of_an_absent_field(field: str) -> None:
     genuine = {"notify_type": "TEST_TAGGED", "card_id": "C1"}
