@@ -78,8 +78,12 @@ class SignatureOutcome(enum.StrEnum):
     UNCHECKED = "unchecked"
 
 
-class Container(str):
-    """A body value that is a JSON object or array, rendered as compact JSON: never a string that reads the same."""
+class RenderedBody(dict[str, str]):
+    """The body's non-empty top-level values as they enter the string to sign, and the names of those that are a
+    real empty object or array in the body: only those are empty in the primary reading, never a string that spells
+    one (`"[]"` renders as `[]` too)."""
+
+    empty_containers: frozenset[str] = frozenset()
 
 
 class Reading(NamedTuple):
@@ -99,17 +103,21 @@ def render(raw: msgspec.Raw) -> str | None:
     if text == b"null":
         return None
     if first in (b"{", b"["):
-        return Container(msgspec.json.encode(msgspec.json.decode(text)).decode())
+        return msgspec.json.encode(msgspec.json.decode(text)).decode()
     return text.decode()  # a number or a boolean: its JSON text
 
 
-def rendered_fields(fields: BodyFields) -> dict[str, str]:
+def rendered_fields(fields: BodyFields) -> RenderedBody:
     """The body's non-empty top-level values, rendered. Raises msgspec.DecodeError on a malformed value."""
-    rendered: dict[str, str] = {}
+    rendered = RenderedBody()
+    empty_containers = []
     for name, raw in fields.items():
         value = render(raw)
         if value is not None:
             rendered[name] = value
+            if value in _EMPTY_CONTAINERS and bytes(raw)[:1] in (b"{", b"["):  # `[ ]` too; never the string "[]"
+                empty_containers.append(name)
+    rendered.empty_containers = frozenset(empty_containers)
     return rendered
 
 
@@ -146,9 +154,7 @@ def readings(headers: Mapping[str, str], body: Mapping[str, str]) -> Iterator[Re
     `headers` has lower-case names; `body` is what rendered_fields returned."""
     header_items = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
     body_items = {name: value for name, value in body.items() if name != SIGNATURE_HEADER}
-    empties = {
-        name for name, value in body_items.items() if isinstance(value, Container) and value in _EMPTY_CONTAINERS
-    }
+    empties = body.empty_containers & body_items.keys() if isinstance(body, RenderedBody) else frozenset()
     clashes = {name for name in body_items if name in header_items}
     seen: set[bytes] = set()
     for keep_empties in (False, True) if empties else (False,):
