@@ -90,7 +90,6 @@ def decode_field(type_: type, value: Any) -> Any:
 
 
 T = TypeVar("T", bound=msgspec.Struct)
-_TOP_LEVEL = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _NUMBER_START = frozenset(b"-0123456789")
 
 
@@ -104,23 +103,29 @@ class BodyDecoder(Generic[T]):
 
     def decode(self, body: bytes | str) -> T:
         decoded = self._decoder.decode(body)
-        sent: dict[str, msgspec.Raw] | None = None
+        names = [name for name in decoded.__struct_fields__ if isinstance(getattr(decoded, name), Text)]
+        if not names:
+            return decoded
+        sent = _sent_decoder(type(decoded)).decode(body)  # the Text fields' JSON text, every other field skipped
         texts: dict[str, Text] = {}
-        for name, encode_name in _field_names(type(decoded)):
-            value = getattr(decoded, name)
-            if not isinstance(value, Text):
-                continue
-            sent = _TOP_LEVEL.decode(body) if sent is None else sent
-            raw = bytes(sent.get(encode_name) or b'""')
-            if raw[0] in _NUMBER_START and raw.decode() != value:  # 100.00 decoded as 100.0: its text is "100.00"
+        for name in names:
+            raw, value = bytes(getattr(sent, name)), getattr(decoded, name)
+            if raw[:1] and raw[0] in _NUMBER_START and raw.decode() != value:  # 100.00 decoded as 100.0: "100.00"
                 try:
                     texts[name] = type(value).parse(raw.decode())
                 except ValueError as error:
-                    raise msgspec.ValidationError(f"{error} - at `$.{encode_name}`") from None
+                    body_name = sent.__struct_encode_fields__[sent.__struct_fields__.index(name)]
+                    raise msgspec.ValidationError(f"{error} - at `$.{body_name}`") from None
         return msgspec.structs.replace(decoded, **texts) if texts else decoded
 
 
 @functools.cache
-def _field_names(struct_type: type) -> tuple[tuple[str, str], ...]:
-    """A Struct type's fields: (attribute name, name in the body)."""
-    return tuple((field.name, field.encode_name) for field in msgspec.structs.fields(struct_type))
+def _sent_decoder(struct_type: type[msgspec.Struct]) -> msgspec.json.Decoder[Any]:
+    """A decoder of a Struct type's fields as the JSON text sent (msgspec.Raw), each under its name in the body."""
+    fields = msgspec.structs.fields(struct_type)
+    sent = msgspec.defstruct(
+        f"{struct_type.__name__}AsSent",
+        [(field.name, msgspec.Raw, msgspec.Raw()) for field in fields],
+        rename={field.name: field.encode_name for field in fields},
+    )
+    return msgspec.json.Decoder(sent)
