@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
-from gateway.signature import FIELDS_DECODER, rendered_fields
+from gateway.signature import FIELDS_DECODER, RenderedBody, rendered_fields
 
 # Every top-level key is a string followed by a colon; so is any `":` inside strings or nested objects. When there
 # are no more of these than distinct top-level fields, no key can repeat, and the slower exact check is skipped.
@@ -56,7 +56,7 @@ async def _read(request: web.Request, limit: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
-def body_fields(body: bytes) -> dict[str, str]:
+def body_fields(body: bytes) -> RenderedBody:
     """The body's non-empty top-level fields as they enter the string to sign (BadRequest if it is no JSON object,
     or names a top-level field twice: a consumer whose parser keeps the first value would act on a value the
     signature never covered)."""

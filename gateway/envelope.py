@@ -13,7 +13,7 @@ import msgspec
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome
 from gateway.wire import EncodedProperties, PublishFields, encode_properties
 from schemas import topology
-from schemas.events import KIND_NAME, Event
+from schemas.events import KIND_NAME, Event, kind_name_problem
 from schemas.kinds import KINDS
 
 
@@ -45,10 +45,10 @@ def validate(kind: str, body: bytes) -> Verdict:
         except (msgspec.MsgspecError, RecursionError) as error:
             return Verdict(VerdictOutcome.QUARANTINED, topology.INVALID_ROUTING_KEY, f"{kind}: {error}")
         return Verdict(VerdictOutcome.ACCEPTED, topology.routing_key(kind), event=event)
-    if not KIND_NAME.match(kind):
-        # Never routed by its lower-cased name: `open_card` would reach OPEN_CARD's queue without OPEN_CARD's checks.
-        reason = f"notify_type {kind[:80]!r} is not a kind name (upper-case letters, digits and _ only)"
-        return Verdict(VerdictOutcome.QUARANTINED, topology.INVALID_ROUTING_KEY, reason)
+    if problem := kind_name_problem(kind):
+        # Never routed by its lower-cased name: `open_card` would reach OPEN_CARD's queue without OPEN_CARD's checks,
+        # `UNVERIFIED` the queue of events the signature does not vouch for.
+        return Verdict(VerdictOutcome.QUARANTINED, topology.INVALID_ROUTING_KEY, f"notify_type {problem}")
     return Verdict(VerdictOutcome.UNKNOWN_KIND, topology.routing_key(kind))
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from infra.settings import BrokerSettings, Port, Seconds, SettingsError, env_name
-from schemas.events import KIND_NAME
+from schemas.events import kind_name_problem
 
 
 class GatewaySettings(BrokerSettings, kw_only=True, frozen=True):
@@ -51,8 +51,8 @@ class GatewaySettings(BrokerSettings, kw_only=True, frozen=True):
         for path, kind in self.extra_path_kinds.items():
             if not re.fullmatch(r"/[A-Za-z0-9_./-]*", path):
                 raise SettingsError(f"HC_EXTRA_PATHS: {path!r} is not a URL path (write /path or /path=KIND)")
-            if kind is not None and not KIND_NAME.match(kind):
-                raise SettingsError(f"HC_EXTRA_PATHS: {kind!r} is not an event kind such as OPEN_CARD")
+            if kind is not None and (problem := kind_name_problem(kind)):
+                raise SettingsError(f"HC_EXTRA_PATHS: {problem}; bind the path to an event kind such as OPEN_CARD")
 
     @property
     def extra_path_kinds(self) -> dict[str, str | None]:

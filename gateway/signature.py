@@ -6,7 +6,9 @@ Strings enter as they are, numbers as their JSON text (`1` and `"1"` both give `
 
 Where the platform's documentation leaves a point open:
 - `{}` and `[]`: primary reading "empty, left out"; the other reading (entered as `{}` / `[]`) is tried only when
-  the body has one. Either way the signature must come from a platform key.
+  the body has one. Either way the signature must come from a platform key. Only a real empty object or array is
+  empty: a string that spells one (`"[]"`) is a string like any other, entered as it is. Otherwise a genuine push
+  without an optional field would verify again with that field holding "[]", and be handled as another event.
 - nested objects, arrays and booleans: compact JSON text (as one public integration renders them).
 
 The joined string is read back into one set of pairs only when no name holds `=` or `&` and no value holds a
@@ -41,7 +43,7 @@ SIGNED_HEADERS = ("api-key", "timestamp", "nonce", "version", "lang")
 SIGNATURE_HEADER = "signature"
 # Every platform push carries these; in enforce mode a push without one of them is refused.
 REQUIRED_HEADERS = ("api-key", "timestamp", "nonce", SIGNATURE_HEADER)
-_EMPTY_CONTAINERS = (b"{}", b"[]")
+_EMPTY_CONTAINERS = ("{}", "[]")
 # Every name the string to sign can hold (body names and `api-key`), after a `&`: the start of a pair.
 _PAIR_INSIDE = re.compile(r"&[A-Za-z0-9_-]+=")
 # The body names of the platform's documentation (push-events 2.2.4): `card_id`, `created_Time`, `app3ds_...`.
@@ -76,6 +78,14 @@ class SignatureOutcome(enum.StrEnum):
     UNCHECKED = "unchecked"
 
 
+class RenderedBody(dict[str, str]):
+    """The body's non-empty top-level values as they enter the string to sign, and the names of those that are a
+    real empty object or array in the body: only those are empty in the primary reading, never a string that spells
+    one (`"[]"` renders as `[]` too)."""
+
+    empty_containers: frozenset[str] = frozenset()
+
+
 class Reading(NamedTuple):
     """One reading of a request as a string to sign."""
 
@@ -97,13 +107,17 @@ def render(raw: msgspec.Raw) -> str | None:
     return text.decode()  # a number or a boolean: its JSON text
 
 
-def rendered_fields(fields: BodyFields) -> dict[str, str]:
+def rendered_fields(fields: BodyFields) -> RenderedBody:
     """The body's non-empty top-level values, rendered. Raises msgspec.DecodeError on a malformed value."""
-    rendered: dict[str, str] = {}
+    rendered = RenderedBody()
+    empty_containers = []
     for name, raw in fields.items():
         value = render(raw)
         if value is not None:
             rendered[name] = value
+            if value in _EMPTY_CONTAINERS and bytes(raw)[:1] in (b"{", b"["):  # `[ ]` too; never the string "[]"
+                empty_containers.append(name)
+    rendered.empty_containers = frozenset(empty_containers)
     return rendered
 
 
@@ -140,7 +154,7 @@ def readings(headers: Mapping[str, str], body: Mapping[str, str]) -> Iterator[Re
     `headers` has lower-case names; `body` is what rendered_fields returned."""
     header_items = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
     body_items = {name: value for name, value in body.items() if name != SIGNATURE_HEADER}
-    empties = {name for name, value in body_items.items() if value.encode() in _EMPTY_CONTAINERS}
+    empties = body.empty_containers & body_items.keys() if isinstance(body, RenderedBody) else frozenset()
     clashes = {name for name in body_items if name in header_items}
     seen: set[bytes] = set()
     for keep_empties in (False, True) if empties else (False,):

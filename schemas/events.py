@@ -13,12 +13,14 @@ from typing import Annotated, Any, ClassVar, get_args
 
 import msgspec
 
-from schemas.fields import Amount, AnyText, Email, Mobile, MobileCode, Text, TxId, decode_field
+from schemas import topology
+from schemas.fields import Amount, AnyText, BodyDecoder, Email, Mobile, MobileCode, Text, TxId
 
 # A kind's name, exactly: upper-case ASCII letters, digits and _ as the platform writes them. Its routing key and queue
 # are the name in lower case, so a name with lower-case letters would share another kind's queue (`open_card` with
-# OPEN_CARD's). `\Z`, not `$`: `$` also matches before a final newline.
-KIND_NAME = re.compile(r"^[A-Z0-9_]{1,64}\Z")
+# OPEN_CARD's), and none of the topology's own names is a kind (topology.RESERVED_KIND_NAMES). `\Z`, not `$`: `$`
+# also matches before a final newline.
+KIND_NAME = re.compile(rf"^(?!(?:{'|'.join(sorted(topology.RESERVED_KIND_NAMES))})\Z)[A-Z0-9_]{{1,64}}\Z")
 
 # A time the platform sends (Unix seconds), from 2015-01-01 to 2100-01-01 UTC: a fixed window, so a retry two days
 # later validates as the first delivery did. Out of it the event is quarantined with the field's `$.path`; in it,
@@ -69,6 +71,15 @@ class Event(msgspec.Struct, tag_field="notify_type", kw_only=True):
         return values
 
 
+def kind_name_problem(kind: str) -> str | None:
+    """Why `kind` is no kind name, for a reason or an error message; None when it is one."""
+    if kind in topology.RESERVED_KIND_NAMES:
+        return f"{kind} is reserved: {topology.routing_key(kind)} is the topology's own name, not a kind's queue"
+    if not KIND_NAME.match(kind):
+        return f"{kind[:80]!r} is not a kind name (upper-case letters, digits and _ only)"
+    return None
+
+
 def notification_key(event: Event) -> str:
     # An unkeyed digest of a sensitive value here would be reversible (10^6 one-time codes): the whole key is digested
     # once, keyed, by the workers.
@@ -76,7 +87,9 @@ def notification_key(event: Event) -> str:
 
 
 def _key_text(value: Any) -> str:
-    if value is None:
+    # An empty object or array is an empty value, as null is: the string to sign leaves all of them out, so a field
+    # sent as [] must not make a notification of its own.
+    if value is None or (isinstance(value, (list, dict, tuple, set, frozenset)) and not value):
         return ""
     if isinstance(value, enum.Enum):
         return str(value.value)
@@ -217,10 +230,10 @@ SENSITIVE_FIELDS: frozenset[str] = frozenset().union(*(event.sensitive for event
 BUSINESS_ID_FIELDS: frozenset[str] = frozenset().union(*(event.business_ids for event in KNOWN_EVENTS))
 
 
-def decoder_for(event_type: type[Event]) -> msgspec.json.Decoder[Event]:
-    """A decoder for one kind. strict=False admits numbers sent as strings ("result": "1"); the dec_hook admits
-    strings sent as numbers (`schemas.fields`)."""
-    return msgspec.json.Decoder(event_type, strict=False, dec_hook=decode_field)
+def decoder_for(event_type: type[Event]) -> BodyDecoder[Event]:
+    """A decoder for one kind: numbers sent as strings ("result": "1") and strings sent as numbers, a top-level one
+    kept as the number's text as sent (`schemas.fields`)."""
+    return BodyDecoder(event_type)
 
 
-EVENT_DECODER = msgspec.json.Decoder(AnyEvent, strict=False, dec_hook=decode_field)
+EVENT_DECODER: BodyDecoder[Event] = BodyDecoder(AnyEvent)

@@ -3,9 +3,8 @@ I/O: `infra.kinds` imports the installed packages' kinds into it."""
 
 from __future__ import annotations
 
-import msgspec
-
-from schemas.events import KIND_NAME, KNOWN_EVENTS, Event, decoder_for
+from schemas.events import KNOWN_EVENTS, Event, decoder_for, kind_name_problem
+from schemas.fields import BodyDecoder
 
 
 class KindRegistry:
@@ -15,7 +14,7 @@ class KindRegistry:
 
     def __init__(self, built_in: tuple[type[Event], ...]) -> None:
         self._types: dict[str, type[Event]] = {}
-        self._decoders: dict[str, msgspec.json.Decoder[Event]] = {}
+        self._decoders: dict[str, BodyDecoder[Event]] = {}
         self._business_id_fields: frozenset[str] = frozenset()
         for event_type in built_in:
             self.add(event_type)
@@ -23,8 +22,10 @@ class KindRegistry:
     def add(self, event_type: type[Event]) -> None:
         """Know `event_type`'s kind (its `tag`); a later Struct of the same kind replaces the earlier one."""
         kind = event_type.kind() if isinstance(event_type, type) and issubclass(event_type, Event) else None
-        if not isinstance(kind, str) or not KIND_NAME.match(kind):
+        if not isinstance(kind, str):
             raise TypeError(f"{event_type!r} is not an Event subclass with a tag such as tag='CARD_STATUS_CHANGE'")
+        if problem := kind_name_problem(kind):
+            raise TypeError(f"{event_type!r}: its tag {problem}; name it such as tag='CARD_STATUS_CHANGE'")
         self._types[kind] = event_type
         self._decoders[kind] = decoder_for(event_type)
         self._business_id_fields = frozenset().union(*(known.business_ids for known in self._types.values()))
@@ -38,7 +39,7 @@ class KindRegistry:
     def event_type(self, kind: str) -> type[Event] | None:
         return self._types.get(kind)
 
-    def decoder(self, kind: str) -> msgspec.json.Decoder[Event] | None:
+    def decoder(self, kind: str) -> BodyDecoder[Event] | None:
         return self._decoders.get(kind)
 
     def business_ids(self, kind: str) -> tuple[str, ...]:

@@ -23,6 +23,13 @@ INVALID_ROUTING_KEY = "hypercard.invalid"
 UNVERIFIED_QUEUE = "hypercard.unverified"
 UNVERIFIED_ROUTING_KEY = "hypercard.unverified"
 DEFAULT_DELIVERY_LIMIT = 10
+# Names no kind may have: a kind's routing key and queue are `hypercard.<kind in lower case>`, so a kind named after
+# one of the topology's own names would be routed into a holding queue (UNVERIFIED: hypercard.unverified, held as
+# `valid`), and a worker of that kind would consume it: events the signature never vouched for.
+RESERVED_KIND_NAMES = frozenset(
+    name.removeprefix("hypercard.").upper()
+    for name in (EVENTS_EXCHANGE, UNROUTED_EXCHANGE, UNROUTED_QUEUE, INVALID_QUEUE, UNVERIFIED_QUEUE)
+)
 
 # The holding queues: nothing consumes them, and they have no dead-letter target. From RabbitMQ 4.0 a quorum queue
 # drops a message delivered more than its delivery limit, 20 unless set, so theirs is set explicitly, by a policy

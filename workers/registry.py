@@ -22,11 +22,11 @@ from importlib.metadata import entry_points
 from importlib.resources.abc import Traversable
 from typing import Any
 
-import msgspec
 import structlog
 
 from infra.kinds import load_kinds, module_names
-from schemas.events import KIND_NAME, Event, decoder_for
+from schemas.events import Event, decoder_for, kind_name_problem
+from schemas.fields import BodyDecoder
 from schemas.kinds import KINDS
 from workers.context import HandlerContext
 
@@ -41,7 +41,7 @@ class Registration:
     kind: str
     event_type: type[Event]
     handler: Handler
-    decoder: msgspec.json.Decoder[Event]
+    decoder: BodyDecoder[Event]
     retry_delays: tuple[float, ...] | None  # None: the HC_RETRY_DELAYS schedule
 
 
@@ -71,8 +71,10 @@ class Registry:
         `retry_delays` overrides the retry schedule for this kind; `replace=True` replaces an existing handler
         (for instance one of the defaults)."""
         kind = event_type.kind() if isinstance(event_type, type) and issubclass(event_type, Event) else None
-        if not isinstance(kind, str) or not KIND_NAME.match(kind):
+        if not isinstance(kind, str):
             raise TypeError(f"{event_type!r} is not an Event subclass with a tag such as tag='CARD_STATUS_CHANGE'")
+        if problem := kind_name_problem(kind):
+            raise TypeError(f"{event_type!r}: its tag {problem}; name it such as tag='CARD_STATUS_CHANGE'")
 
         def register(handler: Handler) -> Handler:
             if not inspect.iscoroutinefunction(handler):  # a plain def would fail every attempt, at `await`

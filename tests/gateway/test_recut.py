@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,8 @@ from gateway.sender_checks import check_signature
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, SignatureVerifier, string_to_sign
 from gateway.signature import sign as sign_message
 from schemas import topology
+from schemas.events import EVENT_DECODER, Event, decoder_for
+from schemas.kinds import KINDS
 from schemas.samples import sample_body, sample_names
 from tests.support.broker import take
 from tests.support.keys import new_key, write_public_keys
@@ -224,3 +227,132 @@ async def test_in_monitor_mode_a_header_re_cut_is_kept_for_review(make_gateway, 
     (kept,) = await take(amqp, topology.UNVERIFIED_QUEUE)
     assert kept.headers["signature_outcome"] == "malformed" and "lang" in kept.headers["unverified_reason"]
     assert await take(amqp, topology.kind_queue("OPEN_CARD"), timeout=0.3) == []
+
+
+# --- Empty values spelled as strings -------------------------------------------------------------------------------
+# A real `{}` or `[]` in the body is empty (left out of the string to sign, PLATFORM.md's primary reading); a string
+# that spells one is a string like any other, entered as it is. Were it taken for the empty value, a genuine push
+# without an optional field could be re-sent with the field holding "[]" and verify as another notification.
+
+SPELLINGS = ["[]", "{}"]
+GENUINE_EMPTY = {"absent": ..., "empty string": "", "null": None}
+
+
+def optional_fields() -> list[tuple[str, str]]:
+    """(sample, field) for every optional field of every built-in kind: what a re-cut can add to a genuine push."""
+    found = []
+    for name in sample_names():
+        event_type = KINDS.event_type(json.loads(sample_body(name))["notify_type"])
+        assert event_type is not None
+        found += [(name, field.encode_name) for field in msgspec.structs.fields(event_type) if not field.required]
+    return found
+
+
+def test_every_optional_field_named_in_the_finding_has_vectors() -> None:
+    named = {("open_card", "mc_trade_no"), ("open_card", "remark"), ("recharge", "remark"), ("buy_coin", "reason"),
+             ("auth_3ds", "app_card_id"), ("auth_3ds", "app3ds_auth_transaction_id")}  # fmt: skip
+    assert set(optional_fields()) == named
+
+
+def genuine_without(name: str, field: str, empty: object) -> dict:
+    """The sample as the platform sends it with `field` empty in one of its forms."""
+    body = {k: v for k, v in json.loads(sample_body(name)).items() if k != field}
+    return body if empty is ... else {**body, field: empty}
+
+
+@pytest.mark.parametrize("empty", sorted(GENUINE_EMPTY))
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize(("name", "field"), optional_fields())
+def test_a_string_spelling_an_empty_container_never_verifies_as_the_empty_value(
+    name: str, field: str, spelling: str, empty: str
+) -> None:
+    genuine = genuine_without(name, field, GENUINE_EMPTY[empty])
+    headers, body = signed(HEADERS, genuine)
+    assert outcome(headers, body) is SignatureOutcome.VALID
+    recut = json.dumps({**genuine, field: spelling}).encode()
+    assert outcome(headers, recut) is SignatureOutcome.INVALID, f"{field}: {spelling!r} verified as empty"
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize(("name", "field"), optional_fields())
+def test_a_string_spelling_an_empty_container_is_signed_as_the_string(name: str, field: str, spelling: str) -> None:
+    """The other way round: the platform signs `field=[]` for the string "[]", and that push verifies."""
+    headers, body = signed(HEADERS, {**json.loads(sample_body(name)), field: spelling})
+    assert f"&{field}={spelling}&".encode() in string_to_sign(dict(HEADERS), body_fields(body)) + b"&"
+    assert outcome(headers, body) is SignatureOutcome.VALID
+
+
+@pytest.mark.parametrize("container", [[], {}])
+@pytest.mark.parametrize(("name", "field"), optional_fields())
+def test_a_real_empty_container_is_still_the_empty_value(name: str, field: str, container: object) -> None:
+    """PLATFORM.md's open point: a real `{}`/`[]` is left out of the string to sign (the primary reading)."""
+    headers, _ = signed(HEADERS, genuine_without(name, field, ...))
+    body = json.dumps({**genuine_without(name, field, ...), field: container}).encode()
+    assert outcome(headers, body) is SignatureOutcome.VALID
+
+
+# --- Numbers re-sent as strings, strings re-sent as numbers -------------------------------------------------------
+# A number enters the string to sign as its JSON text, a string as it is: `"amount": "100.00"` and `"amount": 100.00`
+# sign alike (PLATFORM.md). Both are the same notification, so both must be handled as one: the same inbox key.
+
+NUMBER_TEXTS = ["7", "100.00", "1.50", "0.10", "1.0", "1e3", "1E+3", "-0", "-2.50", "123456789012345678901234567890.5"]
+
+
+def as_string_and_as_number(body: dict, field: str, text: str) -> tuple[bytes, bytes]:
+    as_string = json.dumps({**body, field: text}).encode()
+    as_number = json.dumps({**body, field: "\0"}).replace('"\\u0000"', text).encode()
+    return as_string, as_number
+
+
+def decoded(body: bytes) -> Event | None:
+    """The body as the workers decode it; None when it does not decode as its kind (quarantined, never handled)."""
+    decoder = KINDS.decoder(json.loads(body)["notify_type"])
+    assert decoder is not None
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError:
+        return None
+
+
+# CONSUME has no inbox key: every delivery is handled (its effect is the same however often it runs).
+KEYED_SAMPLES = [name for name in sample_names() if EVENT_DECODER.decode(sample_body(name)).idempotency_key()]
+
+
+@pytest.mark.parametrize("name", KEYED_SAMPLES)
+def test_a_value_re_sent_as_a_number_or_as_a_string_keeps_its_inbox_key(name: str) -> None:
+    genuine = json.loads(sample_body(name))
+    compared = 0
+    for field in (name for name in genuine if name != "notify_type"):
+        for text in NUMBER_TEXTS:
+            as_string, as_number = as_string_and_as_number(genuine, field, text)
+            signed_alike = [string_to_sign(HEADERS, body_fields(body)) for body in (as_string, as_number)]
+            assert signed_alike[0] == signed_alike[1], "the platform signs a number as its JSON text"
+            events = [decoded(body) for body in (as_string, as_number)]
+            if events[0] is not None and events[1] is not None:
+                compared += 1
+                keys = [event.idempotency_key() for event in events]
+                assert keys[0] == keys[1], f"{field}: {text!r} and {text} are handled as two notifications"
+    assert compared >= len(NUMBER_TEXTS), "too few vectors decode to say anything"
+
+
+class Tagged(Event, tag="TEST_TAGGED"):
+    """A user kind with optional containers: a real `[]` or `{}` signs like an absent field (the primary reading)."""
+
+    card_id: str
+    tags: list[str] | None = None
+    extra: dict[str, str] | None = None
+
+
+@pytest.mark.parametrize("field", ["tags", "extra"])
+def test_an_empty_container_in_a_user_kind_keeps_the_inbox_key_of_an_absent_field(field: str) -> None:
+    genuine = {"notify_type": "TEST_TAGGED", "card_id": "C1"}
+    bodies = [json.dumps(genuine).encode()]
+    bodies += [json.dumps({**genuine, field: empty}).encode() for empty in (None, "", [], {})]
+    assert len({string_to_sign(HEADERS, body_fields(body)) for body in bodies}) == 1, "all sign alike"
+    keys = set()
+    for body in bodies:
+        try:
+            keys.add(decoder_for(Tagged).decode(body).idempotency_key())
+        except msgspec.ValidationError:
+            continue  # not its kind: quarantined, never handled
+    assert len(keys) == 1, f"{field}: one genuine push, handled as {len(keys)} notifications"

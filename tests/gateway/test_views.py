@@ -79,6 +79,19 @@ async def test_a_kind_that_is_not_exactly_a_kind_name_never_reaches_a_kind_queue
     assert await take(amqp, topology.UNROUTED_QUEUE, timeout=0.2) == []
 
 
+@pytest.mark.parametrize("kind", ["INVALID", "UNVERIFIED", "UNROUTED", "EVENTS"])
+async def test_a_notify_type_named_like_the_topologys_own_queues_is_kept_in_invalid(gateway, amqp, sign, kind):
+    """Issue 26: `UNVERIFIED` routes as `hypercard.unverified`, the queue of events the signature does not vouch for;
+    a genuine push of that name would sit there as `valid`, and a worker of that kind would consume the queue."""
+    body = json.dumps({"notify_type": kind, "card_id": "1"}).encode()
+    assert await (await gateway.post(PATH, data=body, headers=sign(body))).json() == OK
+    (message,) = await take(amqp, topology.INVALID_QUEUE)
+    assert message.body == body and "reserved" in message.headers["validation_error"]
+    assert message.routing_key == topology.INVALID_ROUTING_KEY and message.type == "INVALID"
+    for queue in (topology.UNVERIFIED_QUEUE, topology.UNROUTED_QUEUE):
+        assert await take(amqp, queue, timeout=0.2) == []
+
+
 async def test_schema_invalid_known_kind_is_quarantined_with_the_reason(gateway, amqp, sign):
     body = (
         b'{"notify_type":"OPEN_CARD","card_type_id":"4","email":"a@b.c","mobile":"123","mobile_code":"86","result":1}'
