@@ -11,6 +11,7 @@ import aio_pika
 import asyncpg
 import msgspec
 import pytest
+import structlog
 
 from infra.settings import load_settings
 from schemas import topology
@@ -179,3 +180,20 @@ async def _handled(db, tokens: list[str]) -> bool:
 async def _queue_taken(amqp) -> bool:
     queue = await amqp.declare_queue(topology.kind_queue(KIND), passive=True)
     return queue.declaration_result.message_count == 0
+
+
+async def test_closing_starts_no_new_loop(make_worker, db, amqp):
+    """Stopping cancels the batch loops: none is started again, counted or logged as if it had ended on its own, and
+    no loop task is left behind."""
+    runtime = await make_worker(KIND, prefetch=16, batch_size=4)
+    await enqueue(amqp, *[{"token": f"close-{n}"} for n in range(8)])
+    assert await eventually(lambda: _equal(effects(db), {f"close-{n}": [1] for n in range(8)}), timeout=10)
+    loops = [task for task in asyncio.all_tasks() if task.get_name().startswith("batches-")]
+    assert len(loops) == runtime.batch_concurrency > 1  # the loops the stop must end, all of them running
+    with structlog.testing.capture_logs() as logs:
+        await runtime.stop()
+        await asyncio.sleep(0)  # a loop's done callback runs on the loop's next turn
+    assert all(task.done() for task in loops)
+    assert [task for task in asyncio.all_tasks() if task.get_name().startswith("batches-")] == []
+    assert runtime.metrics.loop_restarts._value.get() == 0  # noqa: SLF001
+    assert [line for line in logs if line["event"] == "batch loop ended; starting it again"] == []
