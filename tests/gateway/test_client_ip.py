@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,25 @@ def test_the_client_behind_trusted_proxies_is_the_first_untrusted_hop_from_the_r
     assert policy.client_address("192.0.2.1", ("1.2.3.4",)) == "192.0.2.1"  # an untrusted peer's header is ignored
     assert policy.client_address("127.0.0.1", ("fe80::1%" + "x" * 8000,)) == "fe80::1%" + "x" * 56
     assert not ClientAddressPolicy(allowed=["10.0.0.0/8"]).allows("fe80::1%" + "x" * 56)
+
+
+def test_many_peers_are_remembered_up_to_a_bound():
+    """A peer address comes from the socket, but one IPv6 client has 2**64 of them: once the policy has seen 5,000
+    peers, 5,000 more leave its memory where it was (each peer remembered for good takes about 220 bytes: 1 MB)."""
+    policy = ClientAddressPolicy(trusted_proxies=["2001:db8::/112"])
+
+    def resolve(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            policy.client_address(f"2001:db8:1::{n + 1:x}", ("1.2.3.4",))  # untrusted: the header is not read
+
+    tracemalloc.start()
+    try:
+        resolve(0, 5_000)
+        seen = tracemalloc.get_traced_memory()[0]
+        resolve(5_000, 5_000)
+        growth = tracemalloc.get_traced_memory()[0] - seen
+    finally:
+        tracemalloc.stop()
+    assert growth < 50_000, f"{growth} bytes kept for 5,000 more peers"
+    assert policy.client_address("2001:db8:1::1", ("1.2.3.4",)) == "2001:db8:1::1"  # forgotten, then resolved again
+    assert policy.client_address("2001:db8::7", ("1.2.3.4",)) == "1.2.3.4"  # a trusted proxy is still trusted

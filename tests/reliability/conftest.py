@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -79,7 +80,8 @@ class System:
         return events, player
 
     async def account(self, events, player, settle: float = 90) -> Report:
-        report = await account(events, DATABASE_URL, player.resent, settle)
+        killed = {worker.popen.pid for worker in self.workers if worker.popen.returncode == -signal.SIGKILL}
+        report = await account(events, DATABASE_URL, player.resent, settle, killed)
         print(f"\n[harness] {report.line()}")
         return report
 

@@ -56,6 +56,11 @@ class Deployment:
         return worker
 
     @property
+    def killed(self) -> set[int]:
+        """The worker processes a SIGKILL ended (whose calls outside the database may be made again)."""
+        return {worker.popen.pid for worker in self.workers if worker.popen.returncode == -signal.SIGKILL}
+
+    @property
     def urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}/hc_sync/common" for port in self.ports]
 

@@ -3,7 +3,8 @@
 It sends uniquely identifiable, correctly signed events of all nine kinds at a steady rate over real HTTP, records
 every reply, and, like the platform, sends again every event that was not answered code 1 (on a compressed
 schedule) until it is. At the end it reads the workers' effects (tests/support/effect_tap.py) in PostgreSQL:
-every event answered code 1 must have been handled, and handled once."""
+every event answered code 1 must have been handled, and handled once, and its effect outside the database called
+once (as many times as it was handled, for CONSUME, whose every notification counts)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -64,13 +66,21 @@ class Report:
     double_effects: int
     consume_repeats: int
     never_accepted: int
+    # Effects outside the database: handled events never called (lost), events called more often than handled
+    # (double: a call for a handling rolled back, or made twice), and calls a SIGKILLed worker made and the next one
+    # made again with the same idempotency key (the documented at-least-once; not counted as double).
+    external_lost: int = 0
+    double_external: int = 0
+    external_repeats_after_kill: int = 0
 
     cut: int = 0
 
     def line(self) -> str:
         return (
             f"sent {self.sent}, accepted {self.accepted}, resent {self.resent}, handled {self.handled}, "
-            f"lost {self.lost}, double effects {self.double_effects} (CONSUME repeats, idempotent: "
+            f"lost {self.lost}, double effects {self.double_effects}, external effects lost {self.external_lost}, "
+            f"double external effects {self.double_external} (repeated with their key after a SIGKILL: "
+            f"{self.external_repeats_after_kill}; CONSUME repeats, idempotent: "
             f"{self.consume_repeats}; never accepted: {self.never_accepted}; cut replies: {self.cut})"
         )
 
@@ -149,6 +159,7 @@ class PlatformPlayer:
 
 
 async def effects(database_url: str) -> Counter:
+    """Handlings committed, per event id (test_effects)."""
     connection = await asyncpg.connect(database_url)
     try:
         rows = await connection.fetch("SELECT token, count(*) AS n FROM test_effects GROUP BY token")
@@ -157,18 +168,58 @@ async def effects(database_url: str) -> Counter:
     return Counter({row["token"]: row["n"] for row in rows})
 
 
-async def account(events: list[Event], database_url: str, resent: int, settle: float = 60.0) -> Report:
-    """Wait until every accepted event has an effect (or `settle` seconds pass), then count."""
+async def external_calls(database_url: str) -> dict[str, list[tuple[str, int]]]:
+    """Calls outside the database, per event id: (idempotency key, process that made it), oldest first."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch("SELECT token, idempotency_key, pid FROM test_external_calls ORDER BY at")
+    finally:
+        await connection.close()
+    calls: dict[str, list[tuple[str, int]]] = {}
+    for row in rows:
+        calls.setdefault(row["token"], []).append((row["idempotency_key"], row["pid"]))
+    return calls
+
+
+def counted_calls(calls: list[tuple[str, int]], killed: Collection[int]) -> int:
+    """An event's calls, but a call that a SIGKILLed worker made and had no time to record as done, made again with
+    the same idempotency key by the next worker: the outbox's documented at-least-once, which the receiving side
+    absorbs through the key (README, Effects outside the database). Any other repeat counts."""
+    per_key = Counter(key for key, _ in calls)
+    by_killed = Counter(key for key, pid in calls if pid in killed)
+    return sum(max(n - by_killed[key], 1) for key, n in per_key.items())
+
+
+def calls_allowed(event: Event, seen: Counter) -> tuple[int, int]:
+    """How many calls outside the database an event must have had, at least and at most: one once handled. A CONSUME
+    handled again (each notification counts) hands its call over again with the same key: the outbox keeps one
+    row per key, so it is called again only if the first was done meanwhile."""
+    handlings = seen.get(event.event_id, 0)
+    return min(handlings, 1), handlings if event.kind == "CONSUME" else min(handlings, 1)
+
+
+async def account(
+    events: list[Event], database_url: str, resent: int, settle: float = 60.0, killed: Collection[int] = ()
+) -> Report:
+    """Wait until every accepted event has an effect and its call outside the database (or `settle` seconds pass),
+    then count. `killed`: the worker processes SIGKILLed during the run."""
     accepted = [event for event in events if event.accepted]
     deadline = time.monotonic() + settle
     while True:
         seen = await effects(database_url)
-        missing = [event for event in accepted if event.event_id not in seen]
+        calls = await external_calls(database_url)
+        missing = [
+            e
+            for e in accepted
+            if e.event_id not in seen or counted_calls(calls.get(e.event_id, []), killed) < calls_allowed(e, seen)[0]
+        ]
         if not missing or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     await asyncio.sleep(1.0)  # late duplicates would show now
     seen = await effects(database_url)
+    calls = await external_calls(database_url)
+    called = {e.event_id: counted_calls(calls.get(e.event_id, []), killed) for e in accepted}
     doubles = [e for e in accepted if e.kind != "CONSUME" and seen.get(e.event_id, 0) > 1]
     consume_repeats = sum(seen.get(e.event_id, 0) - 1 for e in accepted if e.kind == "CONSUME" and e.event_id in seen)
     return Report(
@@ -180,6 +231,9 @@ async def account(events: list[Event], database_url: str, resent: int, settle: f
         double_effects=len(doubles),
         consume_repeats=consume_repeats,
         never_accepted=len(events) - len(accepted),
+        external_lost=sum(1 for e in accepted if called[e.event_id] < calls_allowed(e, seen)[0]),
+        double_external=sum(1 for e in accepted if called[e.event_id] > calls_allowed(e, seen)[1]),
+        external_repeats_after_kill=sum(len(calls.get(e.event_id, [])) - called[e.event_id] for e in accepted),
         cut=sum(event.replies.count(CUT) for event in events),
     )
 
@@ -201,5 +255,7 @@ async def dead_letters(url: str = AMQP_URL) -> int:
 def assert_every_event_accounted_for(report: Report) -> None:
     assert report.lost == 0, report.line()
     assert report.double_effects == 0, report.line()
+    assert report.external_lost == 0, report.line()
+    assert report.double_external == 0, report.line()
     assert report.never_accepted == 0, report.line()
     assert report.handled == report.accepted == report.sent, report.line()

@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 
 import aio_pika
 import asyncpg
 import msgspec
 import pytest
+import structlog
 
 from infra.settings import load_settings
 from schemas import topology
-from tests.support.broker import take
+from tests.support.broker import TEST_VHOST, take
 from tests.support.database import DATABASE_URL
 from tests.support.processes import worker_process
 from tests.support.waiting import eventually
@@ -63,10 +65,14 @@ async def test_one_transaction_for_many_and_a_failure_retries_only_its_own_messa
     (dead,) = await take(amqp, topology.dead_queue(KIND))
     assert msgspec.json.decode(dead.body)["token"] == "give-up"
     assert dead.headers["error_type"] == "GiveUp"
-    counted = {name: getattr(runtime.metrics, name).labels(KIND)._value.get() for name in  # noqa: SLF001
-               ("handled", "duplicates", "skipped", "retried", "dead_lettered")}  # fmt: skip
-    assert counted == {"handled": 22, "duplicates": 1, "skipped": 1, "retried": 2, "dead_lettered": 1}
-    await asyncio.sleep(1)  # nothing more comes: each effect once
+
+    async def every_delivery_counted() -> bool:  # the 25 sent and the 2 retries: no delivery is left to come
+        counted = {name: getattr(runtime.metrics, name).labels(KIND)._value.get() for name in  # noqa: SLF001
+                   ("handled", "duplicates", "skipped", "retried", "dead_lettered")}  # fmt: skip
+        return counted == {"handled": 22, "duplicates": 1, "skipped": 1, "retried": 2, "dead_lettered": 1}
+
+    await eventually(every_delivery_counted)
+    await eventually(lambda: _none_unsettled(KIND))
     assert await effects(db) == wanted
 
 
@@ -90,7 +96,9 @@ async def test_a_batch_held_up_by_another_transactions_lock_is_handled_one_deliv
     async with db.transaction():
         await db.execute("SELECT * FROM test_hot FOR UPDATE")  # held while the worker starts and takes its batch
         runtime = await make_worker(KIND, batch_wait=0.2)
-        await asyncio.sleep(1.0)
+        # The batch gave up on the lock, and the first of its deliveries, alone now, waits for the row.
+        await eventually(lambda: _gauge_at_least(runtime.metrics.batch_rollbacks.labels("lock"), 1))
+        await eventually(lambda: _waiting_on_a_lock(db))
         assert await _other_connection_effects() == 0  # nothing committed while the row is held
     wanted = {token: [1] for token in tokens}
     assert await eventually(lambda: _equal(effects(db), wanted), timeout=20)
@@ -108,7 +116,9 @@ async def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(db, amq
                            env={"HC_BATCH_SIZE": "64", "HC_PREFETCH": "64", "HC_BATCH_WAIT": "0.5"})  # fmt: skip
     try:
         await eventually(lambda: _queue_taken(amqp), timeout=20)
-        await asyncio.sleep(1.0)
+        # The kill lands inside the batch: its transaction idle for a while after the savepoint of its 16th handler
+        # (the one that sleeps), the first fifteen handled in it.
+        await eventually(lambda: _batch_held_in_a_handler(db), timeout=20)
         first.signal(signal.SIGKILL)
         first.wait()
     finally:
@@ -120,7 +130,7 @@ async def test_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(db, amq
     try:
         wanted = {token: [1] for token in tokens}
         assert await eventually(lambda: _equal(effects(db), wanted), timeout=30)
-        await asyncio.sleep(1)
+        await eventually(lambda: _none_unsettled(KIND), timeout=30)  # every delivery had its frame: none comes back
         assert await effects(db) == wanted
     finally:
         second.stop()
@@ -176,6 +186,53 @@ async def _handled(db, tokens: list[str]) -> bool:
     return set(tokens) <= set(await effects(db))
 
 
+async def _gauge_at_least(metric, value: float) -> bool:
+    return metric._value.get() >= value  # noqa: SLF001
+
+
+async def _waiting_on_a_lock(db) -> bool:
+    return await db.fetchval(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+
+
+async def _batch_held_in_a_handler(db) -> bool:
+    return await db.fetchval(
+        """SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()
+           AND state = 'idle in transaction' AND query = 'RELEASE SAVEPOINT delivery; SAVEPOINT delivery'
+           AND now() - state_change > interval '0.5 s'"""
+    )
+
+
+async def unsettled(kind: str) -> int:
+    """Messages in the kind's queue, ready or delivered and not settled yet (a passive declare counts only the
+    ready ones)."""
+    command = ["rabbitmqctl", "-q", "list_queues", "-p", TEST_VHOST, "--no-table-headers", "name", "messages"]
+    listing = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60, check=True)
+    rows = dict(line.split("\t") for line in listing.stdout.splitlines() if "\t" in line)
+    return int(rows[topology.kind_queue(kind)])
+
+
+async def _none_unsettled(kind: str) -> bool:
+    return await unsettled(kind) == 0
+
+
 async def _queue_taken(amqp) -> bool:
     queue = await amqp.declare_queue(topology.kind_queue(KIND), passive=True)
     return queue.declaration_result.message_count == 0
+
+
+async def test_closing_starts_no_new_loop(make_worker, db, amqp):
+    """Stopping cancels the batch loops: none is started again, counted or logged as if it had ended on its own, and
+    no loop task is left behind."""
+    runtime = await make_worker(KIND, prefetch=16, batch_size=4)
+    await enqueue(amqp, *[{"token": f"close-{n}"} for n in range(8)])
+    assert await eventually(lambda: _equal(effects(db), {f"close-{n}": [1] for n in range(8)}), timeout=10)
+    loops = [task for task in asyncio.all_tasks() if task.get_name().startswith("batches-")]
+    assert len(loops) == runtime.batch_concurrency > 1  # the loops the stop must end, all of them running
+    with structlog.testing.capture_logs() as logs:
+        await runtime.stop()
+    assert all(task.done() for task in loops)
+    assert [task for task in asyncio.all_tasks() if task.get_name().startswith("batches-")] == []
+    assert runtime.metrics.loop_restarts._value.get() == 0  # noqa: SLF001
+    assert [line for line in logs if line["event"] == "batch loop ended; starting it again"] == []

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,12 +167,19 @@ async def test_a_retry_copy_looked_at_midway_still_leaves_when_it_was_due(db, am
     async with worker(three):
         await send(amqp, token, fail_until=2)
         await eventually(lambda: holds(amqp, topology.retry_queue(KIND, 3), 1))
-        await asyncio.sleep(1.5)
-        (place,) = (await look(token, registry=three)).places
-        assert place.state == "retrying"
+
+        async def looked_at_midway() -> bool:  # each look takes the copy out and puts it back
+            (place,) = (await look(token, registry=three)).places
+            assert place.state == "retrying"
+            return (datetime.fromisoformat(place.due_at) - datetime.now(UTC)).total_seconds() < 1.8
+
+        await eventually(looked_at_midway, interval=0.2)
+        looked = time.monotonic()
         await eventually(lambda: db.fetch("SELECT 1 FROM test_effects WHERE token = $1", token), timeout=10)
     first, second = ATTEMPT_TIMES[token]
-    assert 2.8 < second - first < 4.0  # put back with a whole step again, it would have waited about 4.5 s
+    # Put back with a whole step again, it would have waited 3 s more than its last look: at least 4.2 s in all.
+    assert looked - first > 1.2
+    assert 2.8 < second - first < 4.0
 
 
 async def test_held_in_the_dead_letter_queue_with_its_reason(db, amqp):
