@@ -56,11 +56,6 @@ def settled(attempts: Attempts) -> bool:
     return bool(attempts) and attempts[-1][1] not in (Outcome.RETRIED, Outcome.LEFT_FOR_REDELIVERY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the kit is a copy of the worker: commit, rollback, BaseException, "
-    "CancelledError and a hang end differently, and a run has no error type",
-)
 @pytest.mark.parametrize("batch_size", [1, 8])
 async def test_each_misbehaving_handler_comes_to_the_same_outcomes_through_the_kit_and_a_worker(
     db, amqp, tmp_path, batch_size
