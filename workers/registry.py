@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from infra.kinds import load_kinds, module_names
+from infra.kinds import import_user_module, load_entry_point, load_kinds, module_names
 from schemas.events import KIND_NAME, Event, decoder_for
 from schemas.kinds import KINDS
 from workers.context import HandlerContext
@@ -104,15 +104,16 @@ migrations = REGISTRY.migrations
 def load_handler_modules(modules: Iterable[str], use_entry_points: bool = True) -> None:
     """Import the default handlers, then the user's modules (HC_HANDLERS / --handlers, each a module or a
     comma-separated list) and entry points (`hypercard.kinds`, `hypercard.handlers`); every kind with a handler is
-    then in the registry of kinds (`schemas.kinds.KINDS`), as the gateway and the operator commands know it."""
+    then in the registry of kinds (`schemas.kinds.KINDS`), as the gateway and the operator commands know it. A user's
+    module that cannot be imported is a ModuleLoadError (an ImportError) that names it."""
     importlib.import_module(DEFAULT_HANDLERS)
     for name in module_names(modules):
-        importlib.import_module(name)
+        import_user_module(name, "handler module")
         log.info("handler module loaded", module=name)
     if use_entry_points:
         load_kinds()
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-            entry_point.load()
+            load_entry_point(entry_point)
             log.info("handler module loaded", entry_point=entry_point.name)
     declare_handled_kinds(REGISTRY)
 

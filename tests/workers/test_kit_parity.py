@@ -87,7 +87,6 @@ async def test_each_misbehaving_handler_comes_to_the_same_outcomes_through_the_k
     assert kit == by_worker
 
 
-@pytest.mark.xfail(strict=True, reason="the worker ends in a traceback on a handler module that fails to load")
 async def test_a_handler_that_is_not_a_coroutine_function_is_refused_by_the_kit_and_by_a_worker(tmp_path):
     with pytest.raises((TypeError, ImportError), match="on_not_async.* is not a coroutine function"):
         async with handler_kit("TEST_NOT_ASYNC", DATABASE_URL, modules=["tests.support.not_async_kind"]):
