@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from schemas.events import Event
-from schemas.kinds import KINDS
+from schemas.kinds import KINDS, KindCollision
 
 KINDS_ENTRY_POINT_GROUP = "hypercard.kinds"
 log = structlog.get_logger("infra")
@@ -79,13 +79,19 @@ def load_kinds(modules: Iterable[str] = (), *, use_entry_points: bool = True) ->
 
 
 def declare_kinds(source: ModuleType | type[Event]) -> None:
-    """Register one Struct, or every Struct with a tag that a module defines (not those it imports)."""
-    if isinstance(source, type):
-        KINDS.add(source)
-        return
-    for value in vars(source).values():
-        if _declared_in(value, source):
-            KINDS.add(value)
+    """Register one Struct, or every Struct with a tag that a module defines (not those it imports). A kind another
+    Struct already declares is a ModuleLoadError naming both."""
+    types = [source] if isinstance(source, type) else [v for v in vars(source).values() if _declared_in(v, source)]
+    for event_type in types:
+        declare_kind(event_type)
+
+
+def declare_kind(event_type: type[Event]) -> None:
+    """Register one Struct; a kind another Struct already declares is a ModuleLoadError naming both."""
+    try:
+        KINDS.add(event_type)
+    except KindCollision as error:
+        raise ModuleLoadError(str(error)) from None
 
 
 def _declared_in(value: object, module: ModuleType) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from infra.kinds import import_user_module, load_entry_point, load_kinds, module_names
+from infra.kinds import declare_kind, import_user_module, load_entry_point, load_kinds, module_names
 from schemas.events import KIND_NAME, Event, decoder_for
 from schemas.kinds import KINDS
 from workers.context import HandlerContext
@@ -119,7 +119,8 @@ def load_handler_modules(modules: Iterable[str], use_entry_points: bool = True) 
 
 
 def declare_handled_kinds(registry: Registry) -> None:
-    """Every kind `registry` has a handler for, known by its handler's Struct (its business ids logged in clear)."""
+    """Every kind `registry` has a handler for, known by its handler's Struct (its business ids logged in clear); a
+    handler's Struct for a kind another Struct declares is a ModuleLoadError naming both."""
     for registration in registry.registrations.values():
         if KINDS.event_type(registration.kind) is not registration.event_type:
-            KINDS.add(registration.event_type)
+            declare_kind(registration.event_type)
