@@ -22,6 +22,7 @@ class KindRegistry:
         self._types: dict[str, type[Event]] = {}
         self._decoders: dict[str, msgspec.json.Decoder[Event]] = {}
         self._business_id_fields: frozenset[str] = frozenset()
+        self._sensitive_fields: frozenset[str] = frozenset()
         for event_type in built_in:
             self.add(event_type)
         self._built_in = frozenset(self._types)
@@ -42,6 +43,7 @@ class KindRegistry:
         self._types[kind] = event_type
         self._decoders[kind] = decoder_for(event_type)
         self._business_id_fields = frozenset().union(*(known.business_ids for known in self._types.values()))
+        self._sensitive_fields = frozenset().union(*(known.sensitive for known in self._types.values()))
 
     def __contains__(self, kind: object) -> bool:
         return kind in self._types
@@ -63,6 +65,10 @@ class KindRegistry:
     def business_id_fields(self) -> frozenset[str]:
         """Fields that are a business id in any kind known."""
         return self._business_id_fields
+
+    def sensitive_fields(self) -> frozenset[str]:
+        """Fields that a kind known declares secret or personal (its `sensitive`): redacted by name everywhere."""
+        return self._sensitive_fields
 
 
 def _declared_as(event_type: type[Event]) -> str:
