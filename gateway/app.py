@@ -117,8 +117,8 @@ def create_app(settings: GatewaySettings, tracing: Tracing | None = None) -> web
     app[PUBLISHER] = Publisher(settings.amqp_urls, settings.publish_timeout, settings.delivery_limit)
     try:  # the installed packages' kinds: validated, counted and logged as the built-in ones
         load_kinds(settings.kinds)
-    except ImportError as error:
-        raise SettingsError(f"HC_KINDS or a hypercard.kinds entry point: {error}") from None
+    except ImportError as error:  # infra.kinds.ModuleLoadError: the module, and what importing it raised
+        raise SettingsError(str(error)) from None
     app[METRICS] = GatewayMetrics()
     app[METRICS].start_series(KINDS.kinds())
     if verifier is not None:

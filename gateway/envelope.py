@@ -12,6 +12,7 @@ import msgspec
 
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome
 from gateway.wire import EncodedProperties, PublishFields, encode_properties
+from infra.redaction import scrub_bound
 from schemas import topology
 from schemas.events import KIND_NAME, Event, kind_name_problem
 from schemas.kinds import KINDS
@@ -91,7 +92,7 @@ def properties(
     }
     if verdict.error is not None:
         name = "unverified_reason" if verdict.outcome == VerdictOutcome.UNVERIFIED else "validation_error"
-        headers[name] = verdict.error[:1000]
+        headers[name] = scrub_bound(verdict.error)[:1000]  # the push's secret values, bound by the view: masked
     if trace_headers:
         headers.update(trace_headers)
     fields: PublishFields = {

@@ -26,7 +26,7 @@ from gateway.errors import (
 from gateway.replies import ok
 from gateway.sender_checks import check_api_key, check_header_text, check_signature
 from gateway.signature import SignatureOutcome
-from infra.redaction import SECRET_KEYS, bind_secrets, clear_secrets
+from infra.redaction import bind_secrets, clear_secrets, secret_fields
 from schemas.kinds import KINDS
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ async def _receive(
     check_api_key(headers, settings.api_key)
     body = await read_body(request, settings.max_body_bytes, settings.read_timeout)
     fields = body_fields(body)
-    bind_secrets(fields[name] for name in SECRET_KEYS if name in fields)  # scrubbed from any text logged from here
+    # Scrubbed from any text logged from here, an installed kind's secret fields too (the kind is not known yet).
+    bind_secrets(fields[name] for name in secret_fields() if name in fields)
 
     metrics = request.app[METRICS]
     check = check_signature(headers, fields, request.app[VERIFIER])

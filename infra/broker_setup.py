@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # the installed kinds (hypercard.kinds entry points, HC_KINDS) are declared with the built-in ones
         load_kinds([os.environ.get("HC_KINDS", "")])
     except ImportError as error:
-        parser.exit(2, f"hypercard-broker-setup: HC_KINDS or a hypercard.kinds entry point: {error}\n")
+        parser.exit(2, f"hypercard-broker-setup: {error}\n")
     kinds = sorted(KINDS.kinds() | {kind.upper() for kind in args.kind})
     try:
         role_urls = roles_from(os.environ)

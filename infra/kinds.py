@@ -16,16 +16,46 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Iterable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
+from typing import Any
 
 import structlog
 
 from schemas.events import Event
-from schemas.kinds import KINDS
+from schemas.kinds import KINDS, KindCollision
 
 KINDS_ENTRY_POINT_GROUP = "hypercard.kinds"
 log = structlog.get_logger("infra")
+
+
+class ModuleLoadError(ImportError):
+    """A user's module (HC_KINDS, HC_HANDLERS, an entry point) that could not be imported: one line naming it and the
+    error, which every command prints as it exits (2)."""
+
+
+def import_user_module(name: str, what: str) -> ModuleType:
+    """Import a user's module (`what`: "kinds module", "handler module"); whatever importing it raises (a syntax
+    error, an ImportError inside it, a handler refused at registration) is a ModuleLoadError naming it."""
+    try:
+        return importlib.import_module(name)
+    except Exception as error:
+        raise ModuleLoadError(f"cannot load {what} {name}: {_one_line(error)}") from error
+
+
+def load_entry_point(entry_point: EntryPoint) -> Any:
+    """What an entry point names; whatever importing it raises is a ModuleLoadError naming it."""
+    try:
+        return entry_point.load()
+    except Exception as error:
+        raise ModuleLoadError(
+            f"cannot load the {entry_point.group} entry point {entry_point.name} ({entry_point.value}): "
+            f"{_one_line(error)}"
+        ) from error
+
+
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:500]
 
 
 def module_names(values: Iterable[str]) -> list[str]:
@@ -38,10 +68,10 @@ def load_kinds(modules: Iterable[str] = (), *, use_entry_points: bool = True) ->
     kind they declare. The kinds added, sorted."""
     before = KINDS.kinds()
     for name in module_names(modules):
-        declare_kinds(importlib.import_module(name))
+        declare_kinds(import_user_module(name, "kinds module"))
     if use_entry_points:
         for entry_point in entry_points(group=KINDS_ENTRY_POINT_GROUP):
-            declare_kinds(entry_point.load())
+            declare_kinds(load_entry_point(entry_point))
     added = sorted(KINDS.kinds() - before)
     if added:
         log.info("kinds loaded", kinds=added)
@@ -49,13 +79,19 @@ def load_kinds(modules: Iterable[str] = (), *, use_entry_points: bool = True) ->
 
 
 def declare_kinds(source: ModuleType | type[Event]) -> None:
-    """Register one Struct, or every Struct with a tag that a module defines (not those it imports)."""
-    if isinstance(source, type):
-        KINDS.add(source)
-        return
-    for value in vars(source).values():
-        if _declared_in(value, source):
-            KINDS.add(value)
+    """Register one Struct, or every Struct with a tag that a module defines (not those it imports). A kind another
+    Struct already declares is a ModuleLoadError naming both."""
+    types = [source] if isinstance(source, type) else [v for v in vars(source).values() if _declared_in(v, source)]
+    for event_type in types:
+        declare_kind(event_type)
+
+
+def declare_kind(event_type: type[Event]) -> None:
+    """Register one Struct; a kind another Struct already declares is a ModuleLoadError naming both."""
+    try:
+        KINDS.add(event_type)
+    except KindCollision as error:
+        raise ModuleLoadError(str(error)) from None
 
 
 def _declared_in(value: object, module: ModuleType) -> bool:

@@ -80,6 +80,11 @@ _MIN_BOUND_SECRET = 3
 _secrets: ContextVar[tuple[str, ...]] = ContextVar("hypercard_secrets", default=())
 
 
+def secret_fields() -> frozenset[str]:
+    """The names of the fields whose values are secrets: the project's, and those any kind known declares."""
+    return SECRET_KEYS | KINDS.sensitive_fields()
+
+
 def bind_secrets(values: Iterable[object]) -> None:
     """The exact secrets of the event now being handled (this task and those it starts): scrubbed from free text."""
     _secrets.set(tuple(text for value in values if value is not None and len(text := str(value)) >= _MIN_BOUND_SECRET))
@@ -89,6 +94,15 @@ def clear_secrets() -> None:
     _secrets.set(())
 
 
+def scrub_bound(text: str) -> str:
+    """Free text with the secrets bound for the event masked, and nothing else (a `$.path` message's limits, such as
+    a time window's bounds, stay readable)."""
+    for secret in _secrets.get():
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 def _mask_digits(match: re.Match[str]) -> str:
     text = match.group()
     return REDACTED if sum(ch.isdigit() for ch in text) >= _MIN_SECRET_DIGITS else text
@@ -96,9 +110,7 @@ def _mask_digits(match: re.Match[str]) -> str:
 
 def scrub(text: str) -> str:
     """Free text with every form of the secrets masked."""
-    for secret in _secrets.get():
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+    text = scrub_bound(text)
     if len(text) < _MIN_SECRET_DIGITS:
         return text
     return _DIGIT_RUN.sub(_mask_digits, _SECRET_TEXT.sub(REDACTED, text))
@@ -120,7 +132,7 @@ def redact(value: Any) -> Any:
 
 
 def _redact_item(key: str, value: Any) -> Any:
-    if key.lower() in SECRET_KEYS:
+    if key.lower() in SECRET_KEYS or key in KINDS.sensitive_fields():  # an installed kind's secret fields too
         return REDACTED
     safe = key in SAFE_KEYS or key in KINDS.business_id_fields()  # an installed kind's business ids too
     return _identifier(value) if safe and isinstance(value, (str, int)) else redact(value)

@@ -20,29 +20,22 @@ import asyncio
 import functools
 from collections import deque
 
-import asyncpg
 import structlog
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from infra.waiting import wait_for_event
-from workers import database
+from workers import database, handling
 from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryRunner, Result, stopping
+from workers.handling import CONTENTION
 from workers.outcomes import Outcome
 from workers.transaction_guard import HandlerEndedTransaction
 
 log = structlog.get_logger("workers")
 BATCH_LOCK_TIMEOUT = "100ms"
 LOOP_RESTART_DELAY = 0.5  # a loop that keeps failing at once does not spin
-# Another transaction holds what this batch needs: handled again one delivery per transaction.
-CONTENTION = (
-    asyncpg.exceptions.LockNotAvailableError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.SerializationError,
-)
 # One savepoint name, reused: releasing the previous savepoint and opening the next take one round trip.
 FIRST_SAVEPOINT = f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'; SAVEPOINT delivery"
 NEXT_SAVEPOINT = "RELEASE SAVEPOINT delivery; SAVEPOINT delivery"
-ROLLBACK_SAVEPOINT = "ROLLBACK TO SAVEPOINT delivery"
 
 
 class Batches:
@@ -253,21 +246,7 @@ class Batches:
             with self.runner.traced(delivery):
                 await connection.execute(savepoint)
                 savepoint = NEXT_SAVEPOINT
-                results[delivery] = await self._run_handler(connection, delivery)
-
-    async def _run_handler(self, connection: database.Transaction, delivery: Delivery) -> Result:
-        try:
-            await self.runner.run_handler(delivery, connection)
-        except CONTENTION:
-            raise  # not the event's fault: the whole batch again, one delivery per transaction
-        except BaseException as error:  # its own effects undone, and its claim, so that its retry is not a duplicate
-            if stopping(error) or (isinstance(error, HandlerEndedTransaction) and error.lost):
-                raise
-            await connection.execute(ROLLBACK_SAVEPOINT)
-            if delivery.inbox_key is not None:
-                await database.release_claim(connection, delivery.kind, delivery.inbox_key, delivery.previous_inbox_key)
-            return error
-        return HANDLED
+                results[delivery] = await handling.handle(self.runner, connection, delivery)
 
 
 def _channel_open(delivery: Delivery) -> bool:

@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level)
     try:
         load_handler_modules([*settings.handlers, *args.handlers])
-    except ImportError as error:
-        print(f"hypercard-worker: cannot load handler module: {error}", file=sys.stderr)
+    except ImportError as error:  # a ModuleLoadError names the module; the default handlers' own is a bug
+        print(f"hypercard-worker: {error}", file=sys.stderr)
         sys.exit(2)
     kinds = REGISTRY.kinds if args.all else [kind.upper() for kind in args.kinds]
     try:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import asyncpg
@@ -91,6 +91,9 @@ class Delivery:
 class DeliveryRunner:
     """Runs each delivery through its stages (`receive`, `decode`, the handler, `settle`, `conclude`, `finish`): the
     rules every delivery follows, whichever batch it is in."""
+
+    # What a handler's `ctx.log` is bound from: the worker's logger (the test kit's captures what a handler logs).
+    handler_log: Any = log
 
     def __init__(
         self,
@@ -220,7 +223,7 @@ class DeliveryRunner:
         guard = GuardedTransaction(connection)
         context = HandlerContext(
             event_id=delivery.event_id, idempotency_key=delivery.inbox_key, attempt=delivery.attempt,
-            received_at=delivery.received_at, log=log.bind(), tx=guard, kind=delivery.kind,
+            received_at=delivery.received_at, log=self.handler_log.bind(), tx=guard, kind=delivery.kind,
             identifiers=self.identifiers,
         )  # fmt: skip
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from infra.kinds import load_kinds, module_names
+from infra.kinds import declare_kind, import_user_module, load_entry_point, load_kinds, module_names
 from schemas.events import Event, decoder_for, kind_name_problem
 from schemas.fields import BodyDecoder
 from schemas.kinds import KINDS
@@ -106,21 +106,23 @@ migrations = REGISTRY.migrations
 def load_handler_modules(modules: Iterable[str], use_entry_points: bool = True) -> None:
     """Import the default handlers, then the user's modules (HC_HANDLERS / --handlers, each a module or a
     comma-separated list) and entry points (`hypercard.kinds`, `hypercard.handlers`); every kind with a handler is
-    then in the registry of kinds (`schemas.kinds.KINDS`), as the gateway and the operator commands know it."""
+    then in the registry of kinds (`schemas.kinds.KINDS`), as the gateway and the operator commands know it. A user's
+    module that cannot be imported is a ModuleLoadError (an ImportError) that names it."""
     importlib.import_module(DEFAULT_HANDLERS)
     for name in module_names(modules):
-        importlib.import_module(name)
+        import_user_module(name, "handler module")
         log.info("handler module loaded", module=name)
     if use_entry_points:
         load_kinds()
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-            entry_point.load()
+            load_entry_point(entry_point)
             log.info("handler module loaded", entry_point=entry_point.name)
     declare_handled_kinds(REGISTRY)
 
 
 def declare_handled_kinds(registry: Registry) -> None:
-    """Every kind `registry` has a handler for, known by its handler's Struct (its business ids logged in clear)."""
+    """Every kind `registry` has a handler for, known by its handler's Struct (its business ids logged in clear); a
+    handler's Struct for a kind another Struct declares is a ModuleLoadError naming both."""
     for registration in registry.registrations.values():
         if KINDS.event_type(registration.kind) is not registration.event_type:
-            KINDS.add(registration.event_type)
+            declare_kind(registration.event_type)

@@ -1,6 +1,8 @@
-"""A test kit for handler authors: run a handler the way a worker runs it — body decoded by its kind's decoder, inbox
-key claimed, handler called in a savepoint with a real `HandlerContext` — against a real PostgreSQL, inside one
-transaction that is rolled back when the kit closes, so a test leaves no row behind.
+"""A test kit for handler authors: run a handler through the worker's own code — its body decoded and its inbox key
+claimed as a worker does (`DeliveryRunner.decode`), its handler run in a savepoint (`workers.handling.handle`) with a
+real `HandlerContext` and the worker's guarded transaction and timeout, its outcome decided by `DeliveryRunner.settle`
+— against a real PostgreSQL, inside one transaction that is rolled back when the kit closes, so a test leaves no row
+behind.
 
     from workers.testing import handler_kit
 
@@ -12,37 +14,42 @@ transaction that is rolled back when the kit closes, so a test leaves no row beh
             assert (await kit.duplicate(first)).outcome == Outcome.DUPLICATE  # a platform retry: no second effect
 
 A run's outcome is what the worker would do with the message: HANDLED, DUPLICATE, SKIPPED, RETRIED (the handler
-failed and the schedule has a step left), DEAD_LETTERED (GiveUp, the schedule's end), QUARANTINED (a body that
-does not decode as its kind: the worker keeps it in hypercard.invalid),
-LEFT_FOR_REDELIVERY (the handler raised CancelledError of its own: the worker contains it and requeues the message).
-Nothing is published: a retry is run with `kit.retry(run)`, as the retry queue would deliver it."""
+failed, whatever it raised, and the schedule has a step left), DEAD_LETTERED (GiveUp, the schedule's end),
+QUARANTINED (a body that does not decode as its kind: the worker keeps it in hypercard.invalid). Nothing is
+published: the copy the worker would publish is kept on the run (`error_type`, `copy_headers`), and a retry is run
+with `kit.retry(run)`, as the retry queue would deliver it. This module holds only what a test needs around the
+worker's code: the rolled-back transaction, the captured logs and the copies."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterable, MutableMapping
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+import aio_pika
 import msgspec
 import structlog
+from aio_pika.abc import AbstractIncomingMessage, HeadersType
 from structlog.testing import LogCapture
 
 from infra.identifiers import IdentifierKey
-from infra.redaction import bind_secrets, redact_secrets
+from infra.redaction import redact_secrets
 from schemas.events import Event
-from workers import database
-from workers.context import HandlerContext
-from workers.errors import GiveUp, Skip
+from workers import database, handling
+from workers.acks import ChannelAcks
+from workers.delivery import DUPLICATE, Delivery, DeliveryRunner, Result
+from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcome
 from workers.registry import REGISTRY, Registration, Registry, declare_handled_kinds, load_handler_modules
-from workers.retries import next_retry_delay
+from workers.retries import RetryPublisher
 from workers.settings import WorkerSettings
 
 DEFAULTS = WorkerSettings()
+SAVEPOINT, RELEASE_SAVEPOINT = "SAVEPOINT delivery", "RELEASE SAVEPOINT delivery"  # the savepoint handling.handle uses
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +59,37 @@ class Run:
     event: Event | None  # None: the body did not decode
     body: bytes
     outcome: Outcome
-    error: BaseException | None  # what the handler raised (Skip, Retry, GiveUp, a bug, CancelledError), a decode error
+    error: BaseException | None  # what the handler raised (Skip, Retry, GiveUp, a bug, ...); a body's decode error
     attempt: int
     received_at: datetime
     event_id: str
     logs: list[MutableMapping[str, Any]] = field(default_factory=list)  # what the handler logged through ctx.log
+    # The headers of the copy the worker would publish: a retry's (`last_error_type`), a dead letter's
+    # (`error_type`, `error_message`), a quarantined body's (`validation_error`); empty when there is none.
+    copy_headers: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def error_type(self) -> str | None:
+        """The error type the worker writes on the retry or dead-letter copy (`HandlerTimeout` for a timeout)."""
+        value = self.copy_headers.get("error_type", self.copy_headers.get("last_error_type"))
+        return value if isinstance(value, str) else None
+
+
+class KeptCopies(RetryPublisher):
+    """The worker's retry publisher with nothing published: the copy it would store is kept, and counts as stored."""
+
+    def __init__(self) -> None:
+        super().__init__(cast("aio_pika.abc.AbstractChannel", None), delivery_limit=0)
+        self.headers: HeadersType = {}
+
+    async def _declare_retry_queue(self, kind: str, delay: float) -> bool:
+        return True
+
+    async def _republish(
+        self, message: AbstractIncomingMessage, queue: str, extra: HeadersType, *, redeclare: object = None
+    ) -> bool:
+        self.headers = {**(message.headers or {}), **extra}
+        return True
 
 
 class HandlerKit:
@@ -76,6 +109,10 @@ class HandlerKit:
         self.handler_timeout = handler_timeout
         # A secret of the kit's own: inbox keys and event ids behave as in production, without the deployment's.
         self.identifiers = IdentifierKey(secrets.token_hex(32))
+        self.runner = DeliveryRunner(
+            cast("Any", None), WorkerMetrics(), handler_timeout, lambda _: self.retry_delays, _never_unreachable,
+            self.identifiers,
+        )  # fmt: skip  # no pool: the kit's runs only take the stages that run on the transaction they are given
 
     async def run(self, event: Event | bytes | str, *, attempt: int = 1, received_at: datetime | None = None) -> Run:
         """Run the handler on an event, or on a body (bytes or str: a sample, a captured push) decoded as the worker
@@ -92,51 +129,47 @@ class HandlerKit:
         return await self._deliver(run.body, run.attempt, run.received_at)
 
     async def _deliver(self, body: bytes, attempt: int, received_at: datetime) -> Run:
-        kind = self.registration.kind
+        """One delivery through the worker's stages, as a batch takes it: decoded, claimed, its handler in a
+        savepoint, settled."""
         event_id = self.identifiers.event_id(body)
-        run = Run(None, body, Outcome.DEAD_LETTERED, None, attempt, received_at, event_id)
-        try:
-            event = self.registration.decoder.decode(body)
-        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as error:  # as the worker: hypercard.invalid
-            return replace(run, outcome=Outcome.QUARANTINED, error=error)
-        try:
-            natural_key = event.idempotency_key()
-        except Exception as error:  # as the worker: a bug in idempotency_key — a dead letter
-            return replace(run, error=error)
-        inbox_key = None if natural_key is None else self.identifiers.inbox_key(natural_key)
-        # The lines go through production's redaction, with this event's secrets bound as the worker binds them:
-        # what production would redact shows redacted here, and the kind's business ids in clear.
-        bind_secrets(getattr(event, name, None) for name in type(event).sensitive)
-        capture = LogCapture()
-        logger = structlog.wrap_logger(
-            None, processors=[redact_secrets, capture], wrapper_class=structlog.stdlib.BoundLogger
-        )
-        named = {**event.business_id_values(), "event_id": event_id, "notify_type": kind, "attempt": attempt}
-        context = HandlerContext(
-            event_id=event_id,
-            idempotency_key=inbox_key,
-            attempt=attempt,
+        copies = KeptCopies()
+        message = aio_pika.Message(body, headers={"event_id": event_id}, message_id=event_id)
+        delivery = Delivery(
+            registration=self.registration, message=cast("AbstractIncomingMessage", message), retry_publisher=copies,
+            acks=ChannelAcks(), arrived=time.perf_counter(), event_id=event_id, attempt=attempt,
             received_at=received_at,
-            log=logger.bind(**named),
-            tx=self.tx,
+        )  # fmt: skip
+        capture = LogCapture()
+        # What the handler logs goes through production's context and redaction: what a worker's line would redact
+        # shows redacted here, and the kind's business ids in clear.
+        self.runner.handler_log = structlog.wrap_logger(
+            None, processors=[structlog.contextvars.merge_contextvars, redact_secrets, capture],
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )  # fmt: skip
+        outcome = await self.runner.decode(delivery)
+        if outcome is None:
+            self.runner.bind(delivery)
+            result = await self._handle(delivery)
+            outcome = await self.runner.settle(delivery, result)
+            error = result if isinstance(result, BaseException) else None
+        else:
+            reason = copies.headers.get("validation_error")
+            error = msgspec.DecodeError(reason) if isinstance(reason, str) else None
+        structlog.contextvars.clear_contextvars()
+        return Run(
+            delivery.event, body, outcome, error, attempt, received_at, event_id, capture.entries, copies.headers
         )
-        run = replace(run, event=event, logs=capture.entries)
-        try:
-            async with self.tx.transaction():  # a savepoint: a failure undoes this run only, and its claim
-                if inbox_key is not None and not await database.claim(self.tx, kind, inbox_key, event_id):
-                    return replace(run, outcome=Outcome.DUPLICATE)
-                async with asyncio.timeout(self.handler_timeout):
-                    await self.registration.handler(event, context)
-        except Skip as error:
-            return replace(run, outcome=Outcome.SKIPPED, error=error)
-        except asyncio.CancelledError as error:
-            if _cancelling():  # the test's own task was cancelled: not the handler's outcome
-                raise
-            return replace(run, outcome=Outcome.LEFT_FOR_REDELIVERY, error=error)  # as workers.batches contains it
-        except Exception as error:
-            out_of_steps = isinstance(error, GiveUp) or next_retry_delay(attempt, self.retry_delays) is None
-            return replace(run, outcome=Outcome.DEAD_LETTERED if out_of_steps else Outcome.RETRIED, error=error)
-        return replace(run, outcome=Outcome.HANDLED)
+
+    async def _handle(self, delivery: Delivery) -> Result:
+        """Its claim and its handler in a savepoint of the kit's transaction, as a batch runs it."""
+        if delivery.inbox_key is not None and not await database.claim(
+            self.tx, delivery.kind, delivery.inbox_key, delivery.event_id
+        ):
+            return DUPLICATE
+        await self.tx.execute(SAVEPOINT)
+        result = await handling.handle(self.runner, self.tx, delivery)
+        await self.tx.execute(RELEASE_SAVEPOINT)
+        return result
 
 
 @asynccontextmanager
@@ -171,11 +204,10 @@ async def handler_kit(
         await pool.close()
 
 
-def _cancelling() -> bool:
-    """True when this task itself was asked to stop, not when the handler raised CancelledError of its own."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 def _as_bytes(body: bytes | str) -> bytes:
     return body.encode() if isinstance(body, str) else body
+
+
+async def _never_unreachable(_: Exception) -> bool:
+    """The kit's runs are on a transaction already open: a failure is always the handler's."""
+    return False

@@ -9,6 +9,8 @@ from schemas.events import Event
 
 class LowBalance(Event, tag="LOW_BALANCE"):
     business_ids = ("account_no",)
+    sensitive = frozenset({"pin"})  # as OPT_CODE declares its code: never logged, by the gateway or the workers
 
     account_no: str
     balance: int
+    pin: str = ""

@@ -9,4 +9,4 @@ from workers import HandlerContext, handles
 
 @handles(LowBalance)
 async def on_low_balance(event: LowBalance, ctx: HandlerContext) -> None:
-    ctx.log.info("low balance noted", balance=event.balance)
+    ctx.log.info("low balance noted", balance=event.balance, pin=event.pin)  # as careless as a handler can be

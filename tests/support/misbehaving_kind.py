@@ -1,7 +1,7 @@
 """A test-only kind, TEST_MISBEHAVING, whose handler does what a handler author's code might: commit or roll back
-the worker's transaction, raise a BaseException subclass or a CancelledError of its own. Each run that returns
-appends a row to test_effects in a nested savepoint (which must keep working). Registered in worker subprocesses
-through `--handlers tests.support.misbehaving_kind`."""
+the worker's transaction, raise a BaseException subclass, a CancelledError of its own or a plain bug, or hang. Each
+run that returns appends a row to test_effects in a nested savepoint (which must keep working). Registered in worker
+subprocesses through `--handlers tests.support.misbehaving_kind`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from workers import HandlerContext, handles, schema
 
 KIND = "TEST_MISBEHAVING"
 DELAYS = (0.2, 0.4)  # two retries, then the dead letter
+HANG = 60.0  # seconds a hanging handler sleeps: longer than the handler timeout of the tests that use it
 
 
 class HandlerQuit(BaseException):
@@ -20,8 +21,8 @@ class HandlerQuit(BaseException):
 
 
 class Misbehaving(Event, tag=KIND):
-    """`misbehave`: commit | commit_unguarded | rollback | base_exception | cancelled, on every attempt; empty: an
-    innocent event."""
+    """`misbehave`: commit | commit_unguarded | rollback | base_exception | cancelled | raise | hang (past any
+    HC_HANDLER_TIMEOUT a test sets), on every attempt; empty: an innocent event."""
 
     token: str
     misbehave: str = ""
@@ -44,6 +45,10 @@ async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
         raise HandlerQuit("a library gave up")
     elif event.misbehave == "cancelled":
         raise asyncio.CancelledError("a library's future was cancelled under the handler")
+    elif event.misbehave == "raise":
+        raise RuntimeError("a bug in the handler")
+    elif event.misbehave == "hang":
+        await asyncio.sleep(HANG)
 
 
 schema(CREATE_TABLE)

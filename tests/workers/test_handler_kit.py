@@ -72,16 +72,18 @@ async def test_a_slow_handler_times_out_and_a_body_that_does_not_decode_is_quara
     async with kit(handler_timeout=0.2) as k:
         slow = await k.run(KitProbe(name="d", behaviour="slow"))
         assert slow.outcome == Outcome.RETRIED and isinstance(slow.error, TimeoutError)
+        assert slow.error_type == "HandlerTimeout"  # what the worker's retry copy says
         broken = await k.run(b'{"notify_type": "KIT_PROBE", "name": 7}')
         assert broken.outcome == Outcome.QUARANTINED and broken.event is None and "name" in str(broken.error)
 
 
-async def test_a_handler_that_raises_cancelled_error_is_left_for_redelivery_as_the_worker_leaves_it():
-    """The worker contains a CancelledError that is not its own shutdown (workers.batches): the message is requeued,
-    the handler's writes and its claim undone. The kit says the same, and the test that called it goes on."""
+async def test_a_handler_that_raises_cancelled_error_is_retried_as_the_worker_retries_it():
+    """A CancelledError the handler raised of its own fails its delivery as any error does in a worker
+    (tests/workers/test_kit_parity.py): retried with its type name, its writes and its claim undone. The test that
+    called the kit goes on."""
     async with kit() as k:
         cancelled = await k.run(KitProbe(name="f", behaviour="cancelled"))
-        assert cancelled.outcome == Outcome.LEFT_FOR_REDELIVERY
+        assert (cancelled.outcome, cancelled.error_type) == (Outcome.RETRIED, "CancelledError")
         assert isinstance(cancelled.error, asyncio.CancelledError)
         assert await k.tx.fetchval("SELECT count(*) FROM kit_probes WHERE name = 'f'") == 0
         assert await k.tx.fetchval("SELECT count(*) FROM hypercard_inbox WHERE kind = 'KIT_PROBE'") == 0

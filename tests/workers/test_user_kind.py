@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import string
 import subprocess
 import sys
 import urllib.request
@@ -104,6 +106,27 @@ async def test_a_body_the_worker_cannot_decode_is_quarantined_with_its_reason_no
     assert kept.headers["event_id"] == "direct-1" and "balance" in kept.headers["validation_error"]
     assert not worker.events(event="failure contained to its delivery")
     assert not await take(amqp, topology.dead_queue(KIND), timeout=0.5)
+
+
+async def test_a_user_kinds_sensitive_field_reaches_no_log_line_and_no_held_messages_header(processes, amqp):
+    """LOW_BALANCE declares its `pin` sensitive as OPT_CODE declares its code: the gateway keeps it out of its lines
+    as the worker does, even where the platform put the same value in the business id too, and out of the headers
+    of the message it holds."""
+    gateway, worker, port, _, key = processes
+    await eventually(lambda: _logged(worker, event="consuming"), timeout=20)
+    # No digit run, no e-mail: only the kind's declaration says that it is a secret. A new one on each run: the
+    # inbox of a database the suite did not reset would take the same event for a duplicate.
+    pin = "".join(random.choices(string.ascii_letters, k=8))
+    event = {"notify_type": KIND, "account_no": pin, "balance": 3, "pin": pin}
+    assert await asyncio.to_thread(push, port, key, event) == 1
+    await eventually(lambda: _logged(worker, event="message", outcome="handled"), timeout=20)
+    await asyncio.to_thread(push, port, key, {**event, "balance": "x"})  # invalid: held in hypercard.invalid
+    (held,) = await take(amqp, topology.INVALID_QUEUE)
+    assert pin not in json.dumps(held.headers, default=str), held.headers
+    gateway.stop()
+    worker.stop()
+    logs = gateway.output + worker.output
+    assert len(logs.splitlines()) > 5 and pin not in logs, [line for line in logs.splitlines() if pin in line]
 
 
 def status(*args: str) -> subprocess.CompletedProcess:
