@@ -1,5 +1,7 @@
 """A test-only kind, TEST_MISBEHAVING, whose handler does what a handler author's code might: commit or roll back
-the worker's transaction, raise a BaseException subclass or a CancelledError of its own. Each run that returns
+the worker's transaction (through the guard, hidden after a literal, or around it), change the pooled connection's
+session, raise a BaseException subclass (SystemExit and KeyboardInterrupt included) or a CancelledError of its own,
+or ignore its cancellation past HC_HANDLER_TIMEOUT. Each run that returns
 appends a row to test_effects in a nested savepoint (which must keep working). Registered in worker subprocesses
 through `--handlers tests.support.misbehaving_kind`."""
 
@@ -19,18 +21,43 @@ class HandlerQuit(BaseException):
     """What a library might raise that is not an Exception."""
 
 
+# Statements sent through the guard (ctx.tx.execute): each ends the transaction or changes the session, however it
+# hides its transaction control. '\\' is a whole literal (standard_conforming_strings), the `$` a dollar quote's
+# look-alike.
+STATEMENTS = {
+    "commit_after_literal": "SELECT '\\', '$'; COMMIT",
+    "commit_after_dollar_quote": "SELECT $tag$ ; $tag$, $$ ' $$; COMMIT",
+    "set_session": "SET statement_timeout = '1s'",
+    "set_role": "SET SESSION ROLE NONE",
+    "reset": "RESET statement_timeout",
+    "discard": "DISCARD SEQUENCES",
+    "listen": "LISTEN hypercard_test",
+    "unlisten": "UNLISTEN *",
+}
+# What an innocent event may run through the guard: it only looks like transaction control, and SET LOCAL ends with
+# the transaction.
+HARMLESS = (
+    "SELECT 'a;COMMIT', E'\\';ROLLBACK', \"b;END\" FROM (SELECT 1 AS \"b;END\") AS t /* ; BEGIN /* ; */ ; END */ "
+    "-- ; ABORT\n; SET LOCAL statement_timeout = '5s'"
+)
+
+
 class Misbehaving(Event, tag=KIND):
-    """`misbehave`: commit | commit_unguarded | rollback | base_exception | cancelled, on every attempt; empty: an
-    innocent event."""
+    """`misbehave`: commit | commit_unguarded | rollback | base_exception | cancelled | system_exit |
+    keyboard_interrupt | commit_and_chain | rollback_and_chain | deaf | one of STATEMENTS, on every attempt; empty:
+    an innocent event. `sql`: a statement run through ctx.tx first (HARMLESS)."""
 
     token: str
     misbehave: str = ""
+    sql: str = ""
 
     def idempotency_key(self) -> str:
         return self.token
 
 
 async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
+    if event.sql:
+        await ctx.tx.execute(event.sql)
     async with ctx.tx.transaction():  # a savepoint of the handler's own
         await ctx.tx.execute("INSERT INTO test_effects (kind, token, attempt) VALUES ($1, $2, $3)", KIND,
                              event.token, ctx.attempt)  # fmt: skip
@@ -44,6 +71,20 @@ async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
         raise HandlerQuit("a library gave up")
     elif event.misbehave == "cancelled":
         raise asyncio.CancelledError("a library's future was cancelled under the handler")
+    elif event.misbehave in STATEMENTS:
+        await ctx.tx.execute(STATEMENTS[event.misbehave])
+    elif event.misbehave in ("commit_and_chain", "rollback_and_chain"):  # behind the guard
+        await ctx.tx._connection.execute(event.misbehave.replace("_", " ").upper())  # noqa: SLF001
+    elif event.misbehave == "system_exit":
+        raise SystemExit(3)
+    elif event.misbehave == "keyboard_interrupt":
+        raise KeyboardInterrupt
+    elif event.misbehave == "deaf":  # deaf to its cancellation: the worker has to abandon it
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass
 
 
 schema(CREATE_TABLE)
