@@ -104,7 +104,6 @@ async def test_a_failing_call_is_retried_with_the_same_idempotency_key_until_it_
     assert await eventually(lambda: _outbox_empty(db))
 
 
-@pytest.mark.xfail(strict=True, reason="the relay catches Exception only; fixed in the next commit")
 @pytest.mark.parametrize("failure", ["quit", "cancelled"])
 async def test_an_effect_raising_a_base_exception_fails_one_try_and_the_relay_goes_on(
     make_worker, db, amqp, external, failure
