@@ -64,7 +64,7 @@ async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
     if event.misbehave == "commit":
         await ctx.tx.execute("COMMIT")
     elif event.misbehave == "commit_unguarded":  # around the guard: a statement prepared, then run
-        await (await ctx.tx.prepare("COMMIT")).fetch()
+        await (await ctx.tx._connection.prepare("COMMIT")).fetch()  # noqa: SLF001
     elif event.misbehave == "rollback":
         await ctx.tx.execute("ROLLBACK")
     elif event.misbehave == "base_exception":
