@@ -86,8 +86,6 @@ SESSION = {name for name, error_type in LATER.items() if error_type == "HandlerC
 # What these handlers commit themselves, around the guard, stays committed.
 COMMITTED_AROUND_THE_GUARD = {"commit_unguarded", "commit_and_chain"}
 HANDLER_TIMEOUT = 0.5  # for `deaf`: the worker gives up on it after this and a short grace
-LATER_MARK = pytest.mark.xfail(strict=True, reason="found after the first round; fixed in the next commit")
-GUARDED = {"commit_after_literal", "commit_after_dollar_quote", *SESSION}  # fixed in the guard
 
 
 def cases() -> list:
@@ -97,8 +95,7 @@ def cases() -> list:
         for batch_size in [1, 8]:
             if misbehave in SESSION and batch_size == 1 and misbehave != "set_session":
                 continue
-            marks = [LATER_MARK] if misbehave in LATER and misbehave not in GUARDED else []
-            found.append(pytest.param(misbehave, batch_size, marks=marks, id=f"{misbehave}-{batch_size}"))
+            found.append(pytest.param(misbehave, batch_size, id=f"{misbehave}-{batch_size}"))
     return found
 
 
