@@ -25,7 +25,18 @@ from aio_pika.exceptions import ChannelInvalidStateError
 
 from infra.waiting import wait_for_event
 from workers import database, handling
-from workers.delivery import DUPLICATE, HANDLED, Delivery, DeliveryRunner, Result, stopping
+from workers.delivery import (
+    DUPLICATE,
+    HANDLED,
+    RELEASE_SAVEPOINT,
+    SAVEPOINT,
+    SAVEPOINT_GONE,
+    Delivery,
+    DeliveryRunner,
+    HandlerAbandoned,
+    Result,
+    stopping,
+)
 from workers.handling import CONTENTION
 from workers.outcomes import Outcome
 from workers.transaction_guard import HandlerEndedTransaction
@@ -34,8 +45,8 @@ log = structlog.get_logger("workers")
 BATCH_LOCK_TIMEOUT = "100ms"
 LOOP_RESTART_DELAY = 0.5  # a loop that keeps failing at once does not spin
 # One savepoint name, reused: releasing the previous savepoint and opening the next take one round trip.
-FIRST_SAVEPOINT = f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'; SAVEPOINT delivery"
-NEXT_SAVEPOINT = "RELEASE SAVEPOINT delivery; SAVEPOINT delivery"
+FIRST_SAVEPOINT = f"SET LOCAL lock_timeout = '{BATCH_LOCK_TIMEOUT}'; {SAVEPOINT}"
+NEXT_SAVEPOINT = f"{RELEASE_SAVEPOINT}; {SAVEPOINT}"
 
 
 class Batches:
@@ -172,7 +183,7 @@ class Batches:
             await self._transaction(deliveries, results)
         except asyncio.CancelledError:
             raise
-        except HandlerEndedTransaction as ended:  # only a transaction that really ended gets here (`lost`)
+        except (HandlerEndedTransaction, HandlerAbandoned) as ended:  # only a transaction that really ended gets here
             await self._undo(deliveries, results, ended, outcomes)
             return
         except Exception as error:
@@ -197,23 +208,24 @@ class Batches:
         (HandlerEndedTransaction, `lost`), when `results` holds what had run before."""
         # The batch's span holds its claim and commit; each delivery's span its savepoint and handler.
         with self.runner.transaction_span(deliveries):
-            async with self.runner.pool.acquire() as connection, connection.transaction():
+            async with self.runner.transaction() as connection:
                 await self._each_in_its_savepoint(connection, deliveries, results)
 
     async def _undo(
         self,
         deliveries: list[Delivery],
         results: dict[Delivery, Result],
-        ended: HandlerEndedTransaction,
+        ended: HandlerEndedTransaction | HandlerAbandoned,
         outcomes: dict[Delivery, Outcome],
     ) -> None:
-        """A handler ended the batch's transaction (committed or rolled back what was done so far): the claims of
-        the deliveries not handled yet are undone, the offender fails, the others are handled again one per
-        transaction (a handler that had run and whose work was committed then finds its claim: a duplicate)."""
+        """A handler ended the batch's transaction (committed or rolled back what was done so far, or was abandoned
+        with its connection): the claims of the deliveries not handled yet are undone, the offender fails, the others
+        are handled again one per transaction (a handler that had run and whose work was committed then finds its
+        claim: a duplicate)."""
         structlog.contextvars.clear_contextvars()
         self.runner.metrics.batch_rollbacks.labels("failure").inc()
         log.warning("a handler ended its batch's transaction; handling the batch one delivery per transaction",
-                    size=len(deliveries))  # fmt: skip
+                    size=len(deliveries), error=type(ended).__name__)  # fmt: skip
         not_run = [delivery for delivery in deliveries if delivery not in results]
         offender = not_run[0]
         await self.runner.release_claims(not_run)
@@ -238,15 +250,33 @@ class Batches:
         for delivery in deliveries:  # first: the deliveries without a result then all hold a claim of this batch
             if delivery.inbox_key is not None and (delivery.kind, delivery.inbox_key) not in claimed:
                 results[delivery] = DUPLICATE
-        savepoint = FIRST_SAVEPOINT
+        previous: Delivery | None = None  # the delivery whose savepoint the next statement releases
         for delivery in deliveries:
             if delivery in results:
                 continue
             self.runner.bind(delivery)
             with self.runner.traced(delivery):
-                await connection.execute(savepoint)
-                savepoint = NEXT_SAVEPOINT
+                await _savepoint(connection, NEXT_SAVEPOINT if previous else FIRST_SAVEPOINT, previous, results)
                 results[delivery] = await handling.handle(self.runner, connection, delivery)
+                previous = delivery
+        if previous is not None:  # the last handler's savepoint too: still there, or its handler ended the transaction
+            await _savepoint(connection, RELEASE_SAVEPOINT, previous, results)
+
+
+async def _savepoint(
+    connection: database.Transaction, statement: str, previous: Delivery | None, results: dict[Delivery, Result]
+) -> None:
+    """Run `statement`, which releases the savepoint of `previous` if there is one: gone, that delivery's handler
+    ended the transaction behind its guard (COMMIT AND CHAIN, ...), and is the offender (`results` forgets it)."""
+    try:
+        await connection.execute(statement)
+    except SAVEPOINT_GONE as error:
+        if previous is None:
+            raise
+        del results[previous]
+        raise HandlerEndedTransaction(
+            "the handler ended the worker's transaction behind its guard", lost=True
+        ) from error
 
 
 def _channel_open(delivery: Delivery) -> bool:

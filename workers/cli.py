@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from collections.abc import Callable
 
@@ -51,6 +52,12 @@ async def serve(runtime: WorkerRuntime, settings: WorkerSettings) -> None:
         runtime.tracing.shutdown()  # the spans still buffered are exported
     health.stop()
     log.info("worker stopped")
+    if runtime.abandoned_handlers:  # deaf to their cancellation: the event loop would wait for them forever
+        log.warning("exiting without the handlers that ignored their cancellation",
+                    count=runtime.abandoned_handlers)  # fmt: skip
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:

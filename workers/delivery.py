@@ -8,16 +8,19 @@ Headers are input like the body (anyone holding the broker user can publish to a
 not an integer from 1 to MAX_ATTEMPT dead-letters the message with error_type BadHeader; a `received_at` that is not
 an ISO 8601 time with its offset is replaced by the time of delivery; both are counted and logged, never raised.
 
-A handler is someone else's code: whatever it raises (a BaseException, a CancelledError of its own included) fails its
-delivery alone, and the transaction it is given is the worker's, which it may not end (`workers.transaction_guard`).
-Only the worker's own stop (`stopping`) ends a loop."""
+A handler is someone else's code: whatever it raises (any BaseException, SystemExit, KeyboardInterrupt and a
+CancelledError of its own included) fails its delivery alone, and the transaction it is given is the worker's, which
+it may not end, nor change the session of (`workers.transaction_guard`). It runs as a task of its own: one deaf to its
+cancellation is abandoned HC_HANDLER_TIMEOUT plus ABANDON_GRACE seconds after it started, its connection terminated
+so that its transaction can never commit (HandlerAbandoned, a HandlerTimeout). Only the worker's own stop, the
+cancellation of its task (`stopping`), ends a loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -62,6 +65,20 @@ FINISH_KEYS = frozenset({"event", "event_id", "notify_type", "attempt", "kind", 
 NOT_TRACED = contextlib.nullcontext()  # what a span's context manager is while tracing is off
 # Seconds a delivery whose retry or dead-letter copy could not be stored is held before it is requeued: no tight loop.
 UNSETTLED_PAUSE = 1.0
+# Seconds a handler cancelled at HC_HANDLER_TIMEOUT (or at the worker's stop) has to end before it is abandoned.
+ABANDON_GRACE = 1.0
+# The savepoint a delivery's handler runs in: still there after the handler, or the handler ended the transaction.
+SAVEPOINT = "SAVEPOINT delivery"
+RELEASE_SAVEPOINT = "RELEASE SAVEPOINT delivery"
+ROLLBACK_SAVEPOINT = "ROLLBACK TO SAVEPOINT delivery"
+# What PostgreSQL answers about a savepoint of a transaction that ended behind the guard (COMMIT AND CHAIN, ...).
+SAVEPOINT_GONE = (asyncpg.exceptions.InvalidSavepointSpecificationError, asyncpg.exceptions.NoActiveSQLTransactionError)
+
+
+class HandlerAbandoned(TimeoutError):
+    """A handler ran past HC_HANDLER_TIMEOUT and ignored its cancellation: it is left running, its connection
+    terminated (its transaction rolled back by PostgreSQL, never committed), and its delivery fails (HandlerTimeout).
+    The other deliveries of its transaction are handled again, one per transaction."""
 
 
 @dataclass(eq=False, slots=True, kw_only=True)
@@ -112,6 +129,7 @@ class DeliveryRunner:
         self.handler_timeout = handler_timeout
         self.retry_delays = retry_delays
         self.database_unreachable = database_unreachable
+        self.abandoned: set[asyncio.Task[BaseException | None]] = set()  # handlers deaf to their cancellation
 
     def receive(
         self,
@@ -218,8 +236,9 @@ class DeliveryRunner:
         return Outcome.LEFT_FOR_REDELIVERY
 
     async def run_handler(self, delivery: Delivery, connection: database.Transaction) -> None:
-        """Its handler, in the worker's transaction: raises what the handler raised, or HandlerEndedTransaction if it
-        ended that transaction or tried to."""
+        """Its handler, in the worker's transaction, as a task of its own: raises what the handler raised,
+        HandlerEndedTransaction or HandlerChangedSession if it ended that transaction or changed its session or tried
+        to, TimeoutError past HC_HANDLER_TIMEOUT, HandlerAbandoned if it ignored its cancellation."""
         guard = GuardedTransaction(connection)
         context = HandlerContext(
             event_id=delivery.event_id, idempotency_key=delivery.inbox_key, attempt=delivery.attempt,
@@ -227,16 +246,54 @@ class DeliveryRunner:
             identifiers=self.identifiers,
         )  # fmt: skip
         try:
-            async with asyncio.timeout(self.handler_timeout):
-                await delivery.registration.handler(delivery.event, context)
+            await self._handler_task(delivery, context, connection)
         except BaseException as error:
+            if stopping(error) or isinstance(error, HandlerAbandoned) or error is guard.refused:
+                raise
             ended = guard.ended()
-            if ended is None or stopping(error):
+            if ended is None:
                 raise
             raise ended from error
         ended = guard.ended()
         if ended is not None:
             raise ended
+
+    async def _handler_task(
+        self, delivery: Delivery, context: HandlerContext, connection: database.Transaction
+    ) -> None:
+        handler = delivery.registration.handler
+        task = asyncio.create_task(_contained(handler(delivery.event, context)), name=f"handler {delivery.kind}")
+        try:
+            if not (await asyncio.wait({task}, timeout=self.handler_timeout))[0]:
+                task.cancel()
+                if not (await asyncio.wait({task}, timeout=ABANDON_GRACE))[0]:
+                    self._abandon(delivery, task, connection)
+                    raise HandlerAbandoned(
+                        f"the handler ran past HC_HANDLER_TIMEOUT ({self.handler_timeout} s) and ignored its "
+                        "cancellation: abandoned, its transaction rolled back"
+                    )
+        except asyncio.CancelledError:  # the worker's stop: the handler is cancelled too, abandoned if it is deaf
+            task.cancel()
+            if not (await asyncio.wait({task}, timeout=ABANDON_GRACE))[0]:
+                self._abandon(delivery, task, connection)
+            raise
+        if task.cancelled():
+            raise TimeoutError(f"the handler ran past HC_HANDLER_TIMEOUT ({self.handler_timeout} s)")
+        error = task.result()
+        if error is not None:
+            raise error
+
+    def _abandon(
+        self, delivery: Delivery, task: asyncio.Task[BaseException | None], connection: database.Transaction
+    ) -> None:
+        """Leave a handler deaf to its cancellation running, out of reach: its connection is terminated, so nothing
+        it did or does can commit. Kept until it ends (`abandoned`); the process exits without it."""
+        self.abandoned.add(task)
+        task.add_done_callback(self.abandoned.discard)
+        connection.terminate()
+        self.metrics.contained_failures.labels(delivery.kind, "abandoned").inc()
+        log.error("handler ignored its cancellation; abandoned, its connection terminated",
+                  timeout_seconds=self.handler_timeout)  # fmt: skip
 
     async def process_alone(self, delivery: Delivery) -> Outcome:
         """A decoded delivery in a transaction of its own; what became of it."""
@@ -266,13 +323,32 @@ class DeliveryRunner:
                         connection, delivery.kind, delivery.inbox_key, delivery.previous_inbox_key
                     )
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[database.Transaction]:
+        """A pooled connection in a transaction. A handler abandoned in it (its connection terminated) stays the
+        error, not what asyncpg raises when it cannot roll back on that connection."""
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                yield connection
+        except asyncpg.InterfaceError as error:
+            if isinstance(error.__context__, HandlerAbandoned | asyncio.CancelledError):  # abandoned, or at the stop
+                raise error.__context__ from None
+            raise
+
     async def _transaction_alone(self, delivery: Delivery) -> Result:
-        async with self.pool.acquire() as connection, connection.transaction():
+        async with self.transaction() as connection:
             if delivery.inbox_key is not None and not await database.claim(
                 connection, delivery.kind, delivery.inbox_key, delivery.event_id, delivery.previous_inbox_key
             ):
                 return DUPLICATE
-            await self.run_handler(delivery, connection)
+            await connection.execute(SAVEPOINT)
+            try:
+                await self.run_handler(delivery, connection)
+            except BaseException as error:
+                if not (stopping(error) or isinstance(error, HandlerAbandoned | HandlerEndedTransaction)):
+                    await end_savepoint(connection, failed=True)
+                raise
+            await end_savepoint(connection, failed=False)
             return HANDLED
 
     async def settle(self, delivery: Delivery, result: Result) -> Outcome:
@@ -365,12 +441,39 @@ class DeliveryRunner:
 
 
 def stopping(error: BaseException) -> bool:
-    """Is `error` the worker's own stop (its task cancelled, an interrupt, an exit) rather than a handler's failure?
-    A CancelledError a handler raised of its own (a library's future cancelled under it) is the handler's."""
-    if isinstance(error, asyncio.CancelledError):
-        task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
-    return isinstance(error, KeyboardInterrupt | SystemExit)
+    """Is `error` the worker's own stop, its task cancelled, rather than a handler's failure? A CancelledError a
+    handler raised of its own (a library's future cancelled under it), a SystemExit or a KeyboardInterrupt it raised,
+    are the handler's: the worker stops on its signals (infra.signals), never on an exception."""
+    return isinstance(error, asyncio.CancelledError) and cancelling()
+
+
+def cancelling() -> bool:
+    """Is the current task being cancelled (by the worker's stop, a timeout of its own)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _contained(handler: Awaitable[None]) -> BaseException | None:
+    """A handler's run in its task: what it raised, returned, so that no SystemExit or KeyboardInterrupt reaches the
+    event loop (a task re-raises those there); only the task's own cancellation is raised."""
+    try:
+        await handler
+    except BaseException as error:
+        if isinstance(error, asyncio.CancelledError) and cancelling():
+            raise
+        return error
+    return None
+
+
+async def end_savepoint(connection: database.Transaction, *, failed: bool) -> None:
+    """Release the delivery's savepoint, or roll back to it if its handler `failed`. Its savepoint gone, the handler
+    ended the worker's transaction behind its guard (COMMIT AND CHAIN, ...): HandlerEndedTransaction, `lost`."""
+    try:
+        await connection.execute(ROLLBACK_SAVEPOINT if failed else RELEASE_SAVEPOINT)
+    except SAVEPOINT_GONE as error:
+        raise HandlerEndedTransaction(
+            "the handler ended the worker's transaction behind its guard", lost=True
+        ) from error
 
 
 def _bind_secrets(delivery: Delivery) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncpg
 
 from workers import database
-from workers.delivery import HANDLED, Delivery, DeliveryRunner, Result, stopping
+from workers.delivery import HANDLED, Delivery, DeliveryRunner, HandlerAbandoned, Result, end_savepoint, stopping
 from workers.transaction_guard import HandlerEndedTransaction
 
 # Another transaction holds what this batch needs: handled again one delivery per transaction.
@@ -17,7 +17,6 @@ CONTENTION = (
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,
 )
-ROLLBACK_SAVEPOINT = "ROLLBACK TO SAVEPOINT delivery"
 
 
 async def handle(runner: DeliveryRunner, connection: database.Transaction, delivery: Delivery) -> Result:
@@ -26,9 +25,11 @@ async def handle(runner: DeliveryRunner, connection: database.Transaction, deliv
     except CONTENTION:
         raise  # not the event's fault: the whole batch again, one delivery per transaction
     except BaseException as error:  # its own effects undone, and its claim, so that its retry is not a duplicate
-        if stopping(error) or (isinstance(error, HandlerEndedTransaction) and error.lost):
+        if stopping(error) or isinstance(error, HandlerAbandoned):
             raise
-        await connection.execute(ROLLBACK_SAVEPOINT)
+        if isinstance(error, HandlerEndedTransaction) and error.lost:
+            raise
+        await end_savepoint(connection, failed=True)  # raises HandlerEndedTransaction if it ended it
         if delivery.inbox_key is not None:
             await database.release_claim(connection, delivery.kind, delivery.inbox_key, delivery.previous_inbox_key)
         return error

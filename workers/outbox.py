@@ -186,7 +186,8 @@ class OutboxRelay:
 
     async def _perform(self, row: asyncpg.Record) -> str | None:
         """Call the row's effect; None when it succeeded, else the type of what it raised (never its text: it may
-        quote the payload, a one-time code)."""
+        quote the payload, a one-time code). Whatever it raises, SystemExit and a CancelledError of its own included,
+        is a failed try, caught here: a task re-raises SystemExit and KeyboardInterrupt into the event loop."""
         # Each row is performed in a task of its own (gather): what it logs names its event, and only its.
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(event_id=row["event_id"], notify_type=row["kind"])
@@ -195,7 +196,10 @@ class OutboxRelay:
                 key = row["idempotency_key"]
                 plain = self.sealer.open(row["payload"], key) if row["sealed"] else row["payload"]
                 await EFFECTS[row["effect"]](msgspec.json.decode(plain), key)
-        except Exception as error:
+        except BaseException as error:  # a BaseException of the effect's own too: one failed try, not the relay's end
+            task = asyncio.current_task()
+            if isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0:
+                raise  # the relay's stop
             self.metrics.failures.labels(row["kind"]).inc()
             log.warning("effect failed; it is tried again", effect=row["effect"], attempts=row["attempts"] + 1,
                         error_type=type(error).__name__)  # fmt: skip

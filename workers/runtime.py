@@ -115,6 +115,11 @@ class WorkerRuntime:
     def consuming(self) -> bool:
         return self._consuming.is_set()
 
+    @property
+    def abandoned_handlers(self) -> int:
+        """Handlers still running that ignored their cancellation (workers.delivery.HandlerAbandoned)."""
+        return 0 if self._runner is None else len(self._runner.abandoned)
+
     async def stop(self) -> None:
         """Stop consuming, let in-flight handlers finish within HC_SHUTDOWN_GRACE, leave the rest unacked (the broker
         redelivers them), close."""

@@ -22,15 +22,25 @@ TEST_DELAYS = (0.2, 0.4, 0.8)
 
 class External(Event, tag="TEST_EXTERNAL"):
     """`touch_hot`: also adds 1 to the one row of test_hot, after handing the call over; `fail_first`: the first
-    attempt raises after handing the call over; `failing_calls`: that many calls fail before one succeeds."""
+        attempt raises after handing the call over; `failing_calls`: that many calls fail before one succeeds, each
+    raising ConnectionError, or what `failure` names: `quit` (ServiceQuit, a BaseException) or `cancelled` (a
+    CancelledError of the effect's own)."""
 
     token: str
     touch_hot: bool = False
     fail_first: bool = False
     failing_calls: int = 0
+    failure: str = ""
 
     def idempotency_key(self) -> str:
         return self.token
+
+
+class ServiceQuit(BaseException):
+    """What a client library might raise that is not an Exception."""
+
+
+FAILURES: dict[str, type[BaseException]] = {"quit": ServiceQuit, "cancelled": asyncio.CancelledError}
 
 
 def calls(path: str) -> list[str]:
@@ -56,7 +66,7 @@ async def call_service(payload: Any, idempotency_key: str) -> None:
     failed = sum(line.startswith(f"failed {token} ") for line in calls(os.environ["HYPERCARD_TEST_EXTERNAL_FILE"]))
     if failed < payload["failing_calls"]:
         await asyncio.to_thread(_append, f"failed {token} {idempotency_key}")
-        raise ConnectionError("the service did not answer")
+        raise FAILURES.get(payload.get("failure", ""), ConnectionError)("the service did not answer")
     await asyncio.to_thread(_append, f"{token} {idempotency_key}")
 
 
@@ -64,7 +74,9 @@ async def handle(event: External, ctx: HandlerContext) -> None:
     await ctx.tx.execute(
         "INSERT INTO test_effects (kind, token, attempt) VALUES ($1, $2, $3)", event.kind(), event.token, ctx.attempt
     )
-    await ctx.after_commit(call_service, {"token": event.token, "failing_calls": event.failing_calls})
+    await ctx.after_commit(
+        call_service, {"token": event.token, "failing_calls": event.failing_calls, "failure": event.failure}
+    )
     if event.touch_hot:
         await ctx.tx.execute("UPDATE test_hot SET touched = touched + 1")
     if event.fail_first and ctx.attempt == 1:

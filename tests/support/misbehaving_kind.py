@@ -1,7 +1,9 @@
 """A test-only kind, TEST_MISBEHAVING, whose handler does what a handler author's code might: commit or roll back
-the worker's transaction, raise a BaseException subclass, a CancelledError of its own or a plain bug, or hang. Each
-run that returns appends a row to test_effects in a nested savepoint (which must keep working). Registered in worker
-subprocesses through `--handlers tests.support.misbehaving_kind`."""
+the worker's transaction (through the guard, hidden after a literal, or around it), change the pooled connection's
+session, raise a BaseException subclass (SystemExit and KeyboardInterrupt included), a CancelledError of its own or
+a plain bug, hang, or ignore its cancellation past HC_HANDLER_TIMEOUT. Each run that returns appends a row to
+test_effects in a nested savepoint (which must keep working). Registered in worker subprocesses through
+`--handlers tests.support.misbehaving_kind`."""
 
 from __future__ import annotations
 
@@ -20,25 +22,51 @@ class HandlerQuit(BaseException):
     """What a library might raise that is not an Exception."""
 
 
+# Statements sent through the guard (ctx.tx.execute): each ends the transaction or changes the session, however it
+# hides its transaction control. '\\' is a whole literal (standard_conforming_strings), the `$` a dollar quote's
+# look-alike.
+STATEMENTS = {
+    "commit_after_literal": "SELECT '\\', '$'; COMMIT",
+    "commit_after_dollar_quote": "SELECT $tag$ ; $tag$, $$ ' $$; COMMIT",
+    "set_session": "SET statement_timeout = '1s'",
+    "set_role": "SET SESSION ROLE NONE",
+    "reset": "RESET statement_timeout",
+    "discard": "DISCARD SEQUENCES",
+    "listen": "LISTEN hypercard_test",
+    "unlisten": "UNLISTEN *",
+}
+# What an innocent event may run through the guard: it only looks like transaction control, and SET LOCAL ends with
+# the transaction.
+HARMLESS = (
+    "SELECT 'a;COMMIT', E'\\';ROLLBACK', \"b;END\" FROM (SELECT 1 AS \"b;END\") AS t /* ; BEGIN /* ; */ ; END */ "
+    "-- ; ABORT\n; SET LOCAL statement_timeout = '5s'"
+)
+
+
 class Misbehaving(Event, tag=KIND):
     """`misbehave`: commit | commit_unguarded | rollback | base_exception | cancelled | raise | hang (past any
-    HC_HANDLER_TIMEOUT a test sets), on every attempt; empty: an innocent event."""
+    HC_HANDLER_TIMEOUT a test sets) | system_exit | keyboard_interrupt | commit_and_chain | rollback_and_chain | deaf |
+    one of STATEMENTS, on every attempt; empty: an innocent event. `sql`: a statement run through ctx.tx first
+    (HARMLESS)."""
 
     token: str
     misbehave: str = ""
+    sql: str = ""
 
     def idempotency_key(self) -> str:
         return self.token
 
 
 async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
+    if event.sql:
+        await ctx.tx.execute(event.sql)
     async with ctx.tx.transaction():  # a savepoint of the handler's own
         await ctx.tx.execute("INSERT INTO test_effects (kind, token, attempt) VALUES ($1, $2, $3)", KIND,
                              event.token, ctx.attempt)  # fmt: skip
     if event.misbehave == "commit":
         await ctx.tx.execute("COMMIT")
     elif event.misbehave == "commit_unguarded":  # around the guard: a statement prepared, then run
-        await (await ctx.tx.prepare("COMMIT")).fetch()
+        await (await ctx.tx._connection.prepare("COMMIT")).fetch()  # noqa: SLF001
     elif event.misbehave == "rollback":
         await ctx.tx.execute("ROLLBACK")
     elif event.misbehave == "base_exception":
@@ -49,6 +77,20 @@ async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
         raise RuntimeError("a bug in the handler")
     elif event.misbehave == "hang":
         await asyncio.sleep(HANG)
+    elif event.misbehave in STATEMENTS:
+        await ctx.tx.execute(STATEMENTS[event.misbehave])
+    elif event.misbehave in ("commit_and_chain", "rollback_and_chain"):  # behind the guard
+        await ctx.tx._connection.execute(event.misbehave.replace("_", " ").upper())  # noqa: SLF001
+    elif event.misbehave == "system_exit":
+        raise SystemExit(3)
+    elif event.misbehave == "keyboard_interrupt":
+        raise KeyboardInterrupt
+    elif event.misbehave == "deaf":  # deaf to its cancellation: the worker has to abandon it
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass
 
 
 schema(CREATE_TABLE)

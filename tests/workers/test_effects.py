@@ -104,6 +104,25 @@ async def test_a_failing_call_is_retried_with_the_same_idempotency_key_until_it_
     assert await eventually(lambda: _outbox_empty(db))
 
 
+@pytest.mark.parametrize("failure", ["quit", "cancelled"])
+async def test_an_effect_raising_a_base_exception_fails_one_try_and_the_relay_goes_on(
+    make_worker, db, amqp, external, failure
+):
+    """Before: the BaseException (or the effect's own CancelledError) ended the relay; no effect was performed
+    again, the one that raised included, until the worker restarted."""
+    await enqueue(amqp, KIND, {"token": "raises", "failing_calls": 2, "failure": failure}, {"token": "beside"})
+    runtime = await make_worker(KIND)
+    assert await eventually(lambda: all_called(external, ["raises", "beside"]), timeout=20)
+    await enqueue(amqp, KIND, {"token": "after"})  # the relay still performs what is handed over later
+    assert await eventually(lambda: all_called(external, ["after"]), timeout=20)
+    lines = calls(str(external))
+    assert [line.split()[:2] for line in lines if "raises" in line][:2] == [["failed", "raises"]] * 2
+    assert made_calls(external) == Counter({"raises": 1, "beside": 1, "after": 1})
+    failures = runtime.metrics.registry.get_sample_value("hypercard_worker_outbox_failures_total", {"kind": KIND})
+    assert failures == 2
+    assert await eventually(lambda: _outbox_empty(db))
+
+
 async def test_a_worker_killed_between_the_commit_and_the_call_makes_it_after_restart(db, amqp, external, tmp_path):
     await enqueue(amqp, KIND, {"token": "killed"})
     handlers = [KIND, "--handlers", "tests.support.external_kind"]
