@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import random
 import string
+import time
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.send_cli import generate_keys, load_private_key, signed_headers
-from infra.logs import render_json
+from infra.kinds import declare_kinds
+from infra.logs import configure_logging, render_json
 from infra.redaction import REDACTED, bind_secrets, clear_secrets, redact_secrets, scrub
-from schemas.events import EVENT_DECODER
+from schemas.events import EVENT_DECODER, Event
 from schemas.samples import sample_body, sample_names
 from tests.support.database import reset_database
 from tests.support.network import free_port, wait_until_ready
@@ -182,3 +188,106 @@ async def test_a_notifier_failure_quoting_the_code_leaks_it_nowhere(tmp_path, am
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+# The redaction table of issue 26, finding 3: what the regex over every value mangled, and what it let through.
+class Refunded(Event, tag="REDACTION_TABLE_REFUND"):
+    """A user's kind, declared the way a package declares one: its business id is a request id with digits in it."""
+
+    business_ids = ("request_id",)
+
+    request_id: str
+    refund: str
+
+
+@pytest.fixture
+def log_line() -> Iterator[Callable[..., dict]]:
+    """The JSON line production's logging (`infra.logs`) writes for one log call."""
+    declare_kinds(Refunded)
+    configure_logging(json=True)
+    output = io.BytesIO()
+    structlog.configure(logger_factory=structlog.BytesLoggerFactory(output))  # its processors, into `output`
+
+    def logged(event: str, **fields: object) -> dict:
+        output.seek(0)
+        output.truncate()
+        structlog.get_logger("test").info(event, **fields)
+        (line,) = output.getvalue().splitlines()
+        return json.loads(line)
+
+    try:
+        yield logged
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+
+
+MANGLED = {
+    # The worker's own retention line: a time.
+    "handled_before": "2026-12-03T08:00:38.123456+00:00",
+    # A user kind's business id, and an amount.
+    "request_id": "9f1c-20261203-ab",
+    "refund": "1234567.00",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26 finding 3: the scrubber mangles times, amounts and ids")
+@pytest.mark.parametrize("name", sorted(MANGLED))
+def test_a_time_an_amount_or_an_id_is_never_mangled(log_line, name):
+    value = MANGLED[name]
+    line = log_line("message", notify_type="REDACTION_TABLE_REFUND", **{name: value})
+    assert line[name] == value
+    assert scrub(f"{name} {value!r}") == f"{name} {value!r}"  # in free text too
+    assert log_line("refund", reason=f"refund {value!r}")["reason"] == f"refund {value!r}"
+
+
+LEAKED = {
+    "card_with_dots": ("card 4111.1111.1111.1111 declined", "4111.1111.1111.1111"),
+    "card_with_underscores": ("card 4111_1111_1111_1111 declined", "1111_1111"),
+    "card_glued_to_a_word": ("pan4111111111111111 declined", "4111111111111111"),
+    "e_mail_with_an_accent": ("no mailbox josé@example.com", "josé@example.com"),
+    "integer_phone": ("call 8613800138000", "8613800138000"),
+    "cvv": ('card rejected: cvv="123"', "123"),
+    "pin": ("card rejected: pin='4321'", "4321"),
+}
+LEAKED_BEFORE = pytest.mark.xfail(strict=True, reason="issue 26 finding 3: the scrubber lets this through")
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=[] if name == "integer_phone" else [LEAKED_BEFORE]) for name in sorted(LEAKED)]
+)
+def test_a_card_number_an_e_mail_a_phone_a_cvv_or_a_pin_in_free_text_is_masked(log_line, name):
+    text, secret = LEAKED[name]
+    assert secret not in scrub(text) and REDACTED in scrub(text)
+    line = log_line("handler failed", error=text, note=text)
+    assert secret not in line["error"] and secret not in line["note"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26 finding 3: an integer under an unknown name is logged as it is")
+def test_an_integer_phone_under_a_name_no_list_knows_never_reaches_a_line(log_line):
+    line = log_line("noted", callback=8613800138000, rows=8613800138000)
+    assert "8613800138000" not in json.dumps(line["callback"])
+    assert line["rows"] == 8613800138000  # a count the code named is shown as it is
+
+
+QUADRATIC_BEFORE = pytest.mark.xfail(strict=True, reason="issue 26 finding 1: scrubbed whole, in quadratic time")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        *(pytest.param(shape, marks=QUADRATIC_BEFORE) for shape in ("a", "a.", "1", "amqp://")),
+        *("1 ", "a@", "-----BEGIN A-----"),
+    ],
+)
+def test_scrubbing_a_long_value_costs_what_a_short_one_does(shape):
+    text = shape * (20000 // len(shape))
+    started = time.process_time()
+    scrub(text)
+    assert time.process_time() - started < 0.005, f"{len(text)} characters of {shape!r} scrubbed in over 5 ms"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26 finding 3: control characters reach a console line as they are")
+def test_control_characters_in_free_text_are_escaped(log_line):
+    line = log_line("handler failed", error="\x1b]0;owned\x07\x1b[2J done\r\nforged line")
+    assert not any(ord(ch) < 0x20 for ch in line["error"]) and "\\x1b" in line["error"]
