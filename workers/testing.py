@@ -32,7 +32,8 @@ import structlog
 from structlog.testing import LogCapture
 
 from infra.identifiers import IdentifierKey
-from infra.redaction import bind_secrets, redact_secrets
+from infra.log_fields import keep_named_fields
+from infra.redaction import bind_secrets
 from schemas.events import Event
 from workers import database
 from workers.context import HandlerContext
@@ -109,7 +110,7 @@ class HandlerKit:
         bind_secrets(getattr(event, name, None) for name in type(event).sensitive)
         capture = LogCapture()
         logger = structlog.wrap_logger(
-            None, processors=[redact_secrets, capture], wrapper_class=structlog.stdlib.BoundLogger
+            None, processors=[keep_named_fields, capture], wrapper_class=structlog.stdlib.BoundLogger
         )
         named = {**event.business_id_values(), "event_id": event_id, "notify_type": kind, "attempt": attempt}
         context = HandlerContext(
