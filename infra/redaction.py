@@ -59,23 +59,27 @@ _SECRET_NAMES = (
     r"cvv2?|cvc2?|pin(?:_?code)?|otp|(?:verify_|verification_|one_time_)?code|passw(?:or)?d|pwd|secret|token"
     r"|api[-_]?key|signature|authorization|card_?no|card_?number|pan|expiry(?:_date)?|exp_date|email|mobile|phone"
 )
-_FREE_TEXT = re.compile(
+# One pass per form, each run only when the text holds what the form needs (most lines hold none of them), each
+# starting only where a run of its characters starts.
+_PEM = re.compile(r"-----BEGIN [A-Z ]{1,40}-----[^-]*(?:-----END [A-Z ]{1,40}-----)?")
+_CREDENTIALS = re.compile(r"(?P<scheme>(?<![\w+.-])[A-Za-z][\w+.-]{0,30}://)[^@\s/]*@")
+_EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
+_NAMED = re.compile(
+    rf"(?P<name>(?<![A-Za-z])(?:{_SECRET_NAMES})[\"']?\s{{0,3}}[:=]\s{{0,3}}[\"']?)[^\"'\s,;&)}}\]]+", re.IGNORECASE
+)
+_NUMBERS = re.compile(
     "|".join(
         [
-            r"(?P<pem>-----BEGIN [A-Z ]{1,40}-----[^-]*(?:-----END [A-Z ]{1,40}-----)?)",
-            r"(?P<scheme>(?<![\w+.-])[A-Za-z][\w+.-]{0,30}://)[^@\s/]*@",
-            r"(?P<email>(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)+)",
-            rf"(?P<named>(?<![A-Za-z])(?:{_SECRET_NAMES})[\"']?\s{{0,3}}[:=]\s{{0,3}}[\"']?)[^\"'\s,;&)}}\]]+",
             # Kept: a digest or UUID, a date and time; they come first so that their digits are not read as numbers.
-            r"(?P<keep>(?<![\w-])(?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|[0-9a-f]{64}|[0-9a-f]{32})(?![\w-])"
-            r"|(?<!\d)(?:19|20)\d\d-[01]\d-[0-3]\d(?:[T ][0-2]\d:[0-5]\d(?::[0-5]\d(?:[.,]\d{1,9})?)?"
+            r"(?P<keep>(?<![\w-])(?:[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}|[0-9a-fA-F]{64}|[0-9a-fA-F]{32})"
+            r"(?![\w-])|(?<!\d)(?:19|20)\d\d-[01]\d-[0-3]\d(?:[T ][0-2]\d:[0-5]\d(?::[0-5]\d(?:[.,]\d{1,9})?)?"
             r"(?:Z|[+-][0-2]\d(?::?[0-5]\d)?)?)?(?!\d))",
             # Digits, possibly written with a leading + or (, and one or two of ` .-_()+/` between groups.
-            r"(?P<number>[+(]?\d+(?:[ .\-_()+/]{1,2}\d+)*\)?)",
+            r"[+(]?\d+(?:[ .\-_()+/]{1,2}\d+)*\)?",
         ]
-    ),
-    re.IGNORECASE,
+    )
 )
+_DIGIT = re.compile(r"\d")
 _DECIMAL = re.compile(r"\d{1,12}\.\d{1,8}")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _MIN_SECRET_DIGITS = 6  # an OTP code
@@ -122,18 +126,23 @@ def mask(text: str) -> str:
     for secret in _secrets.get():
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return _FREE_TEXT.sub(_masked, text)
+    if "-----BEGIN" in text:
+        text = _PEM.sub(REDACTED, text)
+    if "://" in text:
+        text = _CREDENTIALS.sub(lambda match: match.group("scheme") + REDACTED + "@", text)
+    if "@" in text:
+        text = _EMAIL.sub(REDACTED, text)
+    if ":" in text or "=" in text:
+        text = _NAMED.sub(lambda match: match.group("name") + REDACTED, text)
+    if _DIGIT.search(text):
+        text = _NUMBERS.sub(_number, text)
+    return text
 
 
-def _masked(match: re.Match[str]) -> str:
-    group = match.lastgroup
-    if group == "keep":
-        return match.group()
-    if group in ("pem", "email"):
-        return REDACTED
-    if group in ("scheme", "named"):
-        return match.group(group) + REDACTED + ("@" if group == "scheme" else "")
+def _number(match: re.Match[str]) -> str:
     text = match.group()
+    if match.lastgroup == "keep":
+        return text
     digits = sum(ch.isdigit() for ch in text)
     if digits < _MIN_SECRET_DIGITS or _DECIMAL.fullmatch(text) or _IPV4.fullmatch(text):
         return text
