@@ -201,26 +201,8 @@ async def cpu_ms_per_request(gateways: Gateways, shape: Shape) -> tuple[float, l
     return statistics.median(per_request[1:]), statuses
 
 
-OVER_BUDGET_BEFORE_THE_FIX = {
-    *(f"content_type_{kind}" for kind in ("text_2kb", "text_4kb", "text_8kb", "text_8kb_monitor", "with_at_8kb")),
-    "content_type_digits_8kb",
-    "notify_type_60000_signed",
-    "notify_type_60000_monitor",
-    "notify_type_60000_digits_monitor",
-    "fields_5000_signed",
-    "fields_5000_monitor",
-}
-OVER_BUDGET = pytest.mark.xfail(strict=True, reason="issue 26 finding 1: over its CPU budget")
-
-
 @pytest.mark.broker
-@pytest.mark.parametrize(
-    "shape",
-    [
-        pytest.param(shape, id=shape.name, marks=[OVER_BUDGET] if shape.name in OVER_BUDGET_BEFORE_THE_FIX else [])
-        for shape in CORPUS
-    ],
-)
+@pytest.mark.parametrize("shape", CORPUS, ids=[shape.name for shape in CORPUS])
 async def test_each_hostile_shape_costs_the_gateway_under_its_cpu_budget(gateways, shape):
     spent, statuses = await cpu_ms_per_request(gateways, shape)
     print(f"{shape.name}: {spent:.3f} ms of gateway CPU per request (budget {shape.budget_ms} ms), {set(statuses)}")
