@@ -134,7 +134,6 @@ async def test_connections_over_hc_max_connections_are_answered_503_and_closed(t
         gateway.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the read that ends a large body is counted as the next request's head")
 @pytest.mark.broker
 async def test_a_body_larger_than_32_kb_that_ends_in_one_read_is_no_head_of_the_next_request(tmp_path, amqp):
     """The bytes that end a request's body are the body's: counted as the next head, a 40 KB body sent after its
