@@ -12,10 +12,12 @@ import msgspec
 
 from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome
 from gateway.wire import EncodedProperties, PublishFields, encode_properties
-from infra.redaction import scrub_bound
+from infra.redaction import scrub
 from schemas import topology
 from schemas.events import KIND_NAME, Event, kind_name_problem
 from schemas.kinds import KINDS
+
+MAX_KIND_TEXT = 80  # characters of a notify_type that is no kind name, in a header
 
 
 class VerdictOutcome(enum.StrEnum):
@@ -82,17 +84,19 @@ def properties(
         name: value for name in (*SIGNED_HEADERS, SIGNATURE_HEADER) if (value := request_headers.get(name))
     }
     headers: dict[str, Any] = {
-        "notify_type": kind,
+        # A kind name as it is; any other notify_type, and a forwarded hop that is no address, is text from the
+        # wire: cut, then scrubbed, as on a log line (the body itself is the message).
+        "notify_type": kind if KIND_NAME.match(kind) else scrub(kind, MAX_KIND_TEXT),
         "event_id": event_id,
         "received_at": now.isoformat(timespec="milliseconds"),
-        "client_ip": client_ip,
+        "client_ip": scrub(client_ip, MAX_KIND_TEXT),
         "path": path,
         "signature_outcome": str(signature_outcome),
         "platform_headers": platform_headers,
     }
     if verdict.error is not None:
         name = "unverified_reason" if verdict.outcome == VerdictOutcome.UNVERIFIED else "validation_error"
-        headers[name] = scrub_bound(verdict.error)[:1000]  # the push's secret values, bound by the view: masked
+        headers[name] = scrub(verdict.error, 1000)  # cut, then scrubbed: msgspec's text may quote a value
     if trace_headers:
         headers.update(trace_headers)
     fields: PublishFields = {

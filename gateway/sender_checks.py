@@ -47,6 +47,19 @@ def check_api_key(headers: Mapping[str, str], api_keys: tuple[str, ...]) -> None
         raise Unauthorized("the api-key header is not this merchant's (HC_API_KEY)")
 
 
+def header_problem(headers: MultiMapping[str]) -> tuple[SignatureOutcome, str] | None:
+    """MISSING or MALFORMED and why, from the headers alone; None when they can carry a signature."""
+    missing = [name for name in REQUIRED_HEADERS if not headers.get(name)]
+    if missing:
+        return SignatureOutcome.MISSING, f"no {', '.join(missing)} header"
+    # One value per signed header: what is signed, logged and published is then the one value sent.
+    repeated = [name for name in (*SIGNED_HEADERS, SIGNATURE_HEADER) if len(headers.getall(name, ())) > 1]
+    signed = {name: value for name in SIGNED_HEADERS if (value := headers.get(name))}
+    if reason := (f"more than one {repeated[0]} header" if repeated else malformed_header(signed)):
+        return SignatureOutcome.MALFORMED, reason
+    return None
+
+
 def check_signature(
     headers: MultiMapping[str], body: Mapping[str, str], verifier: SignatureVerifier | None
 ) -> SignatureCheck:
@@ -58,13 +71,8 @@ def check_signature(
     primary = candidates[0]
     if verifier is None:
         return SignatureCheck(SignatureOutcome.UNCHECKED, primary.body)
-    missing = [name for name in REQUIRED_HEADERS if not headers.get(name)]
-    if missing:
-        return SignatureCheck(SignatureOutcome.MISSING, primary.body, f"no {', '.join(missing)} header")
-    # One value per signed header: what is signed, logged and published is then the one value sent.
-    repeated = [name for name in (*SIGNED_HEADERS, SIGNATURE_HEADER) if len(headers.getall(name, ())) > 1]
-    if reason := (f"more than one {repeated[0]} header" if repeated else malformed_header(signed)):
-        return SignatureCheck(SignatureOutcome.MALFORMED, primary.body, reason)
+    if problem := header_problem(headers):
+        return SignatureCheck(problem[0], primary.body, problem[1])
     verified = verifier.verified_reading(candidates, headers[SIGNATURE_HEADER])
     if verified is None:
         return SignatureCheck(SignatureOutcome.INVALID, primary.body, "the signature does not verify")

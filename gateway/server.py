@@ -62,6 +62,8 @@ class ContractRequestHandler(web.RequestHandler):
             return
         # Private attributes of RequestHandler, read only: the parsed requests waiting to be handled.
         waiting = len(self._messages)
+        # Asked before the parser reads them: bytes that end a body make it complete, and are still the body's.
+        in_body = not self._body.is_eof()
         super().data_received(data)
         parsed = list(self._messages)[waiting:]
         if parsed:
@@ -70,7 +72,7 @@ class ContractRequestHandler(web.RequestHandler):
             for message, _ in parsed:
                 if not isinstance(message, _ErrInfo) and _head_size(message.raw_headers) > MAX_HEAD_BYTES:
                     self._refuse(HeadTooLarge(f"request head over {MAX_HEAD_BYTES} bytes"), 431)
-        elif self._body.is_eof():  # between requests, or within a head: the bytes are the head's
+        elif not in_body:  # between requests, or within a head: the bytes are the head's
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(HeadTooLarge(f"request head over {MAX_HEAD_BYTES} bytes"), 431)

@@ -24,7 +24,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.replies import ok
-from gateway.sender_checks import check_api_key, check_header_text, check_signature
+from gateway.sender_checks import check_api_key, check_header_text, check_signature, header_problem
 from gateway.signature import SignatureOutcome
 from infra.redaction import bind_secrets, clear_secrets, secret_fields
 from schemas.kinds import KINDS
@@ -95,14 +95,23 @@ async def _receive(
         raise Forbidden(f"address {client_ip} is not in the allow-list")
 
     if request.content_type not in JSON_TYPES and not request.content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"Content-Type must be application/json, not {request.content_type}")
+        # The reply names what was sent, cut: the sender's own text is never copied whole into a reply or a line.
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {request.content_type[:40]!r}")
     check_api_key(headers, settings.api_key)
+    metrics = request.app[METRICS]
+    if (
+        settings.signature_mode == "enforce"
+        and request.app[VERIFIER] is not None
+        and (problem := header_problem(headers))
+    ):  # refused whatever the body says: it is not read, nor decoded
+        line["signature_outcome"] = str(problem[0])
+        metrics.signature_failures.labels(str(problem[0])).inc()
+        raise Unauthorized(f"signature {problem[0]}: {problem[1]}; sign the request with the platform's key")
     body = await read_body(request, settings.max_body_bytes, settings.read_timeout)
     fields = body_fields(body)
     # Scrubbed from any text logged from here, an installed kind's secret fields too (the kind is not known yet).
     bind_secrets(fields[name] for name in secret_fields() if name in fields)
 
-    metrics = request.app[METRICS]
     check = check_signature(headers, fields, request.app[VERIFIER])
     line["signature_outcome"] = str(check.outcome)
     if check.key is not None:

@@ -1,5 +1,5 @@
-"""structlog set-up shared by the gateway and the workers, with redaction of secrets and personal data
-(`infra.redaction`).
+"""structlog set-up shared by the gateway and the workers: a line keeps each field for what its name says it is
+(`infra.log_fields`), free text cut and then scrubbed of secrets and personal data (`infra.redaction`).
 
 The project's own log calls go through structlog's fast path (level filtered at the call, JSON encoded by msgspec,
 bytes written straight to stdout); stdlib logs (aiohttp, aio-pika) are rendered by the same processors."""
@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from infra.redaction import redact_secrets
+from infra.log_fields import keep_named_fields
 
 _json = msgspec.json.Encoder(enc_hook=str)
 
@@ -33,7 +33,7 @@ def configure_logging(level: str = "info", json: bool | None = None) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        redact_secrets,
+        keep_named_fields,
     ]
     if json:
         structlog.configure(

@@ -116,7 +116,7 @@ async def _apply_project_migrations(connection: Transaction) -> list[int]:
                 "INSERT INTO hypercard_schema_migrations (version, name) VALUES ($1, $2)", version, name
             )
         applied_now.append(version)
-        log.info("migration applied", version=version, name=name)
+        log.info("migration applied", version=version, migration=name)
     return applied_now
 
 
@@ -135,7 +135,7 @@ async def _apply_module_migrations(connection: Transaction, module: str, folder:
                 "INSERT INTO hypercard_module_migrations (module, version, name) VALUES ($1, $2, $3)",
                 module, version, name,
             )  # fmt: skip
-        log.info("migration applied", module=module, version=version, name=name)
+        log.info("migration applied", module=module, version=version, migration=name)
 
 
 async def claim(tx: Transaction, kind: str, key: str, event_id: str, previous: str | None = None) -> bool:

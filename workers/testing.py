@@ -37,7 +37,7 @@ from aio_pika.abc import AbstractIncomingMessage, HeadersType
 from structlog.testing import LogCapture
 
 from infra.identifiers import IdentifierKey
-from infra.redaction import redact_secrets
+from infra.log_fields import keep_named_fields
 from schemas.events import Event
 from workers import database, handling
 from workers.acks import ChannelAcks
@@ -143,7 +143,7 @@ class HandlerKit:
         # What the handler logs goes through production's context and redaction: what a worker's line would redact
         # shows redacted here, and the kind's business ids in clear.
         self.runner.handler_log = structlog.wrap_logger(
-            None, processors=[structlog.contextvars.merge_contextvars, redact_secrets, capture],
+            None, processors=[structlog.contextvars.merge_contextvars, keep_named_fields, capture],
             wrapper_class=structlog.stdlib.BoundLogger,
         )  # fmt: skip
         outcome = await self.runner.decode(delivery)

@@ -132,3 +132,36 @@ async def test_connections_over_hc_max_connections_are_answered_503_and_closed(t
         for writer in held:
             writer.close()
         gateway.stop()
+
+
+@pytest.mark.broker
+async def test_a_body_larger_than_32_kb_that_ends_in_one_read_is_no_head_of_the_next_request(tmp_path, amqp):
+    """The bytes that end a request's body are the body's: counted as the next head, a 40 KB body sent after its
+    head was answered 431 and the connection closed under the sender (a broken pipe)."""
+    generate_keys(tmp_path)
+    port = free_port()
+    gateway = gateway_process(tmp_path, port, {"HC_SIGNATURE_MODE": "monitor", "HC_DRAIN_SECONDS": "0"})
+    body = b'{"notify_type":"OPEN_CARD","remark":"' + b"r" * 40000 + b'"}'
+    head = (
+        b"POST /hc_sync/common HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    try:
+        await asyncio.to_thread(wait_until_ready, port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):  # the same connection, kept alive
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(0.2)  # the head is read alone, the body in one read after it
+            writer.write(body)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 10)
+            assert status_line.startswith(b"HTTP/1.1 200 "), status_line
+            length = 0
+            while (line := await asyncio.wait_for(reader.readline(), 10)) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert b'"code":1' in await reader.readexactly(length)
+        writer.close()
+    finally:
+        gateway.stop()

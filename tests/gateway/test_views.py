@@ -272,3 +272,16 @@ async def test_extra_path_with_a_default_kind(make_gateway, amqp, sign):
 async def test_health_and_readiness(gateway):
     assert await (await gateway.get("/healthz")).json() == OK
     assert await (await gateway.get("/readyz")).json() == OK
+
+
+async def test_a_held_messages_headers_carry_no_wire_text_uncut_or_unscrubbed(gateway, amqp, sign, sample):
+    """A notify_type that is no kind name reaches the held message's headers cut and scrubbed, as on a log line, and
+    so does the reason quoting it; the body, the event as sent, is kept whole."""
+    kind = "josé@example.com " + "x" * 5000
+    body = json.dumps({**json.loads(sample("open_card")), "notify_type": kind}).encode()
+    assert await (await gateway.post(PATH, data=body, headers=sign(body))).json() == OK
+    (message,) = await take(amqp, topology.INVALID_QUEUE)
+    assert message.body == body
+    headers = json.dumps(message.headers, default=str, ensure_ascii=False)
+    assert "josé@example.com" not in headers and "x" * 100 not in headers
+    assert message.headers["notify_type"].startswith("[redacted]")

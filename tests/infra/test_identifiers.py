@@ -8,7 +8,7 @@ import pytest
 
 from gateway.settings import GatewaySettings
 from infra.identifiers import IdentifierKey, identifier_key
-from infra.redaction import redact_secrets
+from infra.log_fields import keep_named_fields
 from infra.settings import SettingsError, load_settings
 from tests.support.identifiers import OTHER_ID_SECRET, TEST_ID_SECRET
 from workers.settings import WorkerSettings
@@ -68,5 +68,7 @@ def test_the_secret_is_in_no_repr_of_the_settings_or_the_key():
 
 
 def test_a_log_call_naming_the_secret_is_redacted():
-    logged = redact_secrets(None, "info", {"event": "settings", "id_secret": TEST_ID_SECRET, "id_secret_previous": "x"})
+    logged = keep_named_fields(
+        None, "info", {"event": "settings", "id_secret": TEST_ID_SECRET, "id_secret_previous": "x"}
+    )
     assert TEST_ID_SECRET not in str(logged) and logged["id_secret_previous"] == "[redacted]"
