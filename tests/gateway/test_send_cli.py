@@ -38,7 +38,6 @@ def test_help_shows_the_defaults_and_the_variables(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["closed port", "unknown host", "not a URL"])
-@pytest.mark.xfail(strict=True, reason="issue 28: a traceback today")
 def test_no_gateway_at_the_url_is_one_line_naming_the_url_and_hc_send_url(tmp_path, where):
     key = str(generate_keys(tmp_path / "keys")[0])
     url = {
