@@ -14,6 +14,8 @@ import aiohttp
 import aiormq
 import asyncpg
 
+from infra.broker import VhostRefused
+
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 
 
@@ -49,6 +51,11 @@ def why(error: BaseException) -> str | None:
     """An expected failure in one line naming the setting to change; None for an unexpected one."""
     if isinstance(error, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError):
         return "the broker refused the user name or password: check HC_AMQP_URL"
+    if isinstance(error, VhostRefused):
+        return (
+            f"the broker has no vhost {error.vhost!r}, or this user may not use it: check the vhost at the end of "
+            "HC_AMQP_URL (hypercard-broker-setup creates it)"
+        )
     if isinstance(error, aiormq.exceptions.ChannelAccessRefused):
         return "this broker user may not read that queue: use the operator user's HC_AMQP_URL"
     if isinstance(error, aiohttp.ClientError):

@@ -257,7 +257,6 @@ NO_SUCH_VHOST = "hypercard_no_such_vhost"
 
 @pytest.mark.broker
 @pytest.mark.parametrize("command", ["hypercard-replay", "hypercard-inspect", "hypercard-find", "hypercard-status"])
-@pytest.mark.xfail(strict=True, reason="issue 28: 'unreachable' today")
 def test_an_unknown_vhost_is_one_line_naming_it_and_hc_amqp_url(migrated, command):
     args = {"hypercard-inspect": ["dead", "RECHARGE"], "hypercard-replay": ["RECHARGE"], "hypercard-find": ["x"]}
     env = {"HC_AMQP_URL": amqp_url(vhost=NO_SUCH_VHOST), "HC_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}"}
