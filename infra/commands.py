@@ -40,7 +40,9 @@ class Interruption:
         self.requested = False
 
     def install(self) -> None:
-        """Call from the running loop: SIGINT sets the flag instead of raising KeyboardInterrupt mid-step."""
+        """Call from the running loop once connected: SIGINT sets the flag instead of raising KeyboardInterrupt
+        mid-step. Until then asyncio.run's own handler ends a wait (a broker that never answers the handshake) at
+        once, and the command says so in one line."""
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.request)
 
     def request(self) -> None:

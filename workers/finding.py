@@ -226,6 +226,8 @@ async def find(
         for kind in wanted
     }
     connection = await broker.connect(settings.amqp_urls)
+    if interruption is not None:
+        interruption.install()  # from here Ctrl-C stops between two messages; before, it ends the connecting
     try:
         try:  # the retry queues that exist, whatever schedule the workers were given (their HC_RETRY_DELAYS)
             names = await queue_names(str(broker.connection_url(connection)))
@@ -317,7 +319,6 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> Finding:
         interruption = Interruption()
-        interruption.install()
         report: Report = lambda queue, at, of: progress.show(f"{queue}: {at} of {of}")  # noqa: E731
         return await find(
             settings, args.event_id, kinds=kinds, limit=args.limit, report=report, interruption=interruption
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     except DatabaseUnreachable as error:
         parser.exit(2, f"hypercard-find: {error}\n")
     except KeyboardInterrupt:
-        parser.exit(EXIT_INTERRUPTED, "hypercard-find: interrupted before the first queue\n")
+        parser.exit(EXIT_INTERRUPTED, "hypercard-find: interrupted before it looked in the first queue\n")
     except asyncpg.PostgresError as error:
         parser.exit(2, f"hypercard-find: the database refused the query: {type(error).__name__} (HC_DATABASE_URL)\n")
     except Exception as error:

@@ -196,8 +196,8 @@ async def replay(
 
 async def run(urls: list[str], source: str, wanted: ReplayFilter, dry_run: bool, report: Report) -> ReplayResult:
     interruption = Interruption()
-    interruption.install()
     async with broker.confirming_channel(urls) as channel:
+        interruption.install()  # from here Ctrl-C stops between two messages; before, it ends the connecting
         result = await replay(channel, source, wanted, dry_run, report=report, interruption=interruption)
         queue = await channel.declare_queue(source, passive=True)
         result.remaining = queue.declaration_result.message_count

@@ -30,7 +30,7 @@ import structlog
 from yarl import URL
 
 from infra import broker
-from infra.commands import add_version, quiet_library_logs, why
+from infra.commands import EXIT_INTERRUPTED, add_version, quiet_library_logs, why
 from infra.kinds import load_kinds
 from infra.management import management_base
 from infra.settings import BrokerSettings, SettingsError, load_settings
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
             status = asyncio.run(collect(settings, extra))
         else:
             status = asyncio.run(collect(settings, extra))
+    except KeyboardInterrupt:
+        parser.exit(EXIT_INTERRUPTED, "hypercard-status: interrupted before the broker answered\n")
     except (OSError, aiormq.exceptions.AMQPError) as error:
         parser.exit(2, f"hypercard-status: {why(error)}\n")
     if args.json:

@@ -218,7 +218,6 @@ INTERRUPTIBLE = {
 
 @pytest.mark.broker
 @pytest.mark.parametrize("command", sorted(INTERRUPTIBLE))
-@pytest.mark.xfail(strict=True, reason="issue 28: waits out the timeout or a traceback today")
 def test_ctrl_c_while_connecting_to_a_silent_broker_exits_130_in_one_line(migrated, command):
     """The broker address accepts TCP and never answers the handshake: Ctrl-C ends the wait at once, not when the
     10 s connection timeout runs out, and says so in one line."""
