@@ -60,6 +60,13 @@ def why(error: BaseException) -> str | None:
         )
     if isinstance(error, aiormq.exceptions.ChannelAccessRefused):
         return "this broker user may not read that queue: use the operator user's HC_AMQP_URL"
+    if isinstance(error, aiohttp.ClientResponseError) and error.status in (401, 403):
+        return (
+            f"the management API refused the user name or password, or the user is no administrator (HTTP "
+            f"{error.status}): check the credentials in HC_AMQP_URL, which the API at HC_MANAGEMENT_URL is given"
+        )
+    if isinstance(error, aiohttp.ClientResponseError):
+        return f"the management API answered HTTP {error.status}: check HC_MANAGEMENT_URL"
     if isinstance(error, aiohttp.ClientError):
         return (
             "no management API answers there: set HC_MANAGEMENT_URL, or switch the broker's management plugin on "

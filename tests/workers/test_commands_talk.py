@@ -265,7 +265,6 @@ def test_an_unknown_vhost_is_one_line_naming_it_and_hc_amqp_url(migrated, comman
 
 
 @pytest.mark.broker
-@pytest.mark.xfail(strict=True, reason="issue 28: 'no management API' today")
 def test_broker_setup_with_a_wrong_management_password_is_one_line_naming_the_credentials(amqp):
     ensure_management_api()
     wrong = amqp_url().replace("guest:guest", "guest:wrong")
