@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ import structlog
 
 from infra import broker
 from infra.commands import EXIT_INTERRUPTED, Interruption, add_version, database_down, quiet_library_logs, why
+from infra.management import management_url_setting
 from infra.settings import SettingsError, load_settings
 from infra.terminal import Progress, printable
 from schemas import topology
@@ -312,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(WorkerSettings)
         load_handler_modules(settings.handlers)
+        management_url_setting(os.environ.get("HC_MANAGEMENT_URL"))
     except (SettingsError, ImportError) as error:
         parser.exit(2, f"hypercard-find: {error}\n")
     kinds = [kind.upper() for kind in args.kind] if args.kind else None
