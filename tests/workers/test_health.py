@@ -120,7 +120,6 @@ def held_open(connections: list[socket.socket]) -> int:
     return held
 
 
-@pytest.mark.xfail(strict=True, reason="issue 28: a thread per connection, held forever, today")
 def test_400_idle_or_half_sent_connections_neither_block_livez_nor_stay_held(amqp):
     """200 connections that send nothing and 200 that send half a request: /livez still answers within its 1 s
     probe timeout, the worker holds at most 64 of them (the oldest is let go for a new one), and each is closed
