@@ -219,11 +219,15 @@ async def test_the_operator_user_replays_and_reads_the_status(broker_users, admi
     found = json.loads(status.stdout)
     assert found["source"] == "management", "the operator user reads the management API"
     assert {k["kind"]: k["dead"]["messages"] for k in found["kinds"]}["OPEN_CARD"] == 1
-    replay = await asyncio.to_thread(operator_tool, "hypercard-replay", "OPEN_CARD")
+    kept = aio_pika.Message(b'{"notify_type":"OPEN_CARD"}', headers={"notify_type": "OPEN_CARD", "event_id": "e-2"})
+    await admin.default_exchange.publish(kept, routing_key=DEAD)
+    replay = await asyncio.to_thread(operator_tool, "hypercard-replay", "OPEN_CARD", "--event-id", "e-1")
     assert replay.returncode == 0, replay.stderr
     assert replay.stdout.split() == ["e-1"]
     (replayed,) = await take(admin, OPEN_CARD)
     assert replayed.headers["replayed_from"] == DEAD
+    (left,) = await take(admin, DEAD)  # kept in place by the operator user: its copy at the tail, then the ack
+    assert left.headers["event_id"] == "e-2"
 
 
 def _dead_letters(status_json: str, kind: str) -> int | None:
@@ -318,6 +322,32 @@ REFUSED = [
     ("operator", "declare a queue", declare_queue("hypercard.mine")),
     ("operator", "delete the events exchange", delete_exchange(topology.EVENTS_EXCHANGE)),
 ]
+
+
+# Issue 26: the operator user publishes only through the replay exchange, hypercard.to-queue; through amq.default it
+# could put anything into a kind's live queue, and through hypercard.events anything a kind's queue is bound to.
+OPERATOR_PUBLISHES_ONLY_THROUGH_THE_REPLAY_EXCHANGE = [
+    ("operator", "publish straight into a kind's queue", publish("", OPEN_CARD)),
+    ("operator", "publish straight into a dead queue", publish("", DEAD)),
+    ("operator", "publish to hypercard.events", publish(topology.EVENTS_EXCHANGE, topology.routing_key("OPEN_CARD"))),
+]
+
+
+@pytest.mark.broker
+@pytest.mark.xfail(strict=True, reason="issue 26: the operator may write on amq.default and hypercard.events today")
+@pytest.mark.parametrize(
+    ("role", "what", "operation"),
+    OPERATOR_PUBLISHES_ONLY_THROUGH_THE_REPLAY_EXCHANGE,
+    ids=[f"{r}: {w}" for r, w, _ in OPERATOR_PUBLISHES_ONLY_THROUGH_THE_REPLAY_EXCHANGE],
+)
+async def test_the_operator_publishes_only_through_the_replay_exchange(broker_users, role, what, operation):
+    connection = await aio_pika.connect(broker_users[role])
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match="ACCESS_REFUSED"):
+            await operation(channel)
+    finally:
+        await connection.close()
 
 
 def test_the_readme_lists_what_each_role_is_refused_as_the_broker_is_asked_below():
