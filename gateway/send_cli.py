@@ -69,8 +69,11 @@ def signed_headers(key: rsa.RSAPrivateKey, body: bytes, api_key: str, lang: str 
     return headers
 
 
+SEND_TIMEOUT = 30.0  # seconds for the whole exchange: a gateway that accepts and never answers is no gateway
+
+
 async def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT)) as session:
         async with session.post(url, data=body, headers={**headers, "Content-Type": "application/json"}) as reply:
             return reply.status, await reply.text()
 
@@ -117,7 +120,11 @@ def main(argv: list[str] | None = None) -> None:
             json.loads(body)  # refuse to send what is not JSON: the gateway would only answer 400
         except (OSError, ValueError, KeyError) as error:
             parser.exit(2, f"hypercard-send: {name}: not a sample nor a readable JSON file ({error})\n")
-        status, reply = asyncio.run(post(args.url, body, signed_headers(key, body, args.api_key, args.lang)))
+        try:
+            status, reply = asyncio.run(post(args.url, body, signed_headers(key, body, args.api_key, args.lang)))
+        except (aiohttp.ClientError, OSError, TimeoutError) as error:
+            parser.exit(2, f"hypercard-send: no gateway answers at {args.url}: pass --url or set HC_SEND_URL "
+                           f"({type(error).__name__})\n")  # fmt: skip
         print(f"{name}: HTTP {status} {reply}")
         failed |= status != 200
     sys.exit(1 if failed else 0)

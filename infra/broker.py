@@ -8,12 +8,30 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
+import aiormq
 import structlog
 from yarl import URL
 
 from infra.backoff import Backoff
 
 log = structlog.get_logger("broker")
+
+
+class VhostRefused(aiormq.exceptions.AMQPError):
+    """The broker closed the connection when asked to open the URL's vhost: it does not exist, or the user has no
+    permission in it (aiormq reports either as an unexpected frame, the broker's reason dropped)."""
+
+    reason = "the broker refused vhost %r"
+
+    def __init__(self, vhost: str) -> None:
+        super().__init__(vhost)
+        self.vhost = vhost
+
+
+def _refused_vhost(error: Exception) -> bool:
+    return isinstance(error, aiormq.exceptions.InvalidFrameError) and all(
+        name in str(error) for name in ("Connection.OpenOk", "Connection.Close")
+    )
 
 
 async def connect(urls: list[str], timeout: float = 10.0) -> aio_pika.abc.AbstractConnection:
@@ -23,7 +41,7 @@ async def connect(urls: list[str], timeout: float = 10.0) -> aio_pika.abc.Abstra
         try:
             return await aio_pika.connect(url, timeout=timeout)
         except Exception as error:  # refused, timed out, bad credentials: try the next node
-            last_error = error
+            last_error = VhostRefused(URL(url).path[1:] or "/") if _refused_vhost(error) else error
     raise last_error or ConnectionError("no broker URL configured (HC_AMQP_URL)")
 
 

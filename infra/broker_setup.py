@@ -34,9 +34,9 @@ import aiormq
 from yarl import URL
 
 from infra import broker, declare
-from infra.commands import add_version, quiet_library_logs, why
+from infra.commands import EXIT_INTERRUPTED, add_version, quiet_library_logs, why
 from infra.kinds import load_kinds
-from infra.management import management_base
+from infra.management import management_base, management_url_setting
 from infra.permissions import ROLES, Role, worker_role
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_library_logs()
     try:
         settings = load_settings(BrokerSettings)
+        management_url_setting(os.environ.get("HC_MANAGEMENT_URL"))
     except SettingsError as error:
         parser.exit(2, f"hypercard-broker-setup: {error}\n")
     for kind in args.kind:
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
                 management_url=os.environ.get("HC_MANAGEMENT_URL"),
             )
         )
+    except KeyboardInterrupt:
+        parser.exit(EXIT_INTERRUPTED, "hypercard-broker-setup: interrupted; what it did stands, and running it again "
+                                      "does the rest (it is idempotent)\n")  # fmt: skip
     except (SetupError, declare.TopologyMismatch) as error:
         parser.exit(2, f"hypercard-broker-setup: {error}\n")
     except (OSError, aiohttp.ClientError, aiormq.exceptions.AMQPError) as error:

@@ -14,6 +14,8 @@ import aiohttp
 import aiormq
 import asyncpg
 
+from infra.broker import VhostRefused
+
 EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 
 
@@ -38,7 +40,9 @@ class Interruption:
         self.requested = False
 
     def install(self) -> None:
-        """Call from the running loop: SIGINT sets the flag instead of raising KeyboardInterrupt mid-step."""
+        """Call from the running loop once connected: SIGINT sets the flag instead of raising KeyboardInterrupt
+        mid-step. Until then asyncio.run's own handler ends a wait (a broker that never answers the handshake) at
+        once, and the command says so in one line."""
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.request)
 
     def request(self) -> None:
@@ -49,8 +53,20 @@ def why(error: BaseException) -> str | None:
     """An expected failure in one line naming the setting to change; None for an unexpected one."""
     if isinstance(error, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError):
         return "the broker refused the user name or password: check HC_AMQP_URL"
+    if isinstance(error, VhostRefused):
+        return (
+            f"the broker has no vhost {error.vhost!r}, or this user may not use it: check the vhost at the end of "
+            "HC_AMQP_URL (hypercard-broker-setup creates it)"
+        )
     if isinstance(error, aiormq.exceptions.ChannelAccessRefused):
         return "this broker user may not read that queue: use the operator user's HC_AMQP_URL"
+    if isinstance(error, aiohttp.ClientResponseError) and error.status in (401, 403):
+        return (
+            f"the management API refused the user name or password, or the user is no administrator (HTTP "
+            f"{error.status}): check the credentials in HC_AMQP_URL, which the API at HC_MANAGEMENT_URL is given"
+        )
+    if isinstance(error, aiohttp.ClientResponseError):
+        return f"the management API answered HTTP {error.status}: check HC_MANAGEMENT_URL"
     if isinstance(error, aiohttp.ClientError):
         return (
             "no management API answers there: set HC_MANAGEMENT_URL, or switch the broker's management plugin on "

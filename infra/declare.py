@@ -45,6 +45,9 @@ async def declare_core(channel: aio_pika.abc.AbstractChannel) -> aio_pika.abc.Ab
         topology.UNVERIFIED_QUEUE, durable=True, arguments=_table(topology.QUORUM)
     )
     await unverified_queue.bind(events, routing_key=topology.UNVERIFIED_ROUTING_KEY)
+    to_queue = await channel.declare_exchange(topology.TO_QUEUE_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    for holding in (unrouted_queue, invalid_queue, unverified_queue):
+        await holding.bind(to_queue, routing_key=holding.name)
     return events
 
 
@@ -58,7 +61,7 @@ async def declare_kind(
 
     Raises TopologyMismatch when the kind's queue exists with another delivery limit (the gateway and the workers
     declare it alike, so they must agree on HC_DELIVERY_LIMIT)."""
-    await channel.declare_queue(topology.dead_queue(kind), durable=True, arguments=_table(topology.QUORUM))
+    dead = await channel.declare_queue(topology.dead_queue(kind), durable=True, arguments=_table(topology.QUORUM))
     try:
         queue = await channel.declare_queue(
             topology.kind_queue(kind),
@@ -72,6 +75,8 @@ async def declare_kind(
             "HC_DELIVERY_LIMIT, or delete the queue once it is empty"
         ) from None
     await queue.bind(topology.EVENTS_EXCHANGE, routing_key=topology.routing_key(kind))
+    for by_name in (queue, dead):  # the operator tools' way in (replay, keep in place)
+        await by_name.bind(topology.TO_QUEUE_EXCHANGE, routing_key=by_name.name)
     for delay in retry_delays:
         await declare_retry_queue(channel, kind, delay)
     return queue

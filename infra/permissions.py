@@ -9,7 +9,9 @@ RabbitMQ checks names, not what they do, so the design keeps every role off the 
   permission). The workers declare only their own kinds' retry queues, created as their handlers ask for them.
 - Reading a queue allows purging it: a worker group may purge its own kinds' queues, no other.
 - Publishing through the default exchange (`amq.default`) reaches any queue by name: the workers need it for
-  retries and dead letters, the operator tools to put a message they leave back at the tail of its holding queue.
+  retries and dead letters (a retry queue is declared by its worker, which may not bind it to anything). The
+  operator tools publish through `hypercard.to-queue` only, bound to each kind's queue and dead queue and to the
+  holding queues by name: a replay, and a message put back at the tail of its queue.
 
 PostgreSQL: the migrations run as the database's owner (HC_MIGRATION_DATABASE_URL); the workers as a user that may
 read and write the rows of the owner's tables, nothing else (`database_grants`).
@@ -27,6 +29,7 @@ DEAD_QUEUE = r"hypercard\.[a-z0-9_]+\.dead"
 HOLDING_QUEUES = r"hypercard\.(?:invalid|unrouted|unverified)"
 EVENTS = r"hypercard\.events"
 DEFAULT_EXCHANGE = r"amq\.default"
+TO_QUEUE = r"hypercard\.to-queue"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def worker_role(name: str, kinds: list[str]) -> Role:
 OPERATOR = Role(
     "operator",
     configure=NOTHING,
-    write=f"^(?:{EVENTS}|{DEFAULT_EXCHANGE})$",  # replay through the events exchange; keep the rest in its queue
+    write=f"^{TO_QUEUE}$",  # replay into a kind's queue, keep the rest in its queue: by queue name, nothing else
     read=f"^(?:{DEAD_QUEUE}|{HOLDING_QUEUES})$",  # hypercard-replay takes from the dead and holding queues only
     tags=("management",),  # hypercard-status reads the management API: its vhost's queues, no other user's
 )

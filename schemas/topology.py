@@ -9,6 +9,9 @@ arguments fails (PRECONDITION_FAILED), so nothing else may spell out queue argum
         +-- alternate exchange hypercard.unrouted (fanout) --> hypercard.unrouted (quorum; kinds nobody binds)
     hypercard.<kind>.retry.<ms>  (quorum, TTL <ms>, dead-letters back to hypercard.<kind>)
     hypercard.<kind>.dead        (quorum; handler gave up, out of attempts, or crash loop)
+    hypercard.to-queue (direct) --<queue name>--> each kind's queue and dead queue, and the three holding queues:
+        the operator tools' one way in (a replay into a kind's queue, a message kept at the tail of its queue), so
+        the operator user needs no write on amq.default, which reaches every queue
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 
 EVENTS_EXCHANGE = "hypercard.events"
 UNROUTED_EXCHANGE = "hypercard.unrouted"
+TO_QUEUE_EXCHANGE = "hypercard.to-queue"  # a hyphen: no kind's queue can be named so
 UNROUTED_QUEUE = "hypercard.unrouted"
 INVALID_QUEUE = "hypercard.invalid"
 INVALID_ROUTING_KEY = "hypercard.invalid"

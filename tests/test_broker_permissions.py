@@ -67,6 +67,10 @@ def test_the_patterns_name_the_topology_and_nothing_more():
         assert not re.match(WORKER.read, name)
     assert all(re.match(OPERATOR.read, name) for name in holding)
     assert re.match(GATEWAY.write, topology.EVENTS_EXCHANGE)
+    assert re.match(OPERATOR.write, topology.TO_QUEUE_EXCHANGE)
+    assert not any(re.match(role.write, "amq.default") for role in (GATEWAY, OPERATOR))
+    assert not re.match(OPERATOR.write, topology.EVENTS_EXCHANGE)
+    assert not any(re.match(pattern, topology.TO_QUEUE_EXCHANGE) for pattern in (WORKER.read, WORKER.write))
     cards = worker_role("worker-cards", WORKER_GROUPS["worker-cards"])
     assert re.match(cards.read, topology.kind_queue("OPEN_CARD"))
     assert not re.match(cards.read, topology.kind_queue("OPT_CODE"))
@@ -219,11 +223,15 @@ async def test_the_operator_user_replays_and_reads_the_status(broker_users, admi
     found = json.loads(status.stdout)
     assert found["source"] == "management", "the operator user reads the management API"
     assert {k["kind"]: k["dead"]["messages"] for k in found["kinds"]}["OPEN_CARD"] == 1
-    replay = await asyncio.to_thread(operator_tool, "hypercard-replay", "OPEN_CARD")
+    kept = aio_pika.Message(b'{"notify_type":"OPEN_CARD"}', headers={"notify_type": "OPEN_CARD", "event_id": "e-2"})
+    await admin.default_exchange.publish(kept, routing_key=DEAD)
+    replay = await asyncio.to_thread(operator_tool, "hypercard-replay", "OPEN_CARD", "--event-id", "e-1")
     assert replay.returncode == 0, replay.stderr
     assert replay.stdout.split() == ["e-1"]
     (replayed,) = await take(admin, OPEN_CARD)
     assert replayed.headers["replayed_from"] == DEAD
+    (left,) = await take(admin, DEAD)  # kept in place by the operator user: its copy at the tail, then the ack
+    assert left.headers["event_id"] == "e-2"
 
 
 def _dead_letters(status_json: str, kind: str) -> int | None:
@@ -320,10 +328,35 @@ REFUSED = [
 ]
 
 
+# Issue 26: the operator user publishes only through the replay exchange, hypercard.to-queue; through amq.default it
+# could put anything into a kind's live queue, and through hypercard.events anything a kind's queue is bound to.
+OPERATOR_PUBLISHES_ONLY_THROUGH_THE_REPLAY_EXCHANGE = [
+    ("operator", "publish straight into a kind's queue", publish("", OPEN_CARD)),
+    ("operator", "publish straight into a dead queue", publish("", DEAD)),
+    ("operator", "publish to hypercard.events", publish(topology.EVENTS_EXCHANGE, topology.routing_key("OPEN_CARD"))),
+]
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize(
+    ("role", "what", "operation"),
+    OPERATOR_PUBLISHES_ONLY_THROUGH_THE_REPLAY_EXCHANGE,
+    ids=[f"{r}: {w}" for r, w, _ in OPERATOR_PUBLISHES_ONLY_THROUGH_THE_REPLAY_EXCHANGE],
+)
+async def test_the_operator_publishes_only_through_the_replay_exchange(broker_users, role, what, operation):
+    connection = await aio_pika.connect(broker_users[role])
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match="ACCESS_REFUSED"):
+            await operation(channel)
+    finally:
+        await connection.close()
+
+
 def test_the_readme_lists_what_each_role_is_refused_as_the_broker_is_asked_below():
     """The README's "can / refused" table of Broker users: its refused cells are the operations tried below."""
     expected: dict[str, list[str]] = {}
-    for role, what, _ in REFUSED:
+    for role, what, _ in REFUSED + OPERATOR_PUBLISHES_ONLY_THROUGH_THE_REPLAY_EXCHANGE:
         expected.setdefault("worker-{group}" if role.startswith("worker-") else role, []).append(what)
     rows = {}
     for line in (REPO / "README.md").read_text().splitlines():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import os
 import sys
@@ -12,7 +13,7 @@ import asyncpg
 import structlog
 import uvloop
 
-from infra.commands import add_version, database_down, port_in_use
+from infra.commands import EXIT_INTERRUPTED, add_version, database_down, port_in_use
 from infra.logs import configure_logging
 from infra.settings import SettingsError, load_settings
 from infra.signals import stop_requested
@@ -24,6 +25,10 @@ from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
 log = structlog.get_logger("workers")
+
+
+class Interrupted(Exception):
+    """Stopped (Ctrl-C, SIGTERM) before it consumed: nothing was taken, nothing to drain."""
 
 
 def _listen(start: Callable[[], None], port: int, setting: str) -> None:
@@ -40,12 +45,22 @@ async def serve(runtime: WorkerRuntime, settings: WorkerSettings) -> None:
     _listen(lambda: runtime.metrics.serve(settings.metrics_port), settings.metrics_port, "HC_METRICS_PORT")
     health = WorkerHealth(lambda: runtime.consuming)
     _listen(lambda: health.start(settings.health_port), settings.health_port, "HC_HEALTH_PORT")
+    stop = asyncio.ensure_future(stop_requested())
+    starting = asyncio.ensure_future(runtime.start())
+    await asyncio.wait({stop, starting}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # Ctrl-C or SIGTERM while it connects (a broker that never answers the handshake)
+        starting.cancel()
+        await asyncio.wait({starting})
+        await runtime.stop()
+        health.stop()
+        raise Interrupted
     try:
-        await runtime.start()
+        starting.result()
     except (OSError, TimeoutError, asyncpg.PostgresError) as error:  # the pool is the first thing it opens
+        stop.cancel()
         health.stop()
         raise SettingsError(database_down(error)) from error
-    await stop_requested()
+    await stop
     log.info("stopping: finishing in-flight handlers", grace_seconds=settings.shutdown_grace)
     await runtime.stop()
     if runtime.tracing is not None:
@@ -87,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         uvloop.run(serve(runtime, settings))
+    except Interrupted:
+        print("hypercard-worker: interrupted while starting, before it consumed anything", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except SettingsError as error:
         print(f"hypercard-worker: {error}", file=sys.stderr)
         sys.exit(2)

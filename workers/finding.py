@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ import structlog
 
 from infra import broker
 from infra.commands import EXIT_INTERRUPTED, Interruption, add_version, database_down, quiet_library_logs, why
+from infra.management import management_url_setting
 from infra.settings import SettingsError, load_settings
 from infra.terminal import Progress, printable
 from schemas import topology
@@ -226,6 +228,8 @@ async def find(
         for kind in wanted
     }
     connection = await broker.connect(settings.amqp_urls)
+    if interruption is not None:
+        interruption.install()  # from here Ctrl-C stops between two messages; before, it ends the connecting
     try:
         try:  # the retry queues that exist, whatever schedule the workers were given (their HC_RETRY_DELAYS)
             names = await queue_names(str(broker.connection_url(connection)))
@@ -310,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(WorkerSettings)
         load_handler_modules(settings.handlers)
+        management_url_setting(os.environ.get("HC_MANAGEMENT_URL"))
     except (SettingsError, ImportError) as error:
         parser.exit(2, f"hypercard-find: {error}\n")
     kinds = [kind.upper() for kind in args.kind] if args.kind else None
@@ -317,7 +322,6 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> Finding:
         interruption = Interruption()
-        interruption.install()
         report: Report = lambda queue, at, of: progress.show(f"{queue}: {at} of {of}")  # noqa: E731
         return await find(
             settings, args.event_id, kinds=kinds, limit=args.limit, report=report, interruption=interruption
@@ -330,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     except DatabaseUnreachable as error:
         parser.exit(2, f"hypercard-find: {error}\n")
     except KeyboardInterrupt:
-        parser.exit(EXIT_INTERRUPTED, "hypercard-find: interrupted before the first queue\n")
+        parser.exit(EXIT_INTERRUPTED, "hypercard-find: interrupted before it looked in the first queue\n")
     except asyncpg.PostgresError as error:
         parser.exit(2, f"hypercard-find: the database refused the query: {type(error).__name__} (HC_DATABASE_URL)\n")
     except Exception as error:

@@ -220,8 +220,8 @@ async def run(
     urls: list[str], queue: str, wanted: InspectFilter, show: str | None, values: bool, report: Report
 ) -> Inspection:
     interruption = Interruption()
-    interruption.install()
     async with broker.confirming_channel(urls) as channel:
+        interruption.install()  # from here Ctrl-C stops between two messages; before, it ends the connecting
         return await inspect(channel, queue, wanted, show, values=values, report=report, interruption=interruption)
 
 

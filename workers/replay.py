@@ -1,4 +1,5 @@
-"""`hypercard-replay`: move messages from a dead, invalid, unrouted or unverified queue back through hypercard.events.
+"""`hypercard-replay`: move messages from a dead, invalid, unrouted or unverified queue back into their kind's queue,
+through hypercard.to-queue (the operator user's one way in; a kind with no queue yet leaves the message in place).
 
     hypercard-replay OPEN_CARD                  # everything in hypercard.open_card.dead
     hypercard-replay --from invalid --kind RECHARGE --count 10
@@ -29,6 +30,7 @@ import aio_pika
 
 from infra import broker
 from infra.commands import EXIT_INTERRUPTED, Interruption, add_version, quiet_library_logs, why
+from infra.declare import TopologyMissing
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from infra.terminal import Progress, printable
 from schemas import topology
@@ -112,8 +114,10 @@ class KeepRefused(Exception):
 async def keep_in_place(
     channel: aio_pika.abc.AbstractChannel, message: aio_pika.abc.AbstractIncomingMessage, queue: str
 ) -> None:
-    """Publish the message again to the tail of `queue` (default exchange, confirmed), then ack the original. In a
-    retry queue the copy keeps its due time: its TTL is the time its `retry_due_at` leaves (`workers.retries
+    """Publish the message again to the tail of `queue` (confirmed), then ack the original: through
+    `hypercard.to-queue`, the operator user's one way in; a retry queue, which only a worker's user (or the
+    administrator) may read and which nothing binds, through the default exchange. In a retry queue the copy keeps
+    its due time: its TTL is the time its `retry_due_at` leaves (`workers.retries
     .time_left`), since the queue's own would start the whole step again. Every operator tool keeps what it leaves
     here: replay, inspect and find alike.
 
@@ -122,10 +126,9 @@ async def keep_in_place(
     the message twice in `queue`: a duplicate, which a replay moves twice and the workers' inbox absorbs."""
     step = topology.retry_step(queue)
     expires_in = time_left(message.headers or {}, step) if step is not None else None
+    way_in = channel.default_exchange if step is not None else await to_queue(channel, ensure=False)
     try:
-        await channel.default_exchange.publish(
-            kept_copy(message, expires_in), routing_key=queue, mandatory=True, timeout=PUBLISH_TIMEOUT
-        )
+        await way_in.publish(kept_copy(message, expires_in), routing_key=queue, mandatory=True, timeout=PUBLISH_TIMEOUT)
     except NOT_TAKEN as error:
         await message.nack(requeue=True)  # once, for a publish the broker refused: at its place, not lost
         raise KeepRefused(f"the broker did not take its copy: {type(error).__name__}") from error
@@ -133,6 +136,16 @@ async def keep_in_place(
 
 
 Report = Callable[[ReplayResult], None]
+
+
+async def to_queue(channel: aio_pika.abc.AbstractChannel, *, ensure: bool = True) -> aio_pika.abc.AbstractExchange:
+    """`hypercard.to-queue`, through which the operator tools put a message into a queue by its name."""
+    try:
+        return await channel.get_exchange(topology.TO_QUEUE_EXCHANGE, ensure=ensure)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        raise TopologyMissing(
+            f"{topology.TO_QUEUE_EXCHANGE} does not exist: run hypercard-broker-setup (it declares the topology)"
+        ) from None
 
 
 async def replay(
@@ -151,7 +164,7 @@ async def replay(
     messages arriving meanwhile, come after them), so the messages kept are in their order when it ends."""
     queue = await channel.declare_queue(source, passive=True)
     waiting = queue.declaration_result.message_count or 0  # a passive declare always answers a count
-    events = await channel.get_exchange(topology.EVENTS_EXCHANGE)
+    way_in = await to_queue(channel)
     result = ReplayResult()
     kept = 0
     for _ in range(waiting):
@@ -173,8 +186,8 @@ async def replay(
                 result.moved.append(event_id)
             else:
                 try:
-                    await events.publish(
-                        replay_copy(message, source), routing_key=topology.routing_key(kind), mandatory=True,
+                    await way_in.publish(
+                        replay_copy(message, source), routing_key=topology.kind_queue(kind), mandatory=True,
                         timeout=PUBLISH_TIMEOUT,
                     )  # fmt: skip
                 except NOT_TAKEN as error:
@@ -196,8 +209,8 @@ async def replay(
 
 async def run(urls: list[str], source: str, wanted: ReplayFilter, dry_run: bool, report: Report) -> ReplayResult:
     interruption = Interruption()
-    interruption.install()
     async with broker.confirming_channel(urls) as channel:
+        interruption.install()  # from here Ctrl-C stops between two messages; before, it ends the connecting
         result = await replay(channel, source, wanted, dry_run, report=report, interruption=interruption)
         queue = await channel.declare_queue(source, passive=True)
         result.remaining = queue.declaration_result.message_count
@@ -247,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     printer = Printer(queue)
     try:
         result = asyncio.run(run(settings.amqp_urls, queue, wanted, args.dry_run, printer))
+    except TopologyMissing as error:
+        parser.exit(2, f"hypercard-replay: {error}\n")
     except aio_pika.exceptions.ChannelNotFoundEntity:
         parser.exit(2, f"hypercard-replay: no queue {queue} on the broker: name a kind, invalid, unrouted, "
                        "unverified or a queue that exists\n")  # fmt: skip

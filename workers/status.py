@@ -30,9 +30,9 @@ import structlog
 from yarl import URL
 
 from infra import broker
-from infra.commands import add_version, quiet_library_logs, why
+from infra.commands import EXIT_INTERRUPTED, add_version, quiet_library_logs, why
 from infra.kinds import load_kinds
-from infra.management import management_base
+from infra.management import management_base, management_url_setting
 from infra.settings import BrokerSettings, SettingsError, load_settings
 from schemas import topology
 from schemas.kinds import KINDS
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(WorkerSettings)
         load_handler_modules(settings.handlers)  # the installed kinds, and those of HC_HANDLERS and HC_KINDS
         load_kinds([os.environ.get("HC_KINDS", "")], use_entry_points=False)
+        management_url_setting(os.environ.get("HC_MANAGEMENT_URL"))
     except (SettingsError, ImportError) as error:
         parser.exit(2, f"hypercard-status: {error}\n")
     extra = [kind.upper() for kind in args.kind]
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
             status = asyncio.run(collect(settings, extra))
         else:
             status = asyncio.run(collect(settings, extra))
+    except KeyboardInterrupt:
+        parser.exit(EXIT_INTERRUPTED, "hypercard-status: interrupted before the broker answered\n")
     except (OSError, aiormq.exceptions.AMQPError) as error:
         parser.exit(2, f"hypercard-status: {why(error)}\n")
     if args.json:

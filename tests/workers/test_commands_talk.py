@@ -20,11 +20,12 @@ import aio_pika
 import pytest
 
 from schemas import topology
-from tests.support.broker import AMQP_URL, amqp_url
+from tests.support.broker import AMQP_URL, TEST_VHOST, amqp_url, ensure_management_api
 from tests.support.database import DATABASE_URL
 from tests.support.identifiers import TEST_ID_SECRET
 from tests.support.keys import new_key, write_public_keys
-from tests.support.network import free_port
+from tests.support.network import SilentServer, free_port
+from workers import database
 
 BIN = os.path.dirname(sys.executable)
 COMMANDS = [
@@ -199,3 +200,83 @@ def test_the_worker_with_the_database_down_is_one_line_naming_hc_database_url():
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     env = {"HC_ID_SECRET": TEST_ID_SECRET, "HC_METRICS_PORT": "0", "HC_HEALTH_PORT": "0", "HC_DATABASE_URL": closed}
     one_line(tool("hypercard-worker", "RECHARGE", env=env), "HC_DATABASE_URL", "unreachable")
+
+
+@pytest.fixture
+async def migrated(db) -> None:
+    """A fresh, migrated database: hypercard-find reads its inbox before it goes to the broker."""
+    pool = await database.create_pool(DATABASE_URL, 1)
+    await database.migrate(pool)
+    await pool.close()
+
+
+INTERRUPTIBLE = {
+    "hypercard-replay": ["RECHARGE"], "hypercard-inspect": ["dead", "RECHARGE"], "hypercard-find": ["some-id"],
+    "hypercard-status": [], "hypercard-broker-setup": [], "hypercard-worker": ["RECHARGE"],
+}  # fmt: skip
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("command", sorted(INTERRUPTIBLE))
+def test_ctrl_c_while_connecting_to_a_silent_broker_exits_130_in_one_line(migrated, command):
+    """The broker address accepts TCP and never answers the handshake: Ctrl-C ends the wait at once, not when the
+    10 s connection timeout runs out, and says so in one line."""
+    with SilentServer() as silent:
+        env = {
+            **os.environ, "HC_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{silent.port}/{TEST_VHOST}",
+            "HC_MANAGEMENT_URL": f"http://127.0.0.1:{silent.port}/", "HC_DATABASE_URL": DATABASE_URL,
+            "HC_ID_SECRET": TEST_ID_SECRET, "HC_METRICS_PORT": "0", "HC_HEALTH_PORT": "0",
+        }  # fmt: skip
+        process = subprocess.Popen(
+            [os.path.join(BIN, command), *INTERRUPTIBLE[command]], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while silent.accepted == 0 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert silent.accepted and process.poll() is None, "it never reached the broker's address"
+        time.sleep(0.5)  # inside the handshake's wait
+        interrupted_at = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        try:
+            _, said = process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, said = process.communicate()
+            pytest.fail(f"still waiting 5 s after Ctrl-C: {said!r}")
+    took = time.monotonic() - interrupted_at
+    lines = said.strip().splitlines()
+    assert (process.returncode, len(lines)) == (130, 1), (process.returncode, said)
+    assert "Traceback" not in said and "interrupted" in lines[0], said
+    assert took < 3, f"{took:.1f} s after Ctrl-C"
+
+
+NO_SUCH_VHOST = "hypercard_no_such_vhost"
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("command", ["hypercard-replay", "hypercard-inspect", "hypercard-find", "hypercard-status"])
+def test_an_unknown_vhost_is_one_line_naming_it_and_hc_amqp_url(migrated, command):
+    args = {"hypercard-inspect": ["dead", "RECHARGE"], "hypercard-replay": ["RECHARGE"], "hypercard-find": ["x"]}
+    env = {"HC_AMQP_URL": amqp_url(vhost=NO_SUCH_VHOST), "HC_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}"}
+    result = tool(command, *args.get(command, []), env=env)
+    one_line(result, NO_SUCH_VHOST, "HC_AMQP_URL", "vhost")
+    assert "unreachable" not in result.stderr
+
+
+@pytest.mark.broker
+def test_broker_setup_with_a_wrong_management_password_is_one_line_naming_the_credentials(amqp):
+    ensure_management_api()
+    wrong = amqp_url().replace("guest:guest", "guest:wrong")
+    result = tool("hypercard-broker-setup", env={"HC_AMQP_URL": wrong})
+    one_line(result, "password", "HC_AMQP_URL", "HC_MANAGEMENT_URL")
+    assert "no management API answers" not in result.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("command", ["hypercard-broker-setup", "hypercard-status"])
+@pytest.mark.parametrize(
+    "malformed", ["127.0.0.1:15672", "http://127.0.0.1:99999/", "garbage", "http://[::1", "ftp://127.0.0.1:15672/"]
+)
+def test_a_malformed_hc_management_url_is_one_line_naming_it(amqp, command, malformed):
+    one_line(tool(command, env={"HC_MANAGEMENT_URL": malformed}), "HC_MANAGEMENT_URL", "http")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +26,9 @@ from workers.health import WorkerHealth
 
 pytestmark = pytest.mark.broker
 BIN = os.path.dirname(sys.executable)
+# The health server's bounds: seconds a connection has to send its request, connections held at once.
+HEALTH_READ_TIMEOUT = 2.0
+HEALTH_CONNECTIONS = 64
 
 
 def probe(port: int, path: str) -> int:
@@ -95,5 +100,65 @@ def test_hypercard_worker_serves_livez_and_readyz_on_hc_health_port(amqp):
             time.sleep(0.2)
         assert probe(port, "/readyz") == 200 and probe(port, "/livez") == 200
     finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+
+
+def held_open(connections: list[socket.socket]) -> int:
+    """How many of `connections` the server still holds open (those it closed read as EOF or a reset)."""
+    held = 0
+    for connection in connections:
+        ready, _, _ = select.select([connection], [], [], 0)
+        if not ready:
+            held += 1
+            continue
+        try:
+            if connection.recv(1, socket.MSG_PEEK):
+                held += 1
+        except OSError:
+            pass
+    return held
+
+
+def test_400_idle_or_half_sent_connections_neither_block_livez_nor_stay_held(amqp):
+    """200 connections that send nothing and 200 that send half a request: /livez still answers within its 1 s
+    probe timeout, the worker holds at most 64 of them (the oldest is let go for a new one), and each is closed
+    once it has had 2 s to send its request; the worker's threads do not
+    grow with them."""
+    port = free_port()
+    env = {
+        **os.environ, "HC_AMQP_URL": AMQP_URL, "HC_DATABASE_URL": DATABASE_URL, "HC_ID_SECRET": TEST_ID_SECRET,
+        "HC_METRICS_PORT": "0", "HC_HEALTH_PORT": str(port), "HC_SHUTDOWN_GRACE": "1",
+    }  # fmt: skip
+    worker = subprocess.Popen(
+        [os.path.join(BIN, "hypercard-worker"), "RECHARGE"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    connections: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while probe(port, "/readyz") != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        threads_before = len(os.listdir(f"/proc/{worker.pid}/task"))
+        for n in range(400):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if n % 2:
+                connection.sendall(b"GET /livez HTTP/1.1\r\nHost: worker\r\n")  # and never the blank line
+            connections.append(connection)
+        started = time.monotonic()
+        assert probe(port, "/livez") == 200, "a probe behind 400 idle connections"
+        assert time.monotonic() - started < 1.0
+        time.sleep(0.5)
+        threads_during = len(os.listdir(f"/proc/{worker.pid}/task"))
+        held_during = held_open(connections)
+        time.sleep(HEALTH_READ_TIMEOUT + 1.0)
+        held_after = held_open(connections)
+        assert probe(port, "/livez") == 200
+        figures = f"threads {threads_before} -> {threads_during}, held {held_during} then {held_after} of 400"
+        assert threads_during <= threads_before + 2, figures
+        assert held_during <= HEALTH_CONNECTIONS, figures
+        assert held_after == 0, figures
+    finally:
+        for connection in connections:
+            connection.close()
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=30)
