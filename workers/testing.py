@@ -41,15 +41,15 @@ from infra.log_fields import keep_named_fields
 from schemas.events import Event
 from workers import database, handling
 from workers.acks import ChannelAcks
-from workers.delivery import DUPLICATE, Delivery, DeliveryRunner, Result
+from workers.delivery import DUPLICATE, HANDLED, SAVEPOINT, Delivery, DeliveryRunner, Result, end_savepoint
 from workers.metrics import WorkerMetrics
 from workers.outcomes import Outcome
 from workers.registry import REGISTRY, Registration, Registry, declare_handled_kinds, load_handler_modules
 from workers.retries import RetryPublisher
 from workers.settings import WorkerSettings
+from workers.transaction_guard import HandlerEndedTransaction
 
 DEFAULTS = WorkerSettings()
-SAVEPOINT, RELEASE_SAVEPOINT = "SAVEPOINT delivery", "RELEASE SAVEPOINT delivery"  # the savepoint handling.handle uses
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +168,13 @@ class HandlerKit:
             return DUPLICATE
         await self.tx.execute(SAVEPOINT)
         result = await handling.handle(self.runner, self.tx, delivery)
-        await self.tx.execute(RELEASE_SAVEPOINT)
+        try:
+            await end_savepoint(self.tx, failed=False)
+        except HandlerEndedTransaction as ended:  # COMMIT AND CHAIN behind the guard: what it wrote is committed
+            await self.tx.execute("ROLLBACK AND CHAIN")  # out of the failed release, still in the kit's transaction
+            if delivery.inbox_key is not None:  # its retry is no duplicate, as the worker releases it
+                await database.release_claim(self.tx, delivery.kind, delivery.inbox_key, delivery.previous_inbox_key)
+            return ended if result is HANDLED else result
         return result
 
 
