@@ -8,7 +8,6 @@ to the value read before, in a `finally`."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
@@ -23,7 +22,7 @@ PUBLISH_TIMEOUT = 5.0
 
 @pytest.fixture
 async def node():
-    private = await asyncio.to_thread(PrivateNode(f"hcalarm{os.getpid()}").start)  # one per test run on the machine
+    private = await asyncio.to_thread(PrivateNode("hcalarm").start)
     yield private
     await asyncio.to_thread(private.stop)
 

@@ -15,7 +15,9 @@ from tests.support.network import free_port
 
 class PrivateNode:
     def __init__(self, name: str = "hcprivate") -> None:
-        self.node = f"{name}@localhost"
+        # One per test run on the machine: a second run's node of the same name would not start, and its await_startup
+        # would answer for the first run's node, on another port.
+        self.node = f"{name}{os.getpid()}@localhost"
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix=f"{name}-"))
 
