@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
@@ -179,12 +181,31 @@ def render(status: Status) -> str:
     return "\n".join(lines)
 
 
-async def watch(settings: BrokerSettings, extra_kinds: list[str], every: float) -> Status:
-    while True:
-        status = await collect(settings, extra_kinds)
-        sys.stdout.write("\x1b[H\x1b[2J" + render(status) + f"\n\nevery {every:g} s; Ctrl-C to leave\n")
-        sys.stdout.flush()
-        await asyncio.sleep(every)
+async def watch(settings: BrokerSettings, extra_kinds: list[str], every: float) -> Status | None:
+    """The table redrawn in place every `every` seconds until Ctrl-C; the last status drawn (None: interrupted before
+    the broker answered). Ctrl-C sets an event the loop looks at, not only a cancellation: a library's wait may
+    swallow one (asyncio.wait_for on Python 3.11), which kept the table drawing for ever."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    last: Status | None = None
+    try:
+        while not stop.is_set():
+            collecting = asyncio.ensure_future(collect(settings, extra_kinds))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({collecting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not collecting.done():
+                collecting.cancel()
+                break
+            last = collecting.result()
+            sys.stdout.write("\x1b[H\x1b[2J" + render(last) + f"\n\nevery {every:g} s; Ctrl-C to leave\n")
+            sys.stdout.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return last
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,11 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     extra = [kind.upper() for kind in args.kind]
     try:
         if args.watch:
-            try:
-                asyncio.run(watch(settings, extra, args.watch))
-            except KeyboardInterrupt:
-                pass
-            status = asyncio.run(collect(settings, extra))
+            watched = asyncio.run(watch(settings, extra, args.watch))
+            if watched is None:
+                parser.exit(EXIT_INTERRUPTED, "hypercard-status: interrupted before the broker answered\n")
+            status = watched
         else:
             status = asyncio.run(collect(settings, extra))
     except KeyboardInterrupt:
