@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The suite's queues are deleted whatever the outcome: quorum queues left behind hold the broker's file handles."""
     if session.stash.get(USES_BROKER, False):
         delete_test_vhost()
+
+
+# The dispositions the suite started with (Ctrl-C raises KeyboardInterrupt, SIGTERM ends the process).
+STARTING_DISPOSITIONS = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+
+@pytest.fixture(autouse=True)
+def signal_dispositions_restored() -> Iterator[None]:
+    """Code run in the test process (infra.signals.stop_requested, from a test or a fixture of any scope) leaves SIGINT
+    and SIGTERM ignored, as a draining process wants; every command a later test starts inherits that, and one that
+    relies on asyncio.run's Ctrl-C handling never sees its Ctrl-C. Restored before and after each test."""
+    _restore_dispositions()
+    yield
+    _restore_dispositions()
+
+
+def _restore_dispositions() -> None:
+    for signum, handler in STARTING_DISPOSITIONS.items():
+        if signal.getsignal(signum) is not handler and handler is not None:
+            signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")
