@@ -9,14 +9,23 @@ api-key (sent in clear with every push) or none at all (monitor mode) buys it wi
 Measured on this machine (2 cores, another suite running), in-process `body_fields` alone: 8.2 ms for 8190 `{"a":0}`
 objects, 6.9 ms for 6553 `[[[[0]]]]`, 6.4 ms for 15 integers of 4299 digits, 4.3 ms for 21845 `[]`; the gateway
 process's own CPU per request (pytest -s --runxfail), one run: small_objects forged 9.4 ms (401), monitor 12.1 ms
-(200), nested_arrays 11.0 ms, big_integers 7.3 ms, empty_arrays 9.0 ms (each 401). An object of 7000 keys stayed
+(200), nested_arrays 11.0 ms, big_integers 7.3 ms, empty_arrays 9.0 ms (each 401). The same objects after a repeated top-level key: 10.0 ms for
+a 400 refused before the signature (budget 1 ms). An object of 7000 keys stayed
 under budget (4.0 ms) and is left out."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.gateway.test_cpu_budget import ANY_REQUEST_MS, Shape, cpu_ms_per_request, forged, gateways, unsigned
+from tests.gateway.test_cpu_budget import (
+    ANY_REQUEST_MS,
+    REFUSED_BEFORE_SIGNATURE_MS,
+    Shape,
+    cpu_ms_per_request,
+    forged,
+    gateways,
+    unsigned,
+)
 
 __all__ = ["gateways"]  # the module-scoped fixture, reused
 
@@ -33,6 +42,8 @@ SMALL_OBJECTS = fill('{"a":0}')
 NESTED_ARRAYS = fill("[[[[0]]]]")
 BIG_INTEGERS = fill("9" * 4299)
 EMPTY_ARRAYS = fill("[]")
+# Refused before the signature (400, the top-level `x` twice), found only after the whole walk.
+REPEATED_KEY = fill('{"a":0}', prefix='{"notify_type":"OPEN_CARD","x":1,"x":[')
 
 ATTACK = [
     Shape("small_objects_8190_forged", "enforce", ANY_REQUEST_MS, 401, SMALL_OBJECTS, forged()),
@@ -40,6 +51,7 @@ ATTACK = [
     Shape("nested_arrays_6553_forged", "enforce", ANY_REQUEST_MS, 401, NESTED_ARRAYS, forged()),
     Shape("big_integers_4299_digits_forged", "enforce", ANY_REQUEST_MS, 401, BIG_INTEGERS, forged()),
     Shape("empty_arrays_21845_forged", "enforce", ANY_REQUEST_MS, 401, EMPTY_ARRAYS, forged()),
+    Shape("small_objects_repeated_key_refused", "enforce", REFUSED_BEFORE_SIGNATURE_MS, 400, REPEATED_KEY, forged()),
 ]
 
 
