@@ -9,8 +9,8 @@ api-key (sent in clear with every push) or none at all (monitor mode) buys it wi
 Measured on this machine (2 cores, another suite running), in-process `body_fields` alone: 8.2 ms for 8190 `{"a":0}`
 objects, 6.9 ms for 6553 `[[[[0]]]]`, 6.4 ms for 15 integers of 4299 digits, 4.3 ms for 21845 `[]`; the gateway
 process's own CPU per request (pytest -s --runxfail), one run: small_objects forged 9.4 ms (401), monitor 12.1 ms
-(200), nested_arrays 11.0 ms, big_integers 7.3 ms, empty_arrays 9.0 ms (each 401). The same objects after a repeated top-level key: 10.0 ms for
-a 400 refused before the signature (budget 1 ms). An object of 7000 keys stayed
+(200), nested_arrays 11.0 ms, big_integers 7.3 ms, empty_arrays 9.0 ms (each 401). The same objects after a
+repeated top-level key: 10.0 ms for a 400 refused before the signature (budget 1 ms). An object of 7000 keys stayed
 under budget (4.0 ms) and is left out."""
 
 from __future__ import annotations
