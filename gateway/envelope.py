@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome
+from gateway.signature import SIGNATURE_HEADER, SIGNED_HEADERS, SignatureOutcome, malformed_header
 from gateway.wire import EncodedProperties, PublishFields, encode_properties
 from infra.redaction import scrub
 from schemas import topology
@@ -18,6 +19,8 @@ from schemas.events import KIND_NAME, Event, kind_name_problem
 from schemas.kinds import KINDS
 
 MAX_KIND_TEXT = 80  # characters of a notify_type that is no kind name, in a header
+# A signature as the platform sends it: base64 of an RSA signature (512 characters for a 3072-bit key, 684 for 4096).
+SIGNATURE_FORMAT = re.compile(r"[A-Za-z0-9+/]{1,1400}={0,2}")
 
 
 class VerdictOutcome(enum.StrEnum):
@@ -80,8 +83,11 @@ def properties(
 ) -> EncodedProperties:
     now = datetime.now(UTC)
     # The platform's signed headers travel with the message, so the event can be verified again later.
+    # A header not in its documented format is wire text: only its length travels.
     platform_headers = {
-        name: value for name in (*SIGNED_HEADERS, SIGNATURE_HEADER) if (value := request_headers.get(name))
+        name: value if _in_format(name, value) else f"[not in its format: {len(value)} characters]"
+        for name in (*SIGNED_HEADERS, SIGNATURE_HEADER)
+        if (value := request_headers.get(name))
     }
     headers: dict[str, Any] = {
         # A kind name as it is; any other notify_type, and a forwarded hop that is no address, is text from the
@@ -109,3 +115,9 @@ def properties(
     }
     encoded = encode_properties(headers=headers, **fields)
     return EncodedProperties(encoded, delivery_mode=2, headers=headers, **fields)  # delivery mode 2: persistent
+
+
+def _in_format(name: str, value: str) -> bool:
+    if name == SIGNATURE_HEADER:
+        return SIGNATURE_FORMAT.fullmatch(value) is not None
+    return malformed_header({name: value}) is None

@@ -25,7 +25,6 @@ VALUE = " ".join(SECRETS) + " " + "x" * 5000
 pytestmark = pytest.mark.broker
 
 
-@pytest.mark.xfail(strict=True, reason="platform_headers of a held message are the request's headers uncut, unscrubbed")
 @pytest.mark.parametrize("header", ["api-key", "signature", "nonce", "lang"])
 async def test_a_held_messages_platform_headers_carry_no_wire_text_uncut_or_unscrubbed(
     make_gateway, amqp, sample, header
