@@ -1,0 +1,149 @@
+"""Review r1 of the handler-is-user-code work (issue 25): a handler that gets past the guard or around its post-check
+through the public `ctx.tx`. Each test is a finding, marked xfail(strict) until the production code is fixed; its
+assertion message gives the figures. Real worker processes, RabbitMQ and PostgreSQL; handlers are
+tests/support/misbehaving_kind.py (its `sql` field runs a statement through ctx.tx before the handler's write)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import pytest
+
+from schemas import topology
+from tests.support.broker import take
+from tests.support.misbehaving_kind import KIND
+from tests.support.processes import worker_process
+from tests.support.waiting import eventually
+from tests.workers.test_misbehaving_handlers import (
+    HANDLERS,
+    _logged,
+    effects,
+    fresh_queues,
+    publish,
+    ready_messages,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.database]
+
+# PostgreSQL ends a `--` comment at a carriage return as well as a newline (scan.l: non_newline [^\n\r]); the guard's
+# lexer only at "\n", so everything after the `--` is a comment to it and real statements to PostgreSQL. Then
+# `ROLLBACK; BEGIN; SAVEPOINT delivery` ends the worker's transaction and rebuilds what the post-check looks at: a
+# transaction open (is_in_transaction) and a savepoint named `delivery` to release.
+REBUILD = "ROLLBACK; BEGIN; SAVEPOINT delivery"
+BYPASSES = {
+    # `--` then a lone CR: the guard sees one comment.
+    "cr_ends_comment": "SELECT 1 --\r; " + REBUILD,
+    # Any CREATE holding the words `begin atomic` (here a column alias) is read as a SQL-standard function body: the
+    # guard joins every following statement into it, up to an `END` that never comes.
+    "begin_atomic_lookalike": "CREATE OR REPLACE TEMP VIEW review_r1 AS SELECT begin atomic FROM (SELECT 1 AS begin) s; "
+    + REBUILD,
+}
+SENT = 40
+EVERY = 8
+
+
+async def _stop(worker) -> int:
+    worker.signal(signal.SIGTERM)
+    try:
+        return await asyncio.to_thread(worker.wait)
+    finally:
+        worker.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review r1: the guard's lexer misreads SQL (CR ends a -- comment; a `begin atomic` look-alike), and a "
+    "ROLLBACK; BEGIN; SAVEPOINT delivery passes the post-check: innocent events of the batch are acked handled with "
+    "their work rolled back",
+)
+@pytest.mark.parametrize("bypass", sorted(BYPASSES))
+async def test_review_guard_bypass_rebuilding_the_savepoint_acks_innocent_events_with_their_work_rolled_back(
+    db, amqp, tmp_path, bypass
+):
+    await fresh_queues(amqp)
+    # The offender is the last of each batch of 8: the seven before it ran and were released into the transaction it
+    # rolls back.
+    offenders = {f"{bypass}-{n}" for n in range(EVERY - 1, SENT, EVERY)}
+    tokens = [f"{bypass}-{n}" for n in range(SENT)]
+    innocent = [token for token in tokens if token not in offenders]
+    for token in tokens:
+        await publish(amqp, token, sql=BYPASSES[bypass] if token in offenders else "")
+    worker = worker_process(tmp_path, KIND, *HANDLERS, env={"HC_BATCH_SIZE": "8", "HC_PREFETCH": "16"})
+    try:
+        await eventually(lambda: _logged(worker, event="consuming"), timeout=20)
+
+        async def settled() -> bool:
+            queued = await ready_messages(amqp, topology.kind_queue(KIND))
+            handled = len(worker.events(event="message"))
+            return queued == 0 and handled >= SENT
+
+        with contextlib.suppress(AssertionError):
+            await eventually(settled, timeout=30)
+        await asyncio.sleep(1.5)  # retries (0.2 s, 0.4 s) of anything that failed come back and settle
+        seen = await effects(db)
+        outcomes = [line.get("outcome") for line in worker.events(event="message")]
+        dead = await take(amqp, topology.dead_queue(KIND), timeout=1)
+        lost = [token for token in innocent if token not in seen]
+        doubled = [token for token in innocent if seen.get(token, 0) > 1]
+        unclaimed = await db.fetchval(
+            "SELECT count(*) FROM test_effects e WHERE e.kind = $1 AND e.token LIKE $2 AND NOT EXISTS "
+            "(SELECT 1 FROM hypercard_inbox i WHERE i.kind = $1 AND i.event_id = 'id-' || e.token)",
+            KIND, f"{bypass}-%",
+        )  # fmt: skip
+        refused = worker.events(error_type="HandlerEndedTransaction")
+        figures = (
+            f"{bypass}: {SENT} sent ({len(innocent)} innocent), outcomes {sorted(set(outcomes))} "
+            f"({outcomes.count('handled')} handled lines), {len(lost)} innocent lost (acked, no effect committed), "
+            f"{len(doubled)} doubled, {len(dead)} dead-lettered, {unclaimed} effects committed with no inbox claim, "
+            f"{len(refused)} HandlerEndedTransaction lines"
+        )
+        print(figures)
+        assert not lost and not doubled, figures
+        assert unclaimed == 0, figures
+    finally:
+        await _stop(worker)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review r1: set_config(..., false) is a session change the guard lets through, and the pool has no "
+    "session reset: the pooled connection stays read-only and innocent events are dead-lettered",
+)
+async def test_review_set_config_session_change_poisons_the_pooled_connection_and_dead_letters_innocents(
+    db, amqp, tmp_path
+):
+    await fresh_queues(amqp)
+    offender = "set_config-0"
+    innocent = [f"set_config-{n}" for n in range(1, 21)]
+    # What SET default_transaction_read_only = on does, refused by the guard; set_config(name, value, false) is the
+    # same session change, a plain SELECT to the guard. A handler setting `app.user_id` for row-level security with
+    # is_local false makes the same mistake.
+    await publish(amqp, offender, sql="SELECT set_config('default_transaction_read_only', 'on', false)")
+    for token in innocent:
+        await publish(amqp, token)
+    worker = worker_process(tmp_path, KIND, *HANDLERS, env={"HC_BATCH_SIZE": "1", "HC_PREFETCH": "1"})
+    try:
+        await eventually(lambda: _logged(worker, event="consuming"), timeout=20)
+
+        async def settled() -> bool:
+            seen = await effects(db)
+            dead = await ready_messages(amqp, topology.dead_queue(KIND))
+            return len([t for t in innocent if t in seen]) + dead >= len(innocent)
+
+        with contextlib.suppress(AssertionError):
+            await eventually(settled, timeout=30)
+        seen = await effects(db)
+        dead = await take(amqp, topology.dead_queue(KIND), timeout=1)
+        error_types = sorted({m.headers.get("error_type") for m in dead})
+        lost = [token for token in innocent if token not in seen]
+        figures = (
+            f"21 sent (1 runs set_config, 20 innocent): offender handled {seen.get(offender, 0)}x, "
+            f"{len(innocent) - len(lost)} innocent handled, {len(lost)} not handled, {len(dead)} dead-lettered "
+            f"({error_types})"
+        )
+        print(figures)
+        assert not lost, figures
+    finally:
+        await _stop(worker)
