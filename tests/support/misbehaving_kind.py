@@ -85,12 +85,27 @@ async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
         raise SystemExit(3)
     elif event.misbehave == "keyboard_interrupt":
         raise KeyboardInterrupt
+    elif event.misbehave == "str_raises":  # review r1: an exception whose text cannot be read
+        raise UnreadableError
+    elif event.misbehave == "background_exit":  # review r1: a task the handler started ends the process
+        asyncio.get_running_loop().call_soon(_exit_later)
     elif event.misbehave == "deaf":  # deaf to its cancellation: the worker has to abandon it
         while True:
             try:
                 await asyncio.sleep(0.05)
             except asyncio.CancelledError:
                 pass
+
+
+class UnreadableError(Exception):
+    """An exception from a library whose __str__ fails (a lazy message, a bad format string)."""
+
+    def __str__(self) -> str:
+        raise ValueError("the message could not be formatted")
+
+
+def _exit_later() -> None:
+    raise SystemExit(4)
 
 
 schema(CREATE_TABLE)
