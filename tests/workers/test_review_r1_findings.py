@@ -7,25 +7,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 
+import aio_pika
 import pytest
 
+from infra import declare
 from schemas import topology
 from tests.support.broker import take
-from tests.support.misbehaving_kind import KIND
+from tests.support.misbehaving_kind import DELAYS, KIND
 from tests.support.processes import worker_process
 from tests.support.waiting import eventually
-from tests.workers.test_misbehaving_handlers import (
-    HANDLERS,
-    _logged,
-    effects,
-    fresh_queues,
-    publish,
-    ready_messages,
-)
 
 pytestmark = [pytest.mark.broker, pytest.mark.database]
+HANDLERS = ["--handlers", "tests.support.misbehaving_kind"]
+
+
+async def fresh_queues(amqp) -> None:
+    await declare.declare_kind(amqp, KIND, topology.DEFAULT_DELIVERY_LIMIT, DELAYS)
+    names = [topology.kind_queue(KIND), topology.dead_queue(KIND), *(topology.retry_queue(KIND, d) for d in DELAYS)]
+    for name in names:
+        await (await amqp.get_queue(name)).purge()
+
+
+async def publish(amqp, token: str, misbehave: str = "", sql: str = "") -> None:
+    body = json.dumps({"notify_type": KIND, "token": token, "misbehave": misbehave, "sql": sql}).encode()
+    message = aio_pika.Message(body, headers={"event_id": f"id-{token}"}, delivery_mode=2)
+    await amqp.default_exchange.publish(message, routing_key=topology.kind_queue(KIND))
+
+
+async def effects(db) -> dict[str, int]:
+    rows = await db.fetch("SELECT token, count(*) AS n FROM test_effects WHERE kind = $1 GROUP BY token", KIND)
+    return {row["token"]: row["n"] for row in rows}
+
+
+async def ready_messages(amqp, queue: str) -> int:
+    return (await amqp.declare_queue(queue, passive=True)).declaration_result.message_count
+
+
+async def _logged(process, **match: str) -> bool:
+    return bool(process.events(**match))
+
 
 # PostgreSQL ends a `--` comment at a carriage return as well as a newline (scan.l: non_newline [^\n\r]); the guard's
 # lexer only at "\n", so everything after the `--` is a comment to it and real statements to PostgreSQL. Then
