@@ -8,10 +8,11 @@ test_effects in a nested savepoint (which must keep working). Registered in work
 from __future__ import annotations
 
 import asyncio
+import os
 
 from schemas.events import Event
 from tests.support.database import CREATE_TABLE
-from workers import HandlerContext, handles, schema
+from workers import HandlerContext, handles, outbox, schema
 
 KIND = "TEST_MISBEHAVING"
 DELAYS = (0.2, 0.4)  # two retries, then the dead letter
@@ -85,12 +86,53 @@ async def handle(event: Misbehaving, ctx: HandlerContext) -> None:
         raise SystemExit(3)
     elif event.misbehave == "keyboard_interrupt":
         raise KeyboardInterrupt
+    elif event.misbehave == "str_raises":  # review r1: an exception whose text cannot be read
+        raise UnreadableError
+    elif event.misbehave == "background_exit":  # review r1: a task the handler started ends the process
+        asyncio.get_running_loop().call_soon(_exit_later)
+    elif event.misbehave == "effect":  # review r1: an innocent effect outside the database
+        await ctx.after_commit(record_effect, {"token": event.token})
+    elif event.misbehave == "deaf_effect":  # review r1: an effect deaf to its cancellation
+        await ctx.after_commit(deaf_effect, {"token": event.token})
     elif event.misbehave == "deaf":  # deaf to its cancellation: the worker has to abandon it
         while True:
             try:
                 await asyncio.sleep(0.05)
             except asyncio.CancelledError:
                 pass
+
+
+class UnreadableError(Exception):
+    """An exception from a library whose __str__ fails (a lazy message, a bad format string)."""
+
+    def __str__(self) -> str:
+        raise ValueError("the message could not be formatted")
+
+
+def _exit_later() -> None:
+    raise SystemExit(4)
+
+
+# Review r1: where record_effect writes its calls (one line each: token and key); the relay's effect timeout, shorter
+# in the test that sets it.
+EFFECTS_FILE = os.environ.get("REVIEW_R1_EFFECTS_FILE", "")
+if os.environ.get("REVIEW_R1_EFFECT_TIMEOUT"):
+    outbox.EFFECT_TIMEOUT = float(os.environ["REVIEW_R1_EFFECT_TIMEOUT"])
+
+
+@outbox.effect
+async def record_effect(payload: dict[str, str], key: str) -> None:
+    with open(EFFECTS_FILE, "a") as calls:  # noqa: ASYNC230, PTH123 - a test's counter
+        calls.write(f"{payload['token']} {key}\n")
+
+
+@outbox.effect
+async def deaf_effect(payload: dict[str, str], key: str) -> None:
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass
 
 
 schema(CREATE_TABLE)
