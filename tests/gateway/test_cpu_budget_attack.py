@@ -62,7 +62,7 @@ ATTACK = [
 
 @pytest.mark.broker
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # a CPU figure: 7-12 ms measured, near enough to the 5 ms budget that a quiet machine may pass it
     reason="issue 26 budget: a 64 KB body of small containers costs over 5 ms of CPU "
     "before the signature is checked (body_fields renders it, then json.loads walks it again)",
 )

@@ -326,7 +326,7 @@ async def test_review_an_effect_deaf_to_its_cancellation_does_not_stall_the_othe
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # how many innocents it reaches depends on which connection each takes
     reason="review r1: a session advisory lock taken by a handler that then fails stays on its pooled connection "
     "(no session reset; the savepoint's rollback does not release it): innocent events that take the same lock in "
     "their transaction time out on every attempt and are dead-lettered",
