@@ -202,6 +202,14 @@ def test_the_worker_with_the_database_down_is_one_line_naming_hc_database_url():
     one_line(tool("hypercard-worker", "RECHARGE", env=env), "HC_DATABASE_URL", "unreachable")
 
 
+def as_from_a_shell() -> None:
+    """In the child, before exec: SIGINT unblocked and at its default, as a shell starts a foreground command. The
+    full suite leaves the test process with SIGINT blocked or ignored by the time these tests run (the file alone
+    passes; the cause is not found yet), and a child inherits both."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 async def migrated(db) -> None:
     """A fresh, migrated database: hypercard-find reads its inbox before it goes to the broker."""
@@ -229,7 +237,7 @@ def test_ctrl_c_while_connecting_to_a_silent_broker_exits_130_in_one_line(migrat
         }  # fmt: skip
         process = subprocess.Popen(
             [os.path.join(BIN, command), *INTERRUPTIBLE[command]], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell,
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while silent.accepted == 0 and process.poll() is None and time.monotonic() < deadline:
